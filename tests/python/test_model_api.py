@@ -1,0 +1,271 @@
+"""Hooks, capture specs, interventions, generation and bad input on the packaged model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import mindscope as ms
+from mindscope import errors
+
+PROMPTS = ["The capital of France is", "Paris is in"]
+
+
+def test_hook_names_cover_every_layer(model):
+    names = model.hook_names()
+    assert names[0] == "hook_embed" and names[-1] == "ln_final.hook_normalized"
+    for i in (0, model.n_layers - 1):
+        for kind in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out",
+                     "hook_mlp_out", "attn.hook_q", "attn.hook_k", "attn.hook_v",
+                     "attn.hook_pattern", "mlp.hook_post"):
+            assert f"blocks.{i}.{kind}" in names
+    assert len(names) == 2 + 10 * model.n_layers
+
+
+def test_issue_example_shapes(model):
+    logits, cache = model.run_with_cache(PROMPTS, names="blocks.*.hook_resid_post", positions="last")
+    assert logits.shape == (2, model.cfg["vocab_size"])
+    assert len(cache) == model.n_layers
+    act = cache["blocks.12.hook_resid_post"]
+    assert act.dtype == np.float32 and act.shape == (2, model.d_model)
+    # The buffer is the one Rust filled, handed to numpy without a copy.
+    assert act.flags["C_CONTIGUOUS"] and not act.flags["OWNDATA"]
+
+
+def test_shapes_of_every_kind(model):
+    c = model.cfg
+    n = len(model.to_tokens(PROMPTS[0]))
+    _, cache = model.run_with_cache(PROMPTS[0], names=lambda name: name.startswith("blocks.1."))
+    assert cache["blocks.1.attn.hook_q"].shape == (1, n, c["n_heads"], c["d_head"])
+    assert cache["blocks.1.attn.hook_k"].shape == (1, n, c["n_kv_heads"], c["d_head"])
+    assert cache["blocks.1.attn.hook_pattern"].shape == (1, c["n_heads"], n, n)
+    assert cache["blocks.1.mlp.hook_post"].shape == (1, n, c["d_mlp"])
+    pattern = cache["blocks.1.attn.hook_pattern"][0]
+    np.testing.assert_allclose(pattern.sum(-1), 1.0, atol=1e-5)
+    assert np.all(np.triu(pattern[0], k=1) == 0)  # causal
+
+
+def test_residual_stream_adds_up(model):
+    _, cache = model.run_with_cache(PROMPTS[0], names=lambda n: n.startswith("blocks.4.") or n.startswith("blocks.5."))
+    pre, attn, mid = cache["blocks.4.hook_resid_pre"], cache["blocks.4.hook_attn_out"], cache["blocks.4.hook_resid_mid"]
+    np.testing.assert_allclose(pre + attn, mid, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(mid + cache["blocks.4.hook_mlp_out"], cache["blocks.4.hook_resid_post"], rtol=1e-6, atol=1e-5)
+    np.testing.assert_array_equal(cache["blocks.4.hook_resid_post"], cache["blocks.5.hook_resid_pre"])
+
+
+def test_positions_variants_agree(model):
+    _, full = model.run_with_cache(PROMPTS, names="blocks.3.hook_resid_post", positions="all")
+    lengths = full.lengths
+    a = full["blocks.3.hook_resid_post"]
+    _, last = model.run_with_cache(PROMPTS, names="blocks.3.hook_resid_post", positions="last")
+    _, idx = model.run_with_cache(PROMPTS, names="blocks.3.hook_resid_post", positions=[0, -1])
+    _, per = model.run_with_cache(PROMPTS, names="blocks.3.hook_resid_post", positions=ms.PerPrompt([1, -2]))
+    for b, n in enumerate(lengths):
+        np.testing.assert_allclose(last["blocks.3.hook_resid_post"][b], a[b, n - 1], atol=1e-5)
+        np.testing.assert_allclose(idx["blocks.3.hook_resid_post"][b, 0], a[b, 0], atol=1e-5)
+        np.testing.assert_allclose(idx["blocks.3.hook_resid_post"][b, 1], a[b, n - 1], atol=1e-5)
+    np.testing.assert_allclose(per["blocks.3.hook_resid_post"][0], a[0, 1], atol=1e-5)
+    np.testing.assert_allclose(per["blocks.3.hook_resid_post"][1], a[1, lengths[1] - 2], atol=1e-5)
+
+
+def test_batching_and_order_do_not_change_results(model):
+    prompts = ["a", "The quick brown fox jumps over", "Paris is in", "1 2 3 4 5 6 7 8 9"]
+    _, one = model.run_with_cache(prompts, names="blocks.7.hook_resid_post", positions="last", batch_size=1)
+    _, many = model.run_with_cache(prompts, names="blocks.7.hook_resid_post", positions="last", batch_size=3)
+    np.testing.assert_allclose(one["blocks.7.hook_resid_post"], many["blocks.7.hook_resid_post"], atol=2e-4, rtol=1e-4)
+
+
+def test_stop_at_layer_and_no_logits(model):
+    logits, cache = model.run_with_cache(PROMPTS, names="blocks.2.hook_resid_post", positions="last", stop_at_layer=3)
+    assert logits is None
+    _, full = model.run_with_cache(PROMPTS, names="blocks.2.hook_resid_post", positions="last")
+    np.testing.assert_array_equal(cache["blocks.2.hook_resid_post"], full["blocks.2.hook_resid_post"])
+    with pytest.raises(errors.InvalidArgumentError, match="stop_at_layer"):
+        model.run_with_cache(PROMPTS, names="blocks.5.hook_resid_post", stop_at_layer=3)
+
+
+def test_logits_all_matches_last(model):
+    all_logits = model.run(PROMPTS, return_logits="all")
+    last = model.run(PROMPTS, return_logits="last")
+    for b, prompt in enumerate(PROMPTS):
+        n = len(model.to_tokens(prompt))
+        np.testing.assert_allclose(all_logits[b, n - 1], last[b], atol=1e-4)
+
+
+def test_ln_final_is_lm_head_input(model):
+    logits, cache = model.run_with_cache(PROMPTS[0], names="ln_final.hook_normalized", positions="last")
+    resid = model.run_with_cache(PROMPTS[0], names="blocks.29.hook_resid_post", positions="last")[1]
+    np.testing.assert_allclose(model.unembed(resid["blocks.29.hook_resid_post"]), logits, atol=1e-3)
+
+
+# --- interventions -------------------------------------------------------------------------
+
+def test_zero_ablation_changes_output_and_is_applied(model):
+    base = model.run(PROMPTS[0], return_logits="last")
+    logits, cache = model.run_with_cache(
+        PROMPTS[0], names="blocks.5.hook_attn_out", interventions=[("blocks.5.hook_attn_out", "zero")])
+    assert np.all(cache["blocks.5.hook_attn_out"] == 0)
+    assert np.abs(logits[0, -1] - base[0]).max() > 1e-2
+
+
+def test_patching_from_another_prompt(model):
+    clean, corrupt = "The capital of France is", "The capital of Italy is"
+    assert len(model.to_tokens(clean)) == len(model.to_tokens(corrupt))
+    _, clean_cache = model.run_with_cache(clean, names="blocks.0.hook_resid_pre")
+    patched = model.run(corrupt, return_logits="last",
+                        interventions=[("blocks.0.hook_resid_pre", ("patch", clean_cache["blocks.0.hook_resid_pre"]))])
+    np.testing.assert_allclose(patched, model.run(clean, return_logits="last"), atol=1e-4)
+
+
+def test_replace_at_last_position_only(model):
+    vec = np.zeros((1, model.d_model), dtype=np.float32)
+    _, cache = model.run_with_cache(PROMPTS[0], names="blocks.2.hook_resid_post", interventions=[
+        ms.Intervention("blocks.2.hook_resid_post", "replace", value=vec, positions="last")])
+    act = cache["blocks.2.hook_resid_post"][0]
+    assert np.all(act[-1] == 0) and np.all(act[:-1] != 0)
+
+
+def test_steering_vector_moves_logits_linearly_at_small_scale(model):
+    direction = np.random.default_rng(0).standard_normal(model.d_model).astype(np.float32)
+    base = model.run(PROMPTS[0], return_logits="last")
+    small = model.run(PROMPTS[0], return_logits="last",
+                      interventions=[("blocks.10.hook_resid_post", ("add", direction, 0.01))])
+    big = model.run(PROMPTS[0], return_logits="last",
+                    interventions=[("blocks.10.hook_resid_post", ("add", direction, 10.0))])
+    assert 0 < np.abs(small - base).max() < np.abs(big - base).max()
+
+
+def test_mean_ablation_sets_every_position_to_the_mean(model):
+    _, cache = model.run_with_cache(PROMPTS[0], names="blocks.1.hook_mlp_out",
+                                    interventions=[("blocks.1.hook_mlp_out", ("mean", None))])
+    act = cache["blocks.1.hook_mlp_out"][0]
+    np.testing.assert_allclose(act, np.broadcast_to(act[0], act.shape))
+
+
+def test_callable_hook_sees_and_changes_activations(model):
+    seen = {}
+
+    def double(act: np.ndarray, name: str) -> np.ndarray:
+        seen[name] = act.shape
+        return act * 2
+
+    _, plain = model.run_with_cache(PROMPTS[0], names="blocks.3.hook_mlp_out")
+    _, cache = model.run_with_cache(PROMPTS[0], names="blocks.3.hook_mlp_out",
+                                    interventions=[("blocks.3.hook_mlp_out", double)])
+    assert seen == {"blocks.3.hook_mlp_out": plain["blocks.3.hook_mlp_out"].shape}
+    np.testing.assert_allclose(cache["blocks.3.hook_mlp_out"], 2 * plain["blocks.3.hook_mlp_out"], rtol=1e-6)
+
+
+def test_callable_hook_errors_surface(model):
+    def boom(act, name):
+        raise RuntimeError("kaput")
+
+    with pytest.raises(errors.InvalidArgumentError, match="kaput"):
+        model.run(PROMPTS[0], interventions=[("blocks.0.hook_mlp_out", boom)])
+
+    with pytest.raises(errors.ShapeError, match="shape"):
+        model.run(PROMPTS[0], interventions=[("blocks.0.hook_mlp_out", lambda a, n: a[:, :1].copy())])
+
+
+# --- generation & tokenizer -----------------------------------------------------------------
+
+def test_generation_sampling_is_seeded(model):
+    kw = dict(max_new_tokens=8, temperature=0.9, top_k=50, top_p=0.95, stop_at_eos=False)
+    a = model.generate("Once upon a time", seed=3, **kw)
+    b = model.generate("Once upon a time", seed=3, **kw)
+    c = [model.generate("Once upon a time", seed=s, **kw) for s in range(4, 8)]
+    assert a == b
+    assert any(x != a for x in c)
+
+
+def test_generation_details(model):
+    gen = model.generate("The capital of France is", max_new_tokens=3, return_details=True)
+    assert len(gen.token_ids) == len(gen.logprobs) == 3
+    assert all(lp <= 0 for lp in gen.logprobs)
+    assert gen.text == model.decode(gen.token_ids)
+
+
+@pytest.mark.parametrize("text", [
+    "café au lait, naïve Ünïcödé — 東京 🚀 ", "  two  spaces\n\ttabs\r\n", "<|im_start|>user\nhi<|im_end|>",
+    "12345678901234567890", "\u200b zero width, עברית, العربية, हिन्दी",
+])
+def test_tokenizer_round_trip(model, text):
+    ids, offsets = model.encode_with_offsets(text)
+    assert model.decode(ids) == text
+    assert len(offsets) == len(ids)
+
+
+def test_special_tokens_are_single_tokens(model):
+    assert model.to_tokens("<|im_start|>") == [1]
+    assert model.to_tokens("<|im_end|>") == [2]
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+def test_unknown_hook_name_suggests(model):
+    with pytest.raises(errors.UnknownHookError, match="blocks.1.hook_resid_post"):
+        model.run_with_cache(PROMPTS, names=["blocks.1.hook_resid_pots"])
+    with pytest.raises(KeyError):  # also a KeyError for idiomatic handling
+        model.run_with_cache(PROMPTS, names=["nonsense"])
+
+
+def test_bad_prompts(model):
+    with pytest.raises(errors.InvalidArgumentError, match="empty"):
+        model.run_with_cache([])
+    with pytest.raises(errors.InvalidArgumentError, match="prompt 1 is empty"):
+        model.run_with_cache(["ok", ""])
+    too_long = "hello " * (model.cfg["context_length"] + 10)
+    with pytest.raises(errors.InvalidArgumentError, match="context length"):
+        model.run_with_cache(too_long, names=[], return_logits=False)
+
+
+def test_bad_positions(model):
+    with pytest.raises(errors.InvalidArgumentError, match="out of range"):
+        model.run_with_cache(PROMPTS, names="blocks.0.hook_resid_post", positions=[10])
+    with pytest.raises(errors.ShapeError):
+        model.run_with_cache(PROMPTS, names="blocks.0.hook_resid_post", positions=ms.PerPrompt([0]))
+    with pytest.raises(errors.InvalidArgumentError):
+        model.run_with_cache(PROMPTS, positions="first")
+
+
+def test_bad_intervention_shapes(model):
+    with pytest.raises(errors.ShapeError, match="expected"):
+        model.run(PROMPTS, interventions=[("blocks.0.hook_resid_post", ("replace", np.zeros((2, 3), np.float32)))])
+    with pytest.raises(errors.ShapeError, match="576"):
+        model.run(PROMPTS, interventions=[("blocks.0.hook_resid_post", ("add", np.ones(5), 1.0))])
+    with pytest.raises(errors.InvalidArgumentError, match="unknown action"):
+        model.run(PROMPTS, interventions=[("blocks.0.hook_resid_post", ("explode", 1))])
+
+
+def test_bad_model_files(tmp_path):
+    not_gguf = tmp_path / "model.gguf"
+    not_gguf.write_bytes(b"PK\x03\x04 this is a zip")
+    with pytest.raises(errors.ModelFormatError, match="not a GGUF file"):
+        ms.load_model(not_gguf)
+    with pytest.raises(errors.InvalidArgumentError, match="neither a registered model"):
+        ms.load_model(tmp_path / "missing.gguf")
+
+
+def test_truncated_gguf(tmp_path):
+    src = ms.list_models()["smollm2-135m"]
+    data = open(src, "rb").read(3_000_000)
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data)
+    with pytest.raises(errors.ModelFormatError, match="truncated"):
+        ms.load_model(cut)
+
+
+def test_unsupported_architecture(tmp_path):
+    """A valid GGUF whose architecture we do not run: say which, list the supported ones."""
+    import struct
+
+    def s(x: str) -> bytes:
+        b = x.encode()
+        return struct.pack("<Q", len(b)) + b
+
+    kv = s("general.architecture") + struct.pack("<I", 8) + s("mamba")
+    header = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + kv
+    path = tmp_path / "mamba.gguf"
+    path.write_bytes(header)
+    with pytest.raises(errors.UnsupportedArchitectureError, match="'mamba'.*llama"):
+        ms.load_model(path)
