@@ -1,0 +1,390 @@
+"""Probes, projections, truth directions and metrics with a scikit-learn-style API.
+
+Fitting runs in the Rust core (``mindscope._native``); prediction is a numpy matrix product.
+Every estimator takes ``X`` as ``[n_samples, n_features]`` (float32 or float64, any memory order)
+and records its standardisation (``mean_``, ``scale_``) when ``standardize=True``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from . import _native
+from .errors import DataError, InvalidArgumentError, NotFittedError, ShapeError
+
+
+def _as_f64_2d(x: Any, what: str = "X") -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.ndim != 2:
+        raise ShapeError(f"{what} must be 2-D [n_samples, n_features], got shape {arr.shape}")
+    if arr.dtype != np.float64:
+        arr = arr.astype(np.float64)
+    return arr
+
+
+class _Estimator:
+    _params: tuple[str, ...] = ()
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self._params}
+
+    def set_params(self, **params: Any) -> _Estimator:
+        for k, v in params.items():
+            if k not in self._params:
+                raise InvalidArgumentError(f"unknown parameter '{k}'; allowed: {', '.join(self._params)}")
+            setattr(self, k, v)
+        return self
+
+    def _check_fitted(self, attr: str) -> None:
+        if not hasattr(self, attr):
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit(X, y) first")
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+
+class RidgeProbe(_Estimator):
+    """Ridge regression for one or several targets (e.g. latitude and longitude together).
+
+    ``alphas``: one value or a grid; with a grid, alpha is chosen by efficient leave-one-out
+    (``cv=None``) or k-fold (``cv=k``) cross-validation on the mean squared error over targets,
+    as scikit-learn's ``RidgeCV`` does. Fitted: ``coef_`` ``[n_targets, n_features]`` (or
+    ``[n_features]`` for a 1-D ``y``), ``intercept_``, ``alpha_``, ``cv_errors_``.
+    """
+
+    _params = ("alphas", "cv", "standardize", "random_state")
+
+    def __init__(self, alphas: float | Sequence[float] = tuple(np.logspace(-1, 4, 11)),
+                 cv: int | None = None, standardize: bool = True, random_state: int = 0):
+        self.alphas = alphas
+        self.cv = cv
+        self.standardize = standardize
+        self.random_state = random_state
+
+    def fit(self, X: Any, y: Any) -> RidgeProbe:
+        X = _as_f64_2d(X)
+        y_arr = np.asarray(y, dtype=np.float64)
+        self._single = y_arr.ndim == 1
+        Y = y_arr[:, None] if self._single else y_arr
+        if Y.shape[0] != X.shape[0]:
+            raise ShapeError(f"y has {Y.shape[0]} rows but X has {X.shape[0]}: they must match")
+        alphas = [float(self.alphas)] if np.isscalar(self.alphas) else [float(a) for a in self.alphas]
+        cv = 0 if self.cv is None else int(self.cv)
+        out = _native.ridge_fit(X, np.ascontiguousarray(Y), alphas, cv, int(self.random_state), bool(self.standardize))
+        coef = out["coef"].T  # [n_targets, n_features], like scikit-learn
+        self.coef_ = coef[0] if self._single else coef
+        self.intercept_ = out["intercept"][0] if self._single else out["intercept"]
+        self.alpha_ = out["alpha"]
+        self.cv_errors_ = np.asarray(out["cv_errors"])
+        self.mean_, self.scale_ = out["mean"], out["scale"]
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        """``[n_samples]`` or ``[n_samples, n_targets]``."""
+        self._check_fitted("coef_")
+        X = _as_f64_2d(X)
+        if X.shape[1] != self.n_features_in_:
+            raise ShapeError(f"X has {X.shape[1]} features but the probe was fitted on {self.n_features_in_}")
+        return X @ np.asarray(self.coef_).T + self.intercept_
+
+    def score(self, X: Any, y: Any) -> float:
+        """Mean R² over targets."""
+        return float(np.mean(r2_score(y, self.predict(X))))
+
+
+class LogisticProbe(_Estimator):
+    """Logistic regression (binary or multinomial) with L2 strength ``C`` as in scikit-learn.
+
+    Labels can be any hashable values; ``classes_`` holds them sorted. Fitted: ``coef_``
+    (``[1, n_features]`` binary, ``[n_classes, n_features]`` multinomial), ``intercept_``.
+    """
+
+    _params = ("C", "max_iter", "tol", "standardize")
+
+    def __init__(self, C: float = 1.0, max_iter: int = 200, tol: float = 1e-4, standardize: bool = True):
+        self.C = C
+        self.max_iter = max_iter
+        self.tol = tol
+        self.standardize = standardize
+
+    def fit(self, X: Any, y: Any) -> LogisticProbe:
+        X = _as_f64_2d(X)
+        y = np.asarray(y)
+        if y.ndim != 1 or len(y) != X.shape[0]:
+            raise ShapeError(f"y must be 1-D with {X.shape[0]} labels (one per row of X), got shape {y.shape}")
+        self.classes_, idx = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise DataError(f"y contains a single class ({self.classes_[0]!r}): a classifier needs at least two")
+        out = _native.logistic_fit(X, idx.astype(np.int64).tolist(), len(self.classes_), float(self.C),
+                                   int(self.max_iter), float(self.tol), bool(self.standardize))
+        self.coef_ = out["coef"].T
+        self.intercept_ = out["intercept"]
+        self.mean_, self.scale_ = out["mean"], out["scale"]
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        self._check_fitted("coef_")
+        X = _as_f64_2d(X)
+        if X.shape[1] != self.n_features_in_:
+            raise ShapeError(f"X has {X.shape[1]} features but the probe was fitted on {self.n_features_in_}")
+        d = X @ self.coef_.T + self.intercept_
+        return d[:, 0] if d.shape[1] == 1 else d
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """``[n_samples, n_classes]``."""
+        d = self.decision_function(X)
+        if d.ndim == 1:
+            p1 = 1.0 / (1.0 + np.exp(-d))
+            return np.stack([1 - p1, p1], axis=1)
+        d = d - d.max(axis=1, keepdims=True)
+        e = np.exp(d)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def predict(self, X: Any) -> np.ndarray:
+        self._check_fitted("coef_")
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+    def score(self, X: Any, y: Any) -> float:
+        """Accuracy."""
+        return float(np.mean(self.predict(X) == np.asarray(y)))
+
+
+class PCA(_Estimator):
+    """Principal components: ``components_`` ``[n_components, n_features]`` (unit rows, largest
+    entry positive), ``explained_variance_``, ``explained_variance_ratio_``, ``mean_``."""
+
+    _params = ("n_components", "whiten")
+
+    def __init__(self, n_components: int = 2, whiten: bool = False):
+        self.n_components = n_components
+        self.whiten = whiten
+
+    def fit(self, X: Any, y: Any = None) -> PCA:
+        X = _as_f64_2d(X)
+        out = _native.pca_fit(X, int(self.n_components), bool(self.whiten))
+        self.mean_ = out["mean"]
+        self.components_ = out["components"]
+        self.explained_variance_ = out["explained_variance"]
+        self.explained_variance_ratio_ = out["explained_variance_ratio"]
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        """``[n_samples, n_components]``."""
+        self._check_fitted("components_")
+        X = _as_f64_2d(X)
+        if X.shape[1] != self.mean_.shape[0]:
+            raise ShapeError(f"X has {X.shape[1]} features but PCA was fitted on {self.mean_.shape[0]}")
+        Z = (X - self.mean_) @ self.components_.T
+        return Z / np.sqrt(self.explained_variance_) if self.whiten else Z
+
+    def fit_transform(self, X: Any, y: Any = None) -> np.ndarray:
+        return self.fit(X).transform(X)
+
+
+TRUTH_METHODS = ("mass_mean", "mass_mean_iid", "logistic", "lat", "ccs")
+
+
+class TruthDirection(_Estimator):
+    """A direction separating true (1) from false (0) statements.
+
+    ``method``: ``"mass_mean"`` (difference of class means), ``"mass_mean_iid"``
+    (covariance-corrected), ``"logistic"``, ``"lat"`` (first direction of paired differences;
+    ``pairs`` optional) or ``"ccs"`` (unsupervised on ``pairs`` of statement and negation; the sign
+    is fixed from the labels afterwards). Fitted: ``direction_`` ``[n_features]`` (unit norm),
+    ``threshold_``; ``score(X)`` is ``X @ direction_`` (higher = truer).
+    """
+
+    _params = ("method", "random_state")
+
+    def __init__(self, method: str = "mass_mean", random_state: int = 0):
+        self.method = method
+        self.random_state = random_state
+
+    def fit(self, X: Any, y: Any, pairs: Sequence[tuple[int, int]] | None = None) -> TruthDirection:
+        if self.method not in TRUTH_METHODS:
+            raise InvalidArgumentError(f"method '{self.method}' is not known; allowed: {', '.join(TRUTH_METHODS)}")
+        X = _as_f64_2d(X)
+        y = np.asarray(y).astype(np.int64)
+        if y.ndim != 1 or len(y) != X.shape[0]:
+            raise ShapeError(f"labels must be 1-D with {X.shape[0]} entries, got shape {y.shape}")
+        p = None if pairs is None else [(int(a), int(b)) for a, b in pairs]
+        out = _native.truth_fit(X, y.tolist(), self.method, p, int(self.random_state))
+        self.direction_ = out["direction"]
+        self.threshold_ = float(out["threshold"])
+        return self
+
+    def score(self, X: Any) -> np.ndarray:  # type: ignore[override]
+        """Truth score per row ``[n_samples]``."""
+        self._check_fitted("direction_")
+        X = _as_f64_2d(X)
+        if X.shape[1] != self.direction_.shape[0]:
+            raise ShapeError(f"X has {X.shape[1]} features but the direction has {self.direction_.shape[0]}")
+        return X @ self.direction_
+
+    def predict(self, X: Any) -> np.ndarray:
+        return (self.score(X) > self.threshold_).astype(np.int64)
+
+    def evaluate(self, X: Any, y: Any) -> dict[str, float]:
+        """``{"accuracy", "auroc"}`` on a (possibly different) labelled set."""
+        s = self.score(X)
+        y = np.asarray(y).astype(np.int64)
+        return {"accuracy": float(np.mean((s > self.threshold_) == (y == 1))), "auroc": auroc(y, s)}
+
+
+# --- metrics ------------------------------------------------------------------------------
+
+def auroc(y_true: Any, scores: Any) -> float:
+    """Area under the ROC curve (ties averaged), equal to scikit-learn's ``roc_auc_score``."""
+    y = np.asarray(y_true).astype(np.int64)
+    return float(_native.auroc(y.tolist(), np.asarray(scores, dtype=np.float64)))
+
+
+def accuracy(y_true: Any, y_pred: Any) -> float:
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape != y_pred.shape:
+        raise ShapeError(f"y_true {y_true.shape} and y_pred {y_pred.shape} differ in shape")
+    return float(np.mean(y_true == y_pred))
+
+
+def balanced_accuracy(y_true: Any, y_pred: Any) -> float:
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    recalls = [np.mean(y_pred[y_true == c] == c) for c in np.unique(y_true)]
+    return float(np.mean(recalls))
+
+
+def confusion_matrix(y_true: Any, y_pred: Any, labels: Sequence[Any] | None = None) -> np.ndarray:
+    """``cm[i, j]`` = count of true ``labels[i]`` predicted as ``labels[j]``."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    labels = np.unique(np.concatenate([y_true, y_pred])) if labels is None else np.asarray(labels)
+    index = {v: i for i, v in enumerate(labels.tolist())}
+    cm = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    for t, p in zip(y_true.tolist(), y_pred.tolist()):
+        if t in index and p in index:
+            cm[index[t], index[p]] += 1
+    return cm
+
+
+def r2_score(y_true: Any, y_pred: Any) -> np.ndarray:
+    """R² per target: ``[n_targets]`` (a 1-element array for 1-D input)."""
+    a = np.asarray(y_true, dtype=np.float64)
+    b = np.asarray(y_pred, dtype=np.float64)
+    a2, b2 = (a[:, None], b[:, None]) if a.ndim == 1 else (a, b)
+    return np.asarray(_native.r2_per_target(np.ascontiguousarray(a2), np.ascontiguousarray(b2)))
+
+
+def great_circle_km(latlon_a: Any, latlon_b: Any) -> np.ndarray:
+    """Haversine distances ``[n]`` in km between two ``[n, 2]`` arrays of (lat, lon) degrees."""
+    return _native.great_circle_km(_as_f64_2d(latlon_a, "latlon_a"), _as_f64_2d(latlon_b, "latlon_b"))
+
+
+def proximity_error(y_true: Any, y_pred: Any) -> np.ndarray:
+    """Per entity, the fraction of other entities whose prediction is closer to its true
+    position than its own prediction (Gurnee & Tegmark 2023). ``[n]``; 0 is perfect."""
+    return _native.proximity_error(_as_f64_2d(y_true, "y_true"), _as_f64_2d(y_pred, "y_pred"))
+
+
+# --- splits, sweeps, control tasks --------------------------------------------------------
+
+def train_test_split_indices(n: int, test_size: float = 0.2, seed: int = 0,
+                             groups: Sequence[Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of ``range(n)``; with ``groups``, every member of a group lands on one side."""
+    if not 0 < test_size < 1:
+        raise InvalidArgumentError(f"test_size must be in (0, 1), got {test_size}")
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        order = rng.permutation(n)
+        n_test = max(1, int(round(n * test_size)))
+        return np.sort(order[n_test:]), np.sort(order[:n_test])
+    groups = np.asarray(groups)
+    if len(groups) != n:
+        raise ShapeError(f"groups has {len(groups)} entries for {n} samples")
+    uniq = np.unique(groups)
+    test_groups = set(rng.permutation(uniq)[: max(1, int(round(len(uniq) * test_size)))].tolist())
+    is_test = np.array([g in test_groups for g in groups.tolist()])
+    return np.flatnonzero(~is_test), np.flatnonzero(is_test)
+
+
+def kfold_indices(n: int, k: int = 5, seed: int = 0, groups: Sequence[Any] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Seeded k-fold (group k-fold with ``groups``): a list of (train, test) index arrays."""
+    if k < 2:
+        raise InvalidArgumentError(f"k must be at least 2, got {k}")
+    rng = np.random.default_rng(seed)
+    keys = np.arange(n) if groups is None else np.asarray(groups)
+    uniq = rng.permutation(np.unique(keys))
+    fold_of = {g: i % k for i, g in enumerate(uniq.tolist())}
+    fold = np.array([fold_of[g] for g in keys.tolist()])
+    return [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in range(k)]
+
+
+def control_task_labels(word_types: Sequence[str], labels: Sequence[Any], seed: int = 0) -> np.ndarray:
+    """Hewitt & Liang (2019) control task: each word type gets one random label drawn from the
+    empirical label distribution, and every occurrence of the type carries it."""
+    labels = np.asarray(labels)
+    types = [str(w) for w in word_types]
+    if len(types) != len(labels):
+        raise ShapeError(f"{len(types)} word types for {len(labels)} labels")
+    rng = np.random.default_rng(seed)
+    values, counts = np.unique(labels, return_counts=True)
+    p = counts / counts.sum()
+    mapping: dict[str, Any] = {}
+    for t in sorted(set(types)):
+        mapping[t] = values[rng.choice(len(values), p=p)]
+    return np.array([mapping[t] for t in types])
+
+
+def layer_sweep(
+    activations: np.ndarray | Mapping[str, np.ndarray],
+    y: Any,
+    probe: str = "logistic",
+    test_size: float = 0.2,
+    seed: int = 0,
+    groups: Sequence[Any] | None = None,
+    control_labels: Any | None = None,
+    **probe_params: Any,
+) -> dict[str, np.ndarray]:
+    """Fit one probe per layer and report train and held-out metrics.
+
+    ``activations`` is ``[layers, n, d]`` or an ActivationCache / mapping (its
+    ``blocks.*.hook_resid_post`` arrays ``[n, d]`` are used in layer order). ``probe`` is
+    ``"logistic"`` (accuracy) or ``"ridge"`` (mean R²). With ``control_labels`` the same probe
+    is fitted on them and ``selectivity = test - control_test`` is reported.
+    Returns a dict of equal-length arrays (``pandas.DataFrame(result)`` gives a table).
+    """
+    if isinstance(activations, Mapping):
+        names = sorted((n for n in activations if n.startswith("blocks.") and n.endswith("hook_resid_post")),
+                       key=lambda n: int(n.split(".")[1]))
+        stack = [np.asarray(activations[n]) for n in names]
+    else:
+        arr = np.asarray(activations)
+        if arr.ndim != 3:
+            raise ShapeError(f"activations must be [layers, n, d], got shape {arr.shape}")
+        stack = list(arr)
+    y = np.asarray(y)
+    n = len(y)
+    train, test = train_test_split_indices(n, test_size, seed, groups)
+    make = (lambda: LogisticProbe(**probe_params)) if probe == "logistic" else (lambda: RidgeProbe(**probe_params))
+    if probe not in ("logistic", "ridge"):
+        raise InvalidArgumentError(f"probe must be 'logistic' or 'ridge', got '{probe}'")
+    rows: dict[str, list[float]] = {"layer": [], "train": [], "test": []}
+    if control_labels is not None:
+        rows.update({"control_train": [], "control_test": [], "selectivity": []})
+    for layer, X in enumerate(stack):
+        if X.shape[0] != n:
+            raise ShapeError(f"layer {layer} has {X.shape[0]} rows for {n} labels")
+        m = make().fit(X[train], y[train])
+        rows["layer"].append(layer)
+        rows["train"].append(m.score(X[train], y[train]))
+        rows["test"].append(m.score(X[test], y[test]))
+        if control_labels is not None:
+            c = np.asarray(control_labels)
+            mc = make().fit(X[train], c[train])
+            rows["control_train"].append(mc.score(X[train], c[train]))
+            rows["control_test"].append(mc.score(X[test], c[test]))
+            rows["selectivity"].append(rows["test"][-1] - rows["control_test"][-1])
+    return {k: np.asarray(v) for k, v in rows.items()}

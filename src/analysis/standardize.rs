@@ -1,0 +1,53 @@
+//! Per-feature standardisation (zero mean, unit variance), recorded so that predictions on new
+//! data use the training statistics.
+
+use ndarray::{Array1, Array2, ArrayView2, Axis};
+
+/// Mean and scale of each feature. A constant feature gets scale 1 (as scikit-learn does).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Standardizer {
+    pub mean: Array1<f64>,
+    pub scale: Array1<f64>,
+}
+
+impl Standardizer {
+    pub fn fit(x: &ArrayView2<f64>) -> Self {
+        let n = x.nrows() as f64;
+        let mean = x
+            .mean_axis(Axis(0))
+            .unwrap_or_else(|| Array1::zeros(x.ncols()));
+        let mut var = Array1::<f64>::zeros(x.ncols());
+        for row in x.rows() {
+            for ((v, &m), &xi) in var.iter_mut().zip(&mean).zip(row) {
+                *v += (xi - m) * (xi - m);
+            }
+        }
+        let scale = var.mapv(|v| {
+            let s = (v / n).sqrt();
+            if s > 1e-12 * (1.0 + s) && s.is_finite() {
+                s
+            } else {
+                1.0
+            }
+        });
+        Standardizer { mean, scale }
+    }
+
+    /// Identity transform (no standardisation).
+    pub fn identity(d: usize) -> Self {
+        Standardizer {
+            mean: Array1::zeros(d),
+            scale: Array1::ones(d),
+        }
+    }
+
+    pub fn transform(&self, x: &ArrayView2<f64>) -> Array2<f64> {
+        let mut out = x.to_owned();
+        for mut row in out.rows_mut() {
+            for ((v, &m), &s) in row.iter_mut().zip(&self.mean).zip(&self.scale) {
+                *v = (*v - m) / s;
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,177 @@
+"""The analysis toolkit against scikit-learn (an independent reference) and planted answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.decomposition import PCA as SkPCA
+from sklearn.linear_model import LogisticRegression, Ridge, RidgeCV
+from sklearn.metrics import roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from mindscope import analysis as A
+from mindscope import errors
+
+
+def blobs(n=1200, d=40, k=3, seed=0, sep=1.0):
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((k, d)) * sep
+    y = rng.integers(0, k, n)
+    X = centers[y] + rng.standard_normal((n, d)) * 2.0 + rng.standard_normal(d) * 5
+    return X, y
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_logistic_matches_sklearn_accuracy(k):
+    X, y = blobs(k=k, seed=k)
+    tr, te = A.train_test_split_indices(len(y), 0.25, seed=1)
+    ours = A.LogisticProbe(C=0.1, max_iter=500).fit(X[tr], y[tr])
+    sk = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=1000)).fit(X[tr], y[tr])
+    acc_ours, acc_sk = ours.score(X[te], y[te]), sk.score(X[te], y[te])
+    assert abs(acc_ours - acc_sk) <= 0.005, (acc_ours, acc_sk)
+    assert 0.5 < acc_ours < 1.0  # the task is neither trivial nor hopeless
+    proba = ours.predict_proba(X[te])
+    np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-9)
+    np.testing.assert_allclose(proba, sk.predict_proba(X[te]), atol=2e-2)
+
+
+def test_logistic_keeps_label_values():
+    X, y = blobs(k=2)
+    names = np.array(["false", "true"])[y]
+    p = A.LogisticProbe().fit(X, names)
+    assert set(p.predict(X)) <= {"false", "true"}
+    assert list(p.classes_) == ["false", "true"]
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_ridge_coefficients_match_sklearn(standardize):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 30)) * rng.uniform(0.5, 3, 30) + 2
+    Y = X @ rng.standard_normal((30, 2)) + rng.standard_normal((300, 2))
+    ours = A.RidgeProbe(alphas=3.0, standardize=standardize).fit(X, Y)
+    if standardize:
+        sc = StandardScaler().fit(X)
+        sk = Ridge(alpha=3.0).fit(sc.transform(X), Y)
+        sk_coef = sk.coef_ / sc.scale_
+    else:
+        sk = Ridge(alpha=3.0).fit(X, Y)
+        sk_coef = sk.coef_
+    rel = np.abs(ours.coef_ - sk_coef) / np.abs(sk_coef).max()
+    assert rel.max() <= 1e-4
+    np.testing.assert_allclose(ours.predict(X), sk.predict(sc.transform(X) if standardize else X), rtol=1e-6, atol=1e-6)
+
+
+def test_ridge_loo_picks_the_same_alpha_as_ridgecv():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((200, 60))
+    Y = X[:, :5] @ rng.standard_normal((5, 2)) + 2 * rng.standard_normal((200, 2))
+    alphas = np.logspace(-1, 4, 11)
+    ours = A.RidgeProbe(alphas=alphas, standardize=False).fit(X, Y)
+    sk = RidgeCV(alphas=alphas).fit(X, Y)
+    assert ours.alpha_ == pytest.approx(sk.alpha_)
+    kf = A.RidgeProbe(alphas=alphas, cv=5).fit(X, Y)
+    assert kf.alpha_ in alphas
+
+
+def test_ridge_wide_data():
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((40, 200))
+    y = X[:, 0] * 3
+    ours = A.RidgeProbe(alphas=1.0, standardize=False).fit(X, y)
+    sk = Ridge(alpha=1.0).fit(X, y)
+    np.testing.assert_allclose(ours.coef_, sk.coef_, atol=1e-6 * np.abs(sk.coef_).max())
+
+
+def test_pca_matches_sklearn():
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((500, 20)) @ rng.standard_normal((20, 20))
+    ours = A.PCA(5).fit(X)
+    sk = SkPCA(5).fit(X)
+    np.testing.assert_allclose(ours.explained_variance_ratio_, sk.explained_variance_ratio_, atol=1e-5)
+    np.testing.assert_allclose(ours.explained_variance_, sk.explained_variance_, rtol=1e-5)
+    for a, b in zip(ours.components_, sk.components_):
+        assert min(np.abs(a - b).max(), np.abs(a + b).max()) < 1e-6
+    Z = ours.transform(X)
+    np.testing.assert_allclose(np.abs(Z), np.abs(sk.transform(X)), atol=1e-6)
+
+
+def test_auroc_equals_sklearn():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 1000)
+    s = np.round(rng.standard_normal(1000) + y, 1)  # many ties
+    assert abs(A.auroc(y, s) - roc_auc_score(y, s)) <= 1e-9
+
+
+@pytest.mark.parametrize("method", ["mass_mean", "mass_mean_iid", "logistic", "lat", "ccs"])
+def test_truth_direction_recovers_planted_direction(method):
+    rng = np.random.default_rng(5)
+    n, d = 4000, 30
+    direction = rng.standard_normal(d)
+    direction /= np.linalg.norm(direction)
+    truth = rng.integers(0, 2, n)
+    base = rng.standard_normal((n, d))
+    sign = np.where(truth == 1, 1.0, -1.0)[:, None]
+    statements = base + 1.0 * sign * direction
+    negations = base - 1.0 * sign * direction  # a negation flips the truth
+    X = np.concatenate([statements, negations])
+    y = np.concatenate([truth, 1 - truth])
+    pairs = [(i, i + n) for i in range(n)]
+    t = A.TruthDirection(method).fit(X, y, pairs=pairs)
+    cos = float(t.direction_ @ direction)
+    assert cos > 0.99, cos
+    res = t.evaluate(X, y)
+    assert res["accuracy"] > 0.8 and res["auroc"] > 0.9
+
+
+def test_layer_sweep_and_control_task():
+    rng = np.random.default_rng(6)
+    n, d = 600, 16
+    y = rng.integers(0, 2, n)
+    informative = rng.standard_normal((n, d)) + 2.0 * y[:, None]
+    noise = rng.standard_normal((n, d))
+    table = A.layer_sweep(np.stack([noise, informative]), y, C=1.0,
+                          control_labels=A.control_task_labels([str(i % 50) for i in range(n)], y))
+    assert table["test"][1] > 0.95 and table["test"][0] < 0.65
+    assert table["selectivity"][1] > 0.3
+    groups = np.arange(n) // 10
+    tr, te = A.train_test_split_indices(n, 0.2, seed=0, groups=groups)
+    assert not set(groups[tr]) & set(groups[te])
+    folds = A.kfold_indices(n, 5, groups=groups)
+    assert all(not set(groups[a]) & set(groups[b]) for a, b in folds)
+
+
+def test_metrics():
+    np.testing.assert_allclose(A.great_circle_km([[48.8566, 2.3522]], [[51.5074, -0.1278]]), [343.5], atol=2)
+    y = np.array([[0, 0], [10, 0], [0, 10.0]])
+    assert A.proximity_error(y, y).tolist() == [0, 0, 0]
+    assert A.balanced_accuracy([0, 0, 0, 1], [0, 0, 0, 0]) == 0.5
+    assert A.confusion_matrix([0, 1, 1], [0, 1, 0]).tolist() == [[1, 0], [1, 1]]
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+def test_bad_input_raises_typed_errors():
+    X, y = blobs(k=2, n=100)
+    Xn = X.copy()
+    Xn[3, 4] = np.nan
+    with pytest.raises(errors.DataError, match="NaN"):
+        A.LogisticProbe().fit(Xn, y)
+    with pytest.raises(errors.DataError, match="inf"):
+        A.RidgeProbe().fit(np.where(X > 3, np.inf, X), y.astype(float))
+    with pytest.raises(errors.ShapeError, match="must match|labels"):
+        A.LogisticProbe().fit(X, y[:-1])
+    with pytest.raises(errors.DataError, match="single class"):
+        A.LogisticProbe().fit(X, np.zeros(100))
+    with pytest.raises(errors.DataError, match="single class"):
+        A.TruthDirection().fit(X, np.ones(100))
+    with pytest.raises(errors.InvalidArgumentError, match="n_components"):
+        A.PCA(50).fit(X[:, :10])
+    with pytest.raises(errors.NotFittedError):
+        A.LogisticProbe().predict(X)
+    with pytest.raises(errors.NotFittedError):
+        A.PCA().transform(X)
+    with pytest.raises(errors.InvalidArgumentError, match="method"):
+        A.TruthDirection("vibes").fit(X, y)
+    with pytest.raises(errors.ShapeError, match="features"):
+        A.RidgeProbe().fit(X, y.astype(float)).predict(X[:, :3])
