@@ -12,8 +12,8 @@ use super::gguf::GgufFile;
 use crate::error::{MsError, Result};
 use crate::hooks::{HookContext, HookKind, HookPoint, HookRegistry, LogitsMode};
 
-/// Weights of one block, stored transposed (`[in, out]`) so every projection is a plain
-/// row-major matmul.
+/// Weights of one block in the file's `[out, in]` layout; projections multiply by the
+/// transposed view (the matmul reads strides, so no transposed copy is kept in memory).
 struct Block {
     attn_norm: Tensor,
     wq: Tensor,
@@ -47,7 +47,7 @@ pub struct Decoder {
     embed: Tensor,
     blocks: Vec<Block>,
     final_norm: Tensor,
-    /// `[d_model, vocab]`; the embedding transposed when tied.
+    /// `[vocab, d_model]`; the embedding itself when tied (shared, not copied).
     lm_head: Tensor,
     pub hooks: HookRegistry,
 }
@@ -61,10 +61,6 @@ fn unpermute_rows(w: &Tensor, n_heads: usize) -> Result<Tensor> {
         .transpose(1, 2)?
         .contiguous()?
         .reshape((out, inp))?)
-}
-
-fn transposed(w: Tensor) -> Result<Tensor> {
-    Ok(w.t()?.contiguous()?)
 }
 
 impl Decoder {
@@ -106,26 +102,23 @@ impl Decoder {
         let embed = next(&[v, d], "token_embd.weight")?;
         let final_norm = next(&[d], "output_norm.weight")?;
         let lm_head = if cfg.tie_embeddings {
-            transposed(embed.clone())?
+            embed.clone()
         } else {
-            transposed(next(&[v, d], "output.weight")?)?
+            next(&[v, d], "output.weight")?
         };
         let mut blocks = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
             blocks.push(Block {
                 attn_norm: next(&[d], &n("attn_norm"))?,
-                wq: transposed(unpermute_rows(&next(&[hq, d], &n("attn_q"))?, cfg.n_heads)?)?,
-                wk: transposed(unpermute_rows(
-                    &next(&[hkv, d], &n("attn_k"))?,
-                    cfg.n_kv_heads,
-                )?)?,
-                wv: transposed(next(&[hkv, d], &n("attn_v"))?)?,
-                wo: transposed(next(&[d, hq], &n("attn_output"))?)?,
+                wq: unpermute_rows(&next(&[hq, d], &n("attn_q"))?, cfg.n_heads)?,
+                wk: unpermute_rows(&next(&[hkv, d], &n("attn_k"))?, cfg.n_kv_heads)?,
+                wv: next(&[hkv, d], &n("attn_v"))?,
+                wo: next(&[d, hq], &n("attn_output"))?,
                 mlp_norm: next(&[d], &n("ffn_norm"))?,
-                w_gate: transposed(next(&[f, d], &n("ffn_gate"))?)?,
-                w_up: transposed(next(&[f, d], &n("ffn_up"))?)?,
-                w_down: transposed(next(&[d, f], &n("ffn_down"))?)?,
+                w_gate: next(&[f, d], &n("ffn_gate"))?,
+                w_up: next(&[f, d], &n("ffn_up"))?,
+                w_down: next(&[d, f], &n("ffn_down"))?,
             });
         }
         let hooks = HookRegistry::new(cfg.n_layers, &HookKind::PER_BLOCK);
@@ -209,12 +202,13 @@ impl Decoder {
         Ok(e.broadcast_div(&sum)?)
     }
 
+    /// `x [..., in] @ w^T` for a weight `w [out, in]`.
     fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let rows: usize = dims[..dims.len() - 1].iter().product();
-        let out = x.reshape((rows, dims[dims.len() - 1]))?.matmul(w)?;
+        let out = x.reshape((rows, dims[dims.len() - 1]))?.matmul(&w.t()?)?;
         let mut shape = dims[..dims.len() - 1].to_vec();
-        shape.push(w.dim(1)?);
+        shape.push(w.dim(0)?);
         Ok(out.reshape(shape)?)
     }
 
@@ -343,7 +337,7 @@ impl Decoder {
                 LogitsMode::All => Ok(Some(Self::linear(&normed, &self.lm_head)?)),
                 LogitsMode::Last => {
                     let last = last_rows(&normed, lengths)?;
-                    Ok(Some(last.matmul(&self.lm_head)?))
+                    Ok(Some(last.matmul(&self.lm_head.t()?)?))
                 }
             };
         }
@@ -351,7 +345,7 @@ impl Decoder {
             LogitsMode::Last => {
                 // Only the last real row of each prompt goes through the norm and LM head.
                 let last = self.rms_norm(&last_rows(&x, lengths)?, &self.final_norm)?;
-                Ok(Some(last.matmul(&self.lm_head)?))
+                Ok(Some(last.matmul(&self.lm_head.t()?)?))
             }
             _ => Ok(None),
         }
@@ -361,7 +355,7 @@ impl Decoder {
     /// (the logit lens).
     pub fn unembed(&self, resid: &Tensor) -> Result<Tensor> {
         let normed = self.rms_norm(resid, &self.final_norm)?;
-        Ok(normed.matmul(&self.lm_head)?)
+        Ok(normed.matmul(&self.lm_head.t()?)?)
     }
 }
 
