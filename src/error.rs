@@ -74,6 +74,9 @@ impl MsError {
 
 impl From<candle_core::Error> for MsError {
     fn from(e: candle_core::Error) -> Self {
-        MsError::Compute(format!("tensor computation failed: {e}"))
+        // candle appends a backtrace to some errors; the first line is the message.
+        let msg = e.to_string();
+        let first = msg.lines().next().unwrap_or_default();
+        MsError::Compute(format!("tensor computation failed: {first}"))
     }
 }

@@ -11,16 +11,36 @@ package is its thin Python face. Start with::
 
 from __future__ import annotations
 
-from . import errors
+from . import analysis, datasets, errors, experiments, plotting
 from ._native import __version__
 from .errors import *  # noqa: F401,F403  (typed exceptions at the top level)
 from .hooks import ActivationCache, Intervention, PerPrompt
 from .model import Generation, HookedModel, load_model
+from .experiments import (
+    LieDetector,
+    attribution,
+    confidence,
+    logit_lens,
+    pos_probing,
+    truth_experiment,
+    world_map,
+)
 from .registry import DEFAULT_MODEL, list_models
 
 __all__ = [
     "__version__",
+    "analysis",
+    "datasets",
     "errors",
+    "experiments",
+    "plotting",
+    "LieDetector",
+    "attribution",
+    "confidence",
+    "logit_lens",
+    "pos_probing",
+    "truth_experiment",
+    "world_map",
     "ActivationCache",
     "Generation",
     "HookedModel",

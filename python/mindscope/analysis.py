@@ -7,13 +7,30 @@ and records its standardisation (``mean_``, ``scale_``) when ``standardize=True`
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 
 from . import _native
 from .errors import DataError, InvalidArgumentError, NotFittedError, ShapeError
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def map_parallel(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None) -> list[R]:
+    """``[fn(x) for x in items]`` on a thread pool. The Rust fits release the GIL and are
+    single-threaded, so independent fits (one per layer) run side by side on all cores."""
+    items = list(items)
+    workers = workers or os.cpu_count() or 1
+    if workers == 1 or len(items) < 2:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        return list(pool.map(fn, items))
 
 
 def _as_f64_2d(x: Any, what: str = "X") -> np.ndarray:

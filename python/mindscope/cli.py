@@ -1,11 +1,18 @@
 """The ``mindscope`` command line.
 
 Subcommands:
-  models     list registered models and whether they are installed
-  generate   continue a prompt
-  capture    run prompts and print the shapes of captured activations
-  tour       the guided tour: load the default model, generate, capture, and run the
-             experiments that are available, writing results under ``results/``
+  models        list registered models and whether they are installed
+  generate      continue a prompt
+  capture       run prompts and print the shapes of captured activations
+  world-map     latitude/longitude probes on city names      -> results/world_map/
+  pos           part-of-speech probing with a control task    -> results/pos_probing/
+  lie-detector  truth directions per layer, transfer, causal  -> results/lie_detector/
+  attribution   which input tokens matter for a target        -> results/attribution/
+  logit-lens    each layer's guess for the next token         -> results/logit_lens/
+  confidence    calibration on capital-city questions         -> results/confidence/
+  tour          the guided tour: all of the above on the default model
+
+Every experiment writes ``metrics.json`` and a PNG into its folder.
 """
 
 from __future__ import annotations
@@ -15,10 +22,11 @@ import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from .errors import MindscopeError
+from .errors import InvalidArgumentError, MindscopeError
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -53,7 +61,98 @@ def _cmd_capture(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_world_map(model: Any, args: argparse.Namespace) -> Any:
+    from .datasets import world_cities
+    from .experiments import world_map
+
+    return world_map(model, world_cities(n=args.cities, seed=args.seed), template=args.template, seed=args.seed)
+
+
+def _run_pos(model: Any, args: argparse.Namespace) -> Any:
+    from .datasets import shared_data_file, ud_pos
+    from .experiments import pos_probing
+
+    path = args.treebank or shared_data_file("ud_ewt_pos.jsonl")
+    if path is None:
+        raise InvalidArgumentError("no treebank: pass --treebank PATH (CoNLL-U or JSONL) or set $MINDSCOPE_DATA")
+    layers = range(0, model.n_layers, args.every)
+    return pos_probing(model, ud_pos(path, max_sentences=args.sentences), layers=layers, seed=args.seed)
+
+
+def _run_lie_detector(model: Any, args: argparse.Namespace) -> Any:
+    from .datasets import shared_data_file, true_false_csv
+    from .experiments import truth_experiment
+
+    facts_path = args.facts or shared_data_file("facts_true_false.csv")
+    facts = true_false_csv(facts_path, "facts") if facts_path else None
+    return truth_experiment(model, facts=facts, n_cities=args.cities_truth, seed=args.seed)
+
+
+def _run_attribution(model: Any, args: argparse.Namespace) -> Any:
+    from .experiments import attribution
+
+    return attribution(model, args.prompt, args.target, ablation=args.ablation, unit=args.unit, window=args.window)
+
+
+def _run_logit_lens(model: Any, args: argparse.Namespace) -> Any:
+    from .experiments import logit_lens
+
+    prompt = getattr(args, "lens_prompt", None) or args.prompt
+    return logit_lens(model, prompt, None if hasattr(args, "lens_prompt") else args.target)
+
+
+def _run_confidence(model: Any, args: argparse.Namespace) -> Any:
+    from .datasets import capital_questions
+    from .experiments import confidence
+
+    return confidence(model, *capital_questions())
+
+
+EXPERIMENTS: dict[str, Callable[[Any, argparse.Namespace], Any]] = {
+    "world-map": _run_world_map,
+    "pos": _run_pos,
+    "lie-detector": _run_lie_detector,
+    "attribution": _run_attribution,
+    "logit-lens": _run_logit_lens,
+    "confidence": _run_confidence,
+}
+
+
+def _headline(result: Any) -> str:
+    m = result.metrics()
+    keys = ("best_layer", "best_r2_lat", "best_r2_lon", "best_mean_error_km", "best_method", "best_accuracy",
+            "best_auroc", "best_selectivity", "most_important", "first_layer_target_is_top1", "accuracy", "ece")
+    parts = []
+    for k in keys:
+        if k in m:
+            v = m[k]
+            if isinstance(v, dict):  # e.g. best_selectivity: {"representation": "L27", ...}
+                v = ", ".join(f"{a}={b:.3f}" if isinstance(b, float) else f"{a}={b}" for a, b in v.items())
+                parts.append(f"{k}: {v}")
+            else:
+                parts.append(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}")
+    return ", ".join(parts)
+
+
+def _run_and_save(name: str, model: Any, args: argparse.Namespace, out: Path) -> Any:
+    t0 = time.perf_counter()
+    result = EXPERIMENTS[name](model, args)
+    paths = result.save(out / result.name)
+    print(f"[{name}] {_headline(result)}")
+    print(f"{'':{len(name) + 3}}wrote {paths['plot']} and {paths['metrics']} ({time.perf_counter() - t0:.0f} s)")
+    return result
+
+
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from .model import load_model
+
+    model = load_model(args.model)
+    _run_and_save(args.command, model, args, Path(args.out))
+    return 0
+
+
 def _cmd_tour(args: argparse.Namespace) -> int:
+    from .datasets import shared_data_file
     from .model import load_model
 
     out = Path(args.out)
@@ -72,21 +171,53 @@ def _cmd_tour(args: argparse.Namespace) -> int:
         [prompt, "Paris is in"], names="blocks.*.hook_resid_post", positions="last"
     )
     print(f"\n[capture] {len(cache)} hook points, logits {tuple(logits.shape)}")
-    for name in ("blocks.0.hook_resid_post", "blocks.12.hook_resid_post", f"blocks.{model.n_layers - 1}.hook_resid_post"):
+    for name in ("blocks.0.hook_resid_post", f"blocks.{model.n_layers - 1}.hook_resid_post"):
         print(f"          {name:32s} {tuple(cache[name].shape)} {cache[name].dtype}")
-    _, full = model.run_with_cache(prompt, names=lambda n: n.startswith("blocks.12."))
-    print("          every hook of block 12, all positions:")
-    for name, arr in full.items():
-        print(f"          {name:32s} {tuple(arr.shape)}")
+    print()
 
-    summary = {
-        "model": model.name,
-        "generation": {"prompt": prompt, "continuation": gen.text, "logprobs": gen.logprobs},
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
+    summary: dict[str, Any] = {"model": model.name,
+                               "generation": {"prompt": prompt, "continuation": gen.text, "logprobs": gen.logprobs},
+                               "experiments": {}}
+    steps = ["world-map", "lie-detector", "attribution", "logit-lens", "confidence"]
+    if args.treebank or shared_data_file("ud_ewt_pos.jsonl"):
+        steps.append("pos")
+    else:
+        print("[pos] skipped: no treebank found (pass --treebank PATH or set $MINDSCOPE_DATA)")
+    for name in steps:
+        result = _run_and_save(name, model, args, out)
+        summary["experiments"][result.name] = {"folder": str(out / result.name), "headline": _headline(result)}
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
     (out / "tour.json").write_text(json.dumps(summary, indent=2))
-    print(f"\nwrote {out / 'tour.json'}")
+    print(f"\ntour done in {summary['seconds']:.0f} s; summary in {out / 'tour.json'}")
     return 0
+
+
+def _add_experiment_args(p: argparse.ArgumentParser, name: str) -> None:
+    if name in ("world-map", "tour"):
+        p.add_argument("--cities", type=int, default=3000, help="cities for the world map")
+        p.add_argument("--template", default="{name}", help="prompt template with {name}")
+    if name in ("lie-detector", "tour"):
+        p.add_argument("--facts", default=None, help="statement,label CSV for out-of-distribution tests")
+        p.add_argument("--statement-cities", dest="cities_truth", type=int, default=400,
+                       help="cities for the true/false statements (4 statements each)")
+    if name in ("pos", "tour"):
+        p.add_argument("--treebank", default=None, help="CoNLL-U or JSONL POS treebank")
+        p.add_argument("--sentences", type=int, default=300, help="sentences to probe on")
+        p.add_argument("--every", type=int, default=3, help="probe every k-th layer")
+    if name in ("attribution", "logit-lens", "tour"):
+        default_prompt = ("When Mary and John went to the store, John gave a drink to" if name != "logit-lens"
+                          else "The capital of France is")
+        p.add_argument("--prompt", default=default_prompt)
+        p.add_argument("--target", default=None, help="continuation to explain (default: the top next token)")
+    if name == "tour":
+        p.add_argument("--lens-prompt", default="The capital of France is", help="prompt for the logit lens")
+    if name in ("attribution", "tour"):
+        p.add_argument("--ablation", default="delete", choices=["delete", "replace", "zero", "mean"])
+        p.add_argument("--unit", default="token", choices=["token", "word", "window"])
+        p.add_argument("--window", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--out", default="results", help="output folder (one subfolder per experiment)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,9 +243,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--positions", default="last", choices=["all", "last"])
     c.set_defaults(func=_cmd_capture)
 
-    t = sub.add_parser("tour", help="the guided tour (main job)")
-    t.add_argument("--model", default="smollm2-135m")
-    t.add_argument("--out", default="results", help="output folder")
+    helps = {"world-map": "probe city names for latitude/longitude", "pos": "POS probing with a control task",
+             "lie-detector": "truth directions per layer", "attribution": "input-ablation attribution",
+             "logit-lens": "each layer's next-token guess", "confidence": "calibration on known answers"}
+    for name, text in helps.items():
+        e = sub.add_parser(name, help=text)
+        _add_experiment_args(e, name)
+        e.set_defaults(func=_cmd_experiment)
+
+    t = sub.add_parser("tour", help="the guided tour (main job): every experiment on the default model")
+    _add_experiment_args(t, "tour")
     t.set_defaults(func=_cmd_tour)
     return parser
 

@@ -212,6 +212,45 @@ class HookedModel:
         gen = Generation(prompt, out["text"], list(out["token_ids"]), list(out["logprobs"]), list(out["prompt_ids"]))
         return gen if return_details else gen.text
 
+    def check_layers(self, layers: Iterable[int] | None) -> list[int]:
+        """Validate block indices (negative counts from the end); ``None`` means every block."""
+        if layers is None:
+            return list(range(self.n_layers))
+        out = []
+        for layer in layers:
+            i = int(layer)
+            if not -self.n_layers <= i < self.n_layers:
+                raise InvalidArgumentError(
+                    f"layer {layer} is out of range: this model has blocks 0..{self.n_layers - 1}")
+            out.append(i % self.n_layers)
+        if not out:
+            raise InvalidArgumentError("the list of layers is empty")
+        return out
+
+    def layer_activations(
+        self,
+        prompts: Prompts,
+        layers: Iterable[int] | None = None,
+        positions: PositionsSpec = "last",
+        site: str = "hook_resid_post",
+        batch_size: int = 32,
+    ) -> np.ndarray:
+        """One site of several blocks as one array ``[layers, batch, d]`` (``positions`` must pick
+        one position per prompt: ``"last"``, an index or ``PerPrompt``). Blocks after the last
+        requested one are not computed."""
+        chosen = self.check_layers(layers)
+        names = [f"blocks.{i}.{site}" for i in chosen]
+        unknown = [n for n in names if n not in self._hook_names]
+        if unknown:
+            raise InvalidArgumentError(f"site '{site}' is not a per-block hook (e.g. hook_resid_post, hook_attn_out)")
+        _, cache = self.run_with_cache(prompts, names=names, positions=positions,
+                                       return_logits=False, batch_size=batch_size)
+        arrays = [cache[n] for n in names]
+        if arrays[0].ndim != 2:
+            raise InvalidArgumentError("layer_activations needs one position per prompt; got "
+                                       f"arrays of shape {arrays[0].shape}")
+        return np.stack(arrays)
+
     # --- weights ------------------------------------------------------------------------
     def unembed(self, resid: np.ndarray) -> np.ndarray:
         """Final norm + unembedding: residual vectors ``[..., d_model]`` -> logits ``[..., vocab]``."""

@@ -15,7 +15,7 @@ use crate::error::{MsError, Result};
 use crate::hooks::{
     Action, CaptureSpec, CapturedArray, HookFn, Intervention, LogitsMode, Positions,
 };
-use crate::model::{LanguageModel, SamplingParams, SUPPORTED_ARCHITECTURES};
+use crate::model::{Ablation, LanguageModel, SamplingParams, SUPPORTED_ARCHITECTURES};
 
 /// One intervention as the Python layer passes it:
 /// `(hook name, action, array, scale, positions kind, positions values, callable)`.
@@ -291,6 +291,54 @@ impl Model {
         d.set_item("logprobs", g.logprobs)?;
         d.set_item("prompt_ids", g.prompt_ids)?;
         Ok(d)
+    }
+
+    /// Log-probability of `target_ids` after `prompt_ids`, clean and with each token span
+    /// ablated (`kind`: "delete", "replace" (with `replace_id`), "zero", "mean"). `naive` runs
+    /// one full forward per variant instead of sharing the clean prefix (for checking).
+    #[pyo3(signature = (prompt_ids, target_ids, spans, kind, replace_id=None, batch_size=16, naive=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn ablation_scores(
+        &self,
+        py: Python<'_>,
+        prompt_ids: Vec<u32>,
+        target_ids: Vec<u32>,
+        spans: Vec<(usize, usize)>,
+        kind: &str,
+        replace_id: Option<u32>,
+        batch_size: usize,
+        naive: bool,
+    ) -> PyResult<(f64, Vec<f64>)> {
+        let ablation = match (kind, replace_id) {
+            ("delete", _) => Ablation::Delete,
+            ("replace", Some(id)) => Ablation::Replace(id),
+            ("replace", None) => {
+                return Err(to_py_err(MsError::invalid(
+                    "ablation 'replace' needs the replacement token id",
+                )))
+            }
+            ("zero", _) => Ablation::ZeroEmbedding,
+            ("mean", _) => Ablation::MeanEmbedding,
+            (other, _) => {
+                return Err(to_py_err(MsError::invalid(format!(
+                    "ablation '{other}' is not known; allowed: 'delete', 'replace', 'zero', 'mean'"
+                ))))
+            }
+        };
+        if batch_size == 0 {
+            return Err(to_py_err(MsError::invalid("batch_size must be at least 1")));
+        }
+        let model = &self.inner;
+        let scores = py
+            .detach(|| {
+                if naive {
+                    model.ablation_scores_naive(&prompt_ids, &target_ids, &spans, ablation)
+                } else {
+                    model.ablation_scores(&prompt_ids, &target_ids, &spans, ablation, batch_size)
+                }
+            })
+            .py_err()?;
+        Ok((scores.clean, scores.ablated))
     }
 
     /// Final norm + unembedding of residual vectors `[n, d_model]` -> logits `[n, vocab]`.

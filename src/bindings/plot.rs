@@ -1,6 +1,23 @@
-//! Placeholder: filled by the module's owner.
+//! Python bindings of the plotting module: `render_figure(spec_json, path)`.
+
+use std::path::PathBuf;
+
 use pyo3::prelude::*;
 
-pub fn register(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+use super::IntoPyResult;
+use crate::error::MsError;
+use crate::plot::{render, FigureSpec};
+
+/// Draw the figure described by `spec_json` (see `mindscope.plotting`) into a PNG at `path`.
+#[pyfunction]
+fn render_figure(py: Python<'_>, spec_json: &str, path: PathBuf) -> PyResult<()> {
+    let spec: FigureSpec = serde_json::from_str(spec_json)
+        .map_err(|e| MsError::invalid(format!("figure spec is not valid: {e}")))
+        .py_err()?;
+    py.detach(|| render(&spec, &path)).py_err()
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(render_figure, m)?)?;
     Ok(())
 }

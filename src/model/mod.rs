@@ -1,5 +1,6 @@
 //! Language models: loading, tokenization, batched runs with hooks, and generation.
 
+mod ablation;
 pub mod config;
 pub mod decoder;
 mod generate;
@@ -9,6 +10,7 @@ pub mod tokenizer;
 
 use std::path::Path;
 
+pub use ablation::{Ablation, AblationScores};
 pub use config::{DecoderConfig, SUPPORTED_ARCHITECTURES};
 pub use decoder::{Decoder, KvCache};
 pub use generate::{Generation, SamplingParams};

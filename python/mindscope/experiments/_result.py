@@ -1,0 +1,76 @@
+"""What every experiment returns: arrays, metrics, a plot, and a folder on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import StorageError
+
+
+def to_jsonable(value: Any) -> Any:
+    """numpy scalars and arrays (and NaN, which JSON lacks) as plain JSON values."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        f = float(value)
+        return f if np.isfinite(f) else None
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to a temporary file beside ``path`` and rename it into place, so an existing
+    file is either the old or the new version, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(to_jsonable(obj), f, indent=2)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise StorageError(f"cannot write {path}: {e}") from e
+
+
+class ExperimentResult:
+    """Base of experiment results: ``metrics()`` (JSON-able summary), ``plot(path)`` and
+    ``save(folder)`` which writes ``metrics.json`` and the plot there."""
+
+    name = "experiment"
+
+    def metrics(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def plot(self, path: str | os.PathLike[str]) -> str:
+        raise NotImplementedError
+
+    def save(self, folder: str | os.PathLike[str]) -> dict[str, str]:
+        """Write ``metrics.json`` and ``<name>.png`` into ``folder``; returns their paths."""
+        out = Path(folder)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"cannot create output folder {out}: {e}") from e
+        metrics_path = out / "metrics.json"
+        write_json_atomic(metrics_path, self.metrics())
+        png = self.plot(out / f"{self.name}.png")
+        return {"metrics": str(metrics_path), "plot": str(png)}
+
+    def __repr__(self) -> str:
+        m = self.metrics()
+        keys = [k for k, v in m.items() if isinstance(v, (int, float, str))][:6]
+        return f"{type(self).__name__}(" + ", ".join(f"{k}={m[k]!r}" for k in keys) + ")"

@@ -1,0 +1,167 @@
+"""Which input tokens matter for an output: input ablation (delete / replace / mask each token,
+word or window and measure the target's log-probability), next to attention-based attribution
+(the target position's attention per layer, and attention rollout, Abnar & Zuidema 2020)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import plotting
+from ..errors import InvalidArgumentError
+from ._result import ExperimentResult
+
+ABLATIONS = ("delete", "replace", "zero", "mean")
+UNITS = ("token", "word", "window")
+
+
+@dataclass
+class AttributionResult(ExperimentResult):
+    """``effect[i]`` = log p(target | prompt) − log p(target | prompt with span i ablated):
+    positive where the span supports the target. ``spans`` are token ranges ``[start, end)`` of
+    ``tokens``; ``attention`` ``[layers, tokens]`` is the head-averaged attention of the last
+    prompt position, ``rollout`` ``[tokens]`` its attention rollout."""
+
+    model_name: str
+    prompt: str
+    target: str
+    tokens: list[str]
+    spans: list[tuple[int, int]]
+    span_labels: list[str]
+    ablation: str
+    clean_logprob: float
+    ablated_logprob: np.ndarray
+    attention: np.ndarray
+    rollout: np.ndarray
+    name = "attribution"
+
+    @property
+    def effect(self) -> np.ndarray:
+        return self.clean_logprob - self.ablated_logprob
+
+    def token_effect(self) -> np.ndarray:
+        """Per token ``[tokens]``: the effect of the span it belongs to (for word units; for
+        windows, the mean over windows covering it)."""
+        total = np.zeros(len(self.tokens))
+        count = np.zeros(len(self.tokens))
+        for (s, e), v in zip(self.spans, self.effect):
+            total[s:e] += v
+            count[s:e] += 1
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+    def metrics(self) -> dict[str, Any]:
+        order = np.argsort(-self.effect)
+        return {
+            "model": self.model_name, "prompt": self.prompt, "target": self.target,
+            "ablation": self.ablation, "clean_logprob": self.clean_logprob,
+            "clean_prob": float(np.exp(self.clean_logprob)),
+            "spans": [{"span": list(self.spans[i]), "text": self.span_labels[i], "effect": self.effect[i],
+                       "ablated_logprob": self.ablated_logprob[i]} for i in range(len(self.spans))],
+            "most_important": [self.span_labels[i] for i in order[:3]],
+            "attention_last_layer": self.attention[-1], "rollout": self.rollout,
+        }
+
+    def plot(self, path: str | os.PathLike[str]) -> str:
+        """Tokens coloured by ablation effect, above the attention of the last position per
+        layer and its rollout."""
+        effect = plotting.heatmap_panel(
+            self.token_effect(), col_labels=self.tokens, row_labels=["Δ log p"], diverging=True, annotate=True,
+            title=f"Ablation ({self.ablation}): drop in log p({self.target!r}); red = supports the target")
+        layers = np.arange(self.attention.shape[0])
+        attn = plotting.heatmap_panel(
+            self.attention, col_labels=self.tokens, row_labels=[f"L{i}" for i in layers],
+            title="Attention of the last position (mean over heads)", y_label="layer")
+        roll = plotting.heatmap_panel(self.rollout, col_labels=self.tokens, row_labels=["rollout"], annotate=True,
+                                      title="Attention rollout")
+        width = max(900, min(2400, 70 * len(self.tokens) + 200))
+        return plotting.save_figure(path, [effect, attn, roll], columns=1, width=width, height=1250,
+                                    title=f"What matters for {self.target!r} after {self.prompt!r}")
+
+
+def _target_ids(model: Any, prompt_ids: list[int], target: str | None) -> tuple[list[int], str]:
+    if target is None:
+        logits = model.run([prompt_ids], return_logits="last")[0]
+        top = int(np.argmax(logits))
+        return [top], model.decode([top])
+    if not isinstance(target, str) or target == "":
+        raise InvalidArgumentError("the target is empty: give the continuation to score, e.g. ' Paris'")
+    ids = model.to_tokens(target)
+    if model.cfg.get("add_bos") and ids and ids[0] == model.cfg.get("bos_token_id"):
+        ids = ids[1:]
+    if not ids:
+        raise InvalidArgumentError(f"the target {target!r} tokenizes to no tokens")
+    return ids, target
+
+
+def _spans(model: Any, prompt: str, n_tokens: int, unit: str, window: int) -> list[tuple[int, int]]:
+    if unit == "token":
+        return [(i, i + 1) for i in range(n_tokens)]
+    if unit == "window":
+        if not 1 <= window <= n_tokens:
+            raise InvalidArgumentError(f"window {window} must be between 1 and the prompt's {n_tokens} tokens")
+        return [(i, i + window) for i in range(n_tokens - window + 1)]
+    if unit == "word":
+        _, offsets = model.encode_with_offsets(prompt)
+        spans: list[tuple[int, int]] = []
+        for i, (a, b) in enumerate(offsets):
+            # A token starts a new word if its text begins with whitespace (or it is the first).
+            starts_word = not spans or (a < len(prompt) and prompt[a:b][:1].isspace())
+            if starts_word:
+                spans.append((i, i + 1))
+            else:
+                spans[-1] = (spans[-1][0], i + 1)
+        return spans
+    raise InvalidArgumentError(f"unit '{unit}' is not known; allowed: {', '.join(UNITS)}")
+
+
+def attention_attribution(model: Any, prompt_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Head-averaged attention of the last position per layer ``[layers, tokens]`` and its
+    attention rollout ``[tokens]`` (residual-corrected: ``0.5 A + 0.5 I`` per layer)."""
+    _, cache = model.run_with_cache([prompt_ids], names="blocks.*.attn.hook_pattern", positions="all",
+                                    return_logits=False)
+    mats = [cache[f"blocks.{i}.attn.hook_pattern"][0].mean(axis=0) for i in range(model.n_layers)]
+    n = len(prompt_ids)
+    rollout = np.eye(n)
+    for a in mats:
+        rollout = (0.5 * a + 0.5 * np.eye(n)) @ rollout
+    return np.stack([a[-1] for a in mats]), rollout[-1]
+
+
+def attribution(
+    model: Any,
+    prompt: str,
+    target: str | None = None,
+    ablation: str = "delete",
+    replace_with: str = " ",
+    unit: str = "token",
+    window: int = 2,
+    batch_size: int = 16,
+) -> AttributionResult:
+    """Input-ablation attribution of ``target`` (default: the model's top next token) after
+    ``prompt``.
+
+    ``ablation``: ``"delete"`` the span, ``"replace"`` each of its tokens with the single token
+    ``replace_with``, or set its input embeddings to ``"zero"`` or the vocabulary ``"mean"``.
+    ``unit``: single tokens, whitespace-delimited ``"word"``s, or sliding ``"window"``s of
+    ``window`` tokens. All variants run in batches that share the unchanged prefix's keys and
+    values; only rows that predict the target reach the LM head.
+    """
+    if ablation not in ABLATIONS:
+        raise InvalidArgumentError(f"ablation '{ablation}' is not known; allowed: {', '.join(ABLATIONS)}")
+    if not isinstance(prompt, str) or not prompt:
+        raise InvalidArgumentError("the prompt is empty")
+    ids = model.to_tokens(prompt)
+    target_ids, target_text = _target_ids(model, ids, target)
+    spans = _spans(model, prompt, len(ids), unit, window)
+    replace_id = model.token_id(replace_with) if ablation == "replace" else None
+    clean, ablated = model._native.ablation_scores(ids, target_ids, spans, ablation, replace_id, batch_size, False)
+    tokens = model.to_str_tokens(ids)
+    attn, rollout = attention_attribution(model, ids)
+    return AttributionResult(
+        model_name=model.name, prompt=prompt, target=target_text, tokens=tokens, spans=spans,
+        span_labels=["".join(tokens[s:e]) for s, e in spans], ablation=ablation, clean_logprob=clean,
+        ablated_logprob=np.asarray(ablated), attention=attn, rollout=rollout,
+    )

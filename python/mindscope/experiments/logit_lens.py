@@ -1,0 +1,184 @@
+"""Asking the model: the logit lens (nostalgebraist 2020) and the model's own confidence.
+
+- :func:`logit_lens`: the final norm and unembedding applied to every layer's residual stream,
+  so each layer's "current guess" can be read as tokens.
+- :func:`confidence`: the probability the model gives its own answer on questions with known
+  answers, with a reliability diagram and expected calibration error (ECE).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import plotting
+from ..errors import InvalidArgumentError, ShapeError
+from ._result import ExperimentResult
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+@dataclass
+class LogitLensResult(ExperimentResult):
+    """``target_prob`` / ``target_rank`` ``[layers, positions]`` for ``target`` (the next
+    token after each position is scored against the same target token), and
+    ``top_tokens[layer][pos]`` the ``k`` most likely tokens with ``top_probs``."""
+
+    model_name: str
+    prompt: str
+    tokens: list[str]
+    target: str
+    target_prob: np.ndarray
+    target_rank: np.ndarray
+    top_tokens: list[list[list[str]]]
+    top_probs: np.ndarray
+    name = "logit_lens"
+
+    def metrics(self) -> dict[str, Any]:
+        last = self.target_prob[:, -1]
+        first = int(np.argmax(self.target_rank[:, -1] == 0)) if (self.target_rank[:, -1] == 0).any() else None
+        return {
+            "model": self.model_name, "prompt": self.prompt, "target": self.target,
+            "target_prob_last_position": last, "target_rank_last_position": self.target_rank[:, -1],
+            "first_layer_target_is_top1": first,
+            "top1_last_position": [layer[-1][0] for layer in self.top_tokens],
+        }
+
+    def plot(self, path: str | os.PathLike[str]) -> str:
+        """Heatmap of the target's probability (layers x positions) and its rank per layer at
+        the last position."""
+        n_layers = self.target_prob.shape[0]
+        heat = plotting.heatmap_panel(
+            self.target_prob, col_labels=self.tokens, row_labels=[f"L{i}" for i in range(n_layers)],
+            title=f"Logit lens: p({self.target!r}) read from each layer's residual stream", y_label="layer")
+        layers = np.arange(n_layers)
+        curve = plotting.lines_panel(
+            {f"p({self.target!r})": (layers, self.target_prob[:, -1]),
+             "p(top-1 token)": (layers, self.top_probs[:, -1, 0])},
+            dashed=["p(top-1 token)"], title="At the last position", x_label="layer", y_label="probability",
+            y_range=(0, 1))
+        return plotting.save_figure(path, [heat, curve], columns=2, width=1800, height=700,
+                                    title=f"Logit lens on {self.model_name}: {self.prompt!r}")
+
+
+def logit_lens(model: Any, prompt: str, target: str | None = None, k: int = 5) -> LogitLensResult:
+    """Apply the final norm + unembedding to ``blocks.{i}.hook_resid_post`` at every position.
+    ``target`` (one token, e.g. ``" Paris"``) defaults to the model's final top-1 prediction."""
+    if not isinstance(prompt, str) or not prompt:
+        raise InvalidArgumentError("the prompt is empty")
+    if k < 1:
+        raise InvalidArgumentError(f"k must be at least 1, got {k}")
+    ids = model.to_tokens(prompt)
+    _, cache = model.run_with_cache([ids], names="blocks.*.hook_resid_post", positions="all", return_logits=False)
+    resid = np.stack([cache[f"blocks.{i}.hook_resid_post"][0] for i in range(model.n_layers)])
+    logp = _log_softmax(model.unembed(resid).astype(np.float64))  # [layers, pos, vocab]
+    target_id = int(np.argmax(logp[-1, -1])) if target is None else model.token_id(target)
+    target_text = model.decode([target_id]) if target is None else target
+    t = logp[..., target_id]
+    rank = (logp > t[..., None]).sum(axis=-1)
+    top = np.argsort(-logp, axis=-1)[..., :k]
+    top_tokens = [[model.to_str_tokens(row.tolist()) for row in layer] for layer in top]
+    return LogitLensResult(
+        model_name=model.name, prompt=prompt, tokens=model.to_str_tokens(ids), target=target_text,
+        target_prob=np.exp(t), target_rank=rank, top_tokens=top_tokens,
+        top_probs=np.exp(np.take_along_axis(logp, top, axis=-1)),
+    )
+
+
+@dataclass
+class ConfidenceResult(ExperimentResult):
+    """Per question: ``confidence`` (probability of the model's top next token), ``correct``
+    (that token is the answer's first token), ``answer_prob`` (probability of the answer's first
+    token). Reliability bins: ``bin_confidence``, ``bin_accuracy``, ``bin_count``; ``ece``."""
+
+    model_name: str
+    prompts: list[str]
+    answers: list[str]
+    predictions: list[str]
+    confidence: np.ndarray
+    correct: np.ndarray
+    answer_prob: np.ndarray
+    bin_confidence: np.ndarray
+    bin_accuracy: np.ndarray
+    bin_count: np.ndarray
+    ece: float
+    name = "confidence"
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "model": self.model_name, "n_questions": len(self.prompts), "accuracy": float(self.correct.mean()),
+            "mean_confidence": float(self.confidence.mean()), "ece": self.ece,
+            "mean_answer_prob": float(self.answer_prob.mean()),
+            "bins": {"confidence": self.bin_confidence, "accuracy": self.bin_accuracy, "count": self.bin_count},
+            "examples": [{"prompt": p, "answer": a, "prediction": q, "confidence": c}
+                         for p, a, q, c in list(zip(self.prompts, self.answers, self.predictions,
+                                                    self.confidence.tolist()))[:10]],
+        }
+
+    def plot(self, path: str | os.PathLike[str]) -> str:
+        """Reliability diagram (accuracy per confidence bin against the diagonal) and how many
+        answers fall in each bin."""
+        has = self.bin_count > 0
+        rel = plotting.lines_panel(
+            {"perfect calibration": ([0, 1], [0, 1]),
+             "model": (self.bin_confidence[has], self.bin_accuracy[has])},
+            dashed=["perfect calibration"], x_label="confidence (probability of own answer)",
+            y_label="accuracy", y_range=(0, 1),
+            title=f"Reliability: accuracy {self.correct.mean():.2f}, ECE {self.ece:.3f}")
+        centers = (np.arange(len(self.bin_count)) + 0.5) / len(self.bin_count)
+        hist = plotting.lines_panel({"questions per bin": (centers, self.bin_count)}, x_label="confidence",
+                                    y_label="questions", title="Confidence histogram")
+        return plotting.save_figure(path, [rel, hist], columns=2, width=1400, height=560,
+                                    title=f"Does {self.model_name} know when it knows? ({len(self.prompts)} questions)")
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 10
+                               ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """ECE with ``n_bins`` equal-width bins: ``sum_b |acc_b - conf_b| * n_b / n``; also returns
+    per-bin mean confidence, accuracy and count (NaN for empty bins)."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    if confidence.shape != correct.shape or confidence.ndim != 1 or len(confidence) == 0:
+        raise ShapeError("confidence and correct must be equal-length, non-empty 1-D arrays")
+    which = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
+    conf_b, acc_b, cnt = np.full(n_bins, np.nan), np.full(n_bins, np.nan), np.zeros(n_bins, dtype=np.int64)
+    ece = 0.0
+    for b in range(n_bins):
+        sel = which == b
+        cnt[b] = sel.sum()
+        if cnt[b]:
+            conf_b[b], acc_b[b] = confidence[sel].mean(), correct[sel].mean()
+            ece += abs(acc_b[b] - conf_b[b]) * cnt[b] / len(confidence)
+    return float(ece), conf_b, acc_b, cnt
+
+
+def confidence(model: Any, prompts: Sequence[str], answers: Sequence[str], n_bins: int = 10,
+               batch_size: int = 32) -> ConfidenceResult:
+    """Score the model's next-token answer to each prompt against the known answer's first
+    token (e.g. ``"The capital of France is"`` -> ``" Paris"``)."""
+    if len(prompts) != len(answers) or not prompts:
+        raise ShapeError(f"need equally many prompts and answers (got {len(prompts)} and {len(answers)}), at least one")
+    answer_ids = []
+    for a in answers:
+        ids = model.to_tokens(a)
+        if not ids:
+            raise InvalidArgumentError(f"answer {a!r} tokenizes to no tokens")
+        answer_ids.append(ids[0])
+    logp = _log_softmax(model.run(list(prompts), return_logits="last", batch_size=batch_size).astype(np.float64))
+    top = logp.argmax(axis=1)
+    conf = np.exp(logp.max(axis=1))
+    correct = top == np.array(answer_ids)
+    ece, cb, ab, cnt = expected_calibration_error(conf, correct, n_bins)
+    return ConfidenceResult(
+        model_name=model.name, prompts=list(prompts), answers=list(answers),
+        predictions=model.to_str_tokens(top.tolist()), confidence=conf, correct=correct,
+        answer_prob=np.exp(logp[np.arange(len(prompts)), answer_ids]), bin_confidence=cb, bin_accuracy=ab,
+        bin_count=cnt, ece=ece,
+    )

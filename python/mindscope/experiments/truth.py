@@ -1,0 +1,328 @@
+"""A lie detector: directions in activation space that separate true from false statements
+(Marks & Tegmark 2023, "The Geometry of Truth"; Zou et al. 2023, "Representation Engineering";
+Burns et al. 2022, CCS), evaluated per layer, across datasets, and causally."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import plotting
+from ..analysis import PCA, TruthDirection, auroc, map_parallel, train_test_split_indices
+from ..datasets import Statements, city_statements
+from ..errors import DataError, InvalidArgumentError, StorageError
+from ..hooks import Intervention
+from ._result import ExperimentResult, write_json_atomic
+
+METHODS = ("mass_mean", "logistic", "lat", "ccs")
+QUESTION = "Is the following statement true or false?\nStatement: {statement}\nAnswer (True or False):"
+
+
+def statement_activations(model: Any, statements: Statements | Sequence[str], layers: Sequence[int],
+                          batch_size: int = 32) -> np.ndarray:
+    """``blocks.{i}.hook_resid_post`` at each statement's final token: ``[layers, n, d_model]``."""
+    texts = statements.text if isinstance(statements, Statements) else list(statements)
+    return model.layer_activations(texts, layers, positions="last", batch_size=batch_size)
+
+
+def _check_balanced(s: Statements) -> None:
+    counts = np.bincount(s.label, minlength=2)
+    if counts.min() == 0:
+        raise DataError(f"{s.name}: all {len(s)} statements are {'true' if counts[1] else 'false'}; "
+                        "a truth direction needs both true and false statements")
+    if counts.min() / counts.sum() < 0.2:
+        raise DataError(f"{s.name}: {counts[1]} true vs {counts[0]} false statements; balance the classes "
+                        "(at least 20% each) so accuracy is not won by the majority class")
+
+
+def _fit_direction(method: str, X: np.ndarray, y: np.ndarray, pairs: list[tuple[int, int]] | None,
+                   seed: int) -> TruthDirection:
+    return TruthDirection(method=method, random_state=seed).fit(X, y, pairs=pairs)
+
+
+def _pairs_within(method: str, s: Statements, index: np.ndarray) -> list[tuple[int, int]] | None:
+    """The pairs ``method`` learns from, both members in ``index``, re-indexed into it: CCS
+    takes (statement, negation) pairs, LAT (true, false) pairs that differ only in truth."""
+    if method not in ("lat", "ccs"):
+        return None
+    pos = {int(i): k for k, i in enumerate(index.tolist())}
+    pairs = s.pairs() if method == "ccs" else s.truth_pairs()
+    out = [(pos[a], pos[b]) for a, b in pairs if a in pos and b in pos]
+    if not out:
+        raise DataError(f"{s.name}: method '{method}' needs paired statements "
+                        f"({'statement/negation' if method == 'ccs' else 'true/false about the same thing'})")
+    return out
+
+
+@dataclass
+class TruthResult(ExperimentResult):
+    """``accuracy`` / ``auroc`` ``[methods, layers]`` on held-out city statements (layer 0 is
+    the control: it holds little beyond the tokens themselves); ``generalization[train][test]`` at ``best_layer`` (mass-mean and
+    logistic); ``causal`` the intervention effect on P(True); ``pca_2d`` + ``pca_labels`` of the
+    held-out activations at ``best_layer``."""
+
+    model_name: str
+    methods: list[str]
+    layers: np.ndarray
+    accuracy: np.ndarray
+    auroc: np.ndarray
+    best_layer: int
+    best_method: str
+    generalization: dict[str, dict[str, dict[str, dict[str, float]]]]
+    causal: dict[str, Any]
+    pca_2d: np.ndarray
+    pca_labels: np.ndarray
+    n_statements: dict[str, int]
+    best_layer_activations: np.ndarray = field(repr=False)
+    labels: np.ndarray = field(repr=False)
+    train_index: np.ndarray = field(repr=False)
+    test_index: np.ndarray = field(repr=False)
+    name = "lie_detector"
+
+    def metrics(self) -> dict[str, Any]:
+        m = self.methods.index(self.best_method)
+        b = int(np.flatnonzero(self.layers == self.best_layer)[0])
+        control = int(np.flatnonzero(self.layers == 0)[0])
+        return {
+            "model": self.model_name, "n_statements": self.n_statements, "best_layer": self.best_layer,
+            "best_method": self.best_method, "best_accuracy": self.accuracy[m, b], "best_auroc": self.auroc[m, b],
+            "control_layer0": {meth: {"accuracy": self.accuracy[i, control], "auroc": self.auroc[i, control]}
+                                  for i, meth in enumerate(self.methods)},
+            "at_best_layer": {meth: {"accuracy": self.accuracy[i, b], "auroc": self.auroc[i, b]}
+                              for i, meth in enumerate(self.methods)},
+            "per_layer": {"layer": self.layers,
+                          **{f"{meth}_accuracy": self.accuracy[i] for i, meth in enumerate(self.methods)},
+                          **{f"{meth}_auroc": self.auroc[i] for i, meth in enumerate(self.methods)}},
+            "generalization": self.generalization, "causal": self.causal,
+        }
+
+    def plot(self, path: str | os.PathLike[str]) -> str:
+        """Top-2 PCA of held-out activations coloured by truth, accuracy per layer and method,
+        and the generalization matrix of the logistic direction."""
+        pca = plotting.scatter_panel(
+            self.pca_2d[:, 0], self.pca_2d[:, 1], np.where(self.pca_labels == 1, "true", "false"),
+            x_label="PC 1", y_label="PC 2", title=f"Held-out statements, layer {self.best_layer} (top-2 PCA)")
+        curves = plotting.lines_panel(
+            {meth: (self.layers, self.accuracy[i]) for i, meth in enumerate(self.methods)},
+            hlines=[0.5], y_range=(0.3, 1.0), x_label="layer (0 = control)",
+            y_label="held-out accuracy", title="Truth directions per layer")
+        gen = self.generalization.get("logistic", {})
+        trains = list(gen)
+        tests = list(next(iter(gen.values()))) if gen else []
+        matrix = np.array([[gen[a][b]["accuracy"] for b in tests] for a in trains]) if gen else np.zeros((1, 1))
+        heat = plotting.heatmap_panel(matrix, row_labels=[f"train {t}" for t in trains], col_labels=tests,
+                                      annotate=True, title=f"Logistic direction, layer {self.best_layer}: accuracy")
+        return plotting.save_figure(path, [pca, curves, heat], columns=3, width=2100, height=600,
+                                    title=f"A lie detector in {self.model_name}")
+
+
+def _score_split(method: str, X: np.ndarray, s: Statements, train: np.ndarray, test: np.ndarray,
+                 seed: int) -> tuple[float, float]:
+    pairs = _pairs_within(method, s, train)
+    try:
+        d = _fit_direction(method, X[train], s.label[train], pairs, seed)
+    except DataError:  # no direction at all (e.g. identical activations): nothing to report
+        return float("nan"), float("nan")
+    ev = d.evaluate(X[test], s.label[test])
+    return ev["accuracy"], ev["auroc"]
+
+
+def truth_experiment(
+    model: Any,
+    statements: Statements | None = None,
+    facts: Statements | None = None,
+    layers: Sequence[int] | None = None,
+    methods: Sequence[str] = METHODS,
+    n_cities: int | None = None,
+    test_size: float = 0.2,
+    seed: int = 0,
+    causal_scale: float = 4.0,
+    causal_n: int = 40,
+    batch_size: int = 32,
+) -> TruthResult:
+    """Fit each truth direction on every layer and evaluate it on held-out statements.
+
+    ``statements`` default to :func:`city_statements` with negations (``n_cities`` cities,
+    false countries drawn from the true countries' distribution), split by city. LAT and CCS
+    use the (statement, negation) pairs. At the best layer, directions trained on the
+    affirmative statements, the negated ones, or both are tested on each of them and on
+    ``facts`` (an out-of-distribution set, e.g. ``facts_true_false.csv``): the generalization
+    matrix. Causal check: ``causal_scale`` times the class-mean separation along the logistic
+    direction is added to the residual stream at the best layer while the model answers
+    "True or False?" for ``causal_n`` held-out statements.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise InvalidArgumentError(f"methods {unknown or '[]'} are not known; allowed: {', '.join(METHODS)}")
+    s = statements if statements is not None else city_statements(n_cities=n_cities, seed=seed, negations=True)
+    _check_balanced(s)
+    # Layer 0 is always included: it is the control (little more than token identity there).
+    chosen = sorted(set([0] + model.check_layers(layers)))
+    acts = statement_activations(model, s, chosen, batch_size)
+    layer_ids = np.array(chosen)
+    train, test = train_test_split_indices(len(s), test_size, seed, groups=s.group)
+    jobs = [(meth, X) for meth in methods for X in acts]
+    scores = map_parallel(lambda job: _score_split(job[0], job[1], s, train, test, seed), jobs)
+    acc = np.array([sc[0] for sc in scores]).reshape(len(methods), len(acts))
+    auc = np.array([sc[1] for sc in scores]).reshape(len(methods), len(acts))
+    # Best block by the mean accuracy over methods.
+    b = int(np.nanargmax(np.nanmean(acc, axis=0)))
+    best_layer = int(layer_ids[b])
+    best_method = methods[int(np.argmax(acc[:, b]))]
+    X = acts[b]
+
+    negated = s.negated.astype(bool)
+    test_sets: dict[str, tuple[np.ndarray, np.ndarray]] = {
+        "affirmative": (X[test][~negated[test]], s.label[test][~negated[test]]),
+        "negated": (X[test][negated[test]], s.label[test][negated[test]]),
+    }
+    if facts is not None:
+        _check_balanced(facts)
+        test_sets["facts"] = (statement_activations(model, facts, [best_layer], batch_size)[0], facts.label)
+    train_sets = {"affirmative": train[~negated[train]], "negated": train[negated[train]], "both": train}
+    generalization: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    for meth in ("mass_mean", "logistic"):
+        generalization[meth] = {}
+        for tname, idx in train_sets.items():
+            if len(np.unique(s.label[idx])) < 2:
+                continue
+            d = _fit_direction(meth, X[idx], s.label[idx], None, seed)
+            generalization[meth][tname] = {k: d.evaluate(Xt, yt) for k, (Xt, yt) in test_sets.items() if len(yt)}
+
+    pca = PCA(2).fit(X[train])
+    causal = causal_check(model, X[train], s.label[train], best_layer,
+                          [s.text[i] for i in test[:causal_n]], s.label[test[:causal_n]], causal_scale, seed)
+    return TruthResult(
+        model_name=model.name, methods=list(methods), layers=layer_ids, accuracy=acc, auroc=auc,
+        best_layer=best_layer, best_method=best_method, generalization=generalization, causal=causal,
+        pca_2d=pca.transform(X[test]), pca_labels=s.label[test],
+        n_statements={"train": int(len(train)), "test": int(len(test)),
+                      **({"facts": len(facts)} if facts is not None else {})},
+        best_layer_activations=X, labels=s.label, train_index=train, test_index=test,
+    )
+
+
+def _p_true(model: Any, statements: Sequence[str], interventions: list[Intervention] | None) -> np.ndarray:
+    """P(" True") / (P(" True") + P(" False")) for the question about each statement."""
+    t, f = model.token_id(" True"), model.token_id(" False")
+    logits = model.run([QUESTION.format(statement=x) for x in statements], return_logits="last",
+                       interventions=interventions)
+    return 1.0 / (1.0 + np.exp(logits[:, f].astype(np.float64) - logits[:, t]))
+
+
+def causal_check(model: Any, X: np.ndarray, y: np.ndarray, layer: int, statements: Sequence[str],
+                 labels: np.ndarray, scale: float, seed: int = 0) -> dict[str, Any]:
+    """Add ``±scale`` x (class-mean separation along the mass-mean direction) at every position
+    of ``blocks.{layer}.hook_resid_post`` and report the mean P(True) on true and false
+    statements for -, 0 and + (Marks & Tegmark 2023, section 5)."""
+    d = _fit_direction("mass_mean", X, y, None, seed)
+    sep = float((X[y == 1] @ d.direction_).mean() - (X[y == 0] @ d.direction_).mean())
+    out: dict[str, Any] = {"layer": layer, "direction": "mass_mean", "scale": scale, "separation": sep,
+                           "n_statements": len(statements), "mean_p_true": {}}
+    labels = np.asarray(labels)
+    for sign, key in ((-1.0, "subtract"), (0.0, "none"), (1.0, "add")):
+        ivs = None if sign == 0 else [Intervention(f"blocks.{layer}.hook_resid_post", "add",
+                                                   value=d.direction_.astype(np.float32), scale=sign * scale * sep)]
+        p = _p_true(model, statements, ivs)
+        out["mean_p_true"][key] = {"true_statements": float(p[labels == 1].mean()) if (labels == 1).any() else None,
+                                   "false_statements": float(p[labels == 0].mean()) if (labels == 0).any() else None}
+    return out
+
+
+class LieDetector:
+    """A truth direction at one layer of one model: ``score(statements)`` returns a truth score
+    per statement (``> 0`` reads as true), ``predict`` 1/0, and ``save`` / ``load`` keep it.
+
+    >>> detector = ms.LieDetector.fit(model)                      # city statements, best layer
+    >>> detector.score(["The city of Paris is in France.", "The city of Paris is in Peru."])
+    """
+
+    def __init__(self, model: Any, layer: int, direction: np.ndarray, threshold: float, method: str,
+                 fingerprint: dict[str, Any], metrics: dict[str, Any] | None = None):
+        self.model = model
+        self.layer = layer
+        self.direction = np.asarray(direction, dtype=np.float64)
+        self.threshold = float(threshold)
+        self.method = method
+        self.fingerprint = fingerprint
+        self.metrics = metrics or {}
+
+    @staticmethod
+    def model_fingerprint(model: Any) -> dict[str, Any]:
+        c = model.cfg
+        return {"name": model.name, "architecture": c.get("architecture"), "n_layers": c["n_layers"],
+                "d_model": c["d_model"], "vocab_size": c.get("vocab_size")}
+
+    @classmethod
+    def fit(cls, model: Any, statements: Statements | None = None, layer: int | None = None,
+            method: str = "logistic", n_cities: int | None = 400, seed: int = 0) -> LieDetector:
+        """Fit on ``statements`` (default: city statements with negations). Without ``layer``,
+        every block is evaluated on a held-out split and the best one is kept; the direction is
+        then refitted on all statements."""
+        if method not in METHODS:
+            raise InvalidArgumentError(f"method '{method}' is not known; allowed: {', '.join(METHODS)}")
+        s = statements if statements is not None else city_statements(n_cities=n_cities, seed=seed, negations=True)
+        _check_balanced(s)
+        layers = model.check_layers(None if layer is None else [layer])
+        acts = statement_activations(model, s, layers)
+        train, test = train_test_split_indices(len(s), 0.2, seed, groups=s.group)
+        held = map_parallel(lambda X: _score_split(method, X, s, train, test, seed), list(acts))
+        k = int(np.argmax([h[0] for h in held]))
+        all_idx = np.arange(len(s))
+        d = _fit_direction(method, acts[k], s.label, _pairs_within(method, s, all_idx), seed)
+        return cls(model, layers[k], d.direction_, d.threshold_, method, cls.model_fingerprint(model),
+                   {"held_out_accuracy": held[k][0], "held_out_auroc": held[k][1], "n_statements": len(s)})
+
+    def score(self, statements: Sequence[str]) -> np.ndarray:
+        """Truth score per statement ``[n]``: signed distance from the threshold along the
+        direction (positive = true)."""
+        if isinstance(statements, str):
+            statements = [statements]
+        if not statements:
+            raise InvalidArgumentError("no statements to score")
+        X = statement_activations(self.model, list(statements), [self.layer])[0]
+        return X @ self.direction - self.threshold
+
+    def predict(self, statements: Sequence[str]) -> np.ndarray:
+        return (self.score(statements) > 0).astype(np.int64)
+
+    def evaluate(self, statements: Statements) -> dict[str, float]:
+        s = self.score(statements.text)
+        return {"accuracy": float(np.mean((s > 0) == (statements.label == 1))), "auroc": auroc(statements.label, s)}
+
+    def save(self, path: str | os.PathLike[str]) -> str:
+        """Write the detector as JSON (direction, threshold, layer, method, model fingerprint)."""
+        write_json_atomic(Path(path), {"format": "mindscope.lie_detector/1", "layer": self.layer,
+                                       "method": self.method, "threshold": self.threshold,
+                                       "direction": self.direction, "model": self.fingerprint,
+                                       "metrics": self.metrics})
+        return os.fspath(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], model: Any) -> LieDetector:
+        """Read a saved detector for ``model``; refuses one fitted on a different model."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError as e:
+            raise StorageError(f"{path} does not exist") from e
+        except (OSError, json.JSONDecodeError) as e:
+            raise DataError(f"{path} is not a saved lie detector: {e}") from e
+        if data.get("format") != "mindscope.lie_detector/1":
+            raise DataError(f"{path} is not a saved lie detector (format {data.get('format')!r})")
+        mine = cls.model_fingerprint(model)
+        if data["model"] != mine:
+            raise InvalidArgumentError(f"{path} was fitted on model {data['model']}, not on this one ({mine}); "
+                                       "fit a detector for this model")
+        return cls(model, int(data["layer"]), np.asarray(data["direction"]), float(data["threshold"]),
+                   data["method"], data["model"], data.get("metrics"))
+
+    def __repr__(self) -> str:
+        acc = self.metrics.get("held_out_accuracy")
+        return (f"LieDetector(model={self.fingerprint['name']!r}, layer={self.layer}, method={self.method!r}"
+                + (f", held_out_accuracy={acc:.3f})" if acc is not None else ")"))

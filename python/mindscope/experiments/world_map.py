@@ -1,0 +1,215 @@
+"""The world map inside the model (Gurnee & Tegmark 2023, "Language Models Represent Space and
+Time"): a linear probe reads latitude and longitude off city-name activations."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import plotting
+from ..analysis import PCA, RidgeProbe, map_parallel, great_circle_km, kfold_indices, proximity_error, r2_score, train_test_split_indices
+from ..datasets import Cities, world_cities
+from ..errors import InvalidArgumentError
+from ..hooks import PerPrompt
+from ._result import ExperimentResult
+
+DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-1, 4, 11))
+
+
+def name_positions(model: Any, template: str, names: Sequence[str]) -> tuple[list[str], Any]:
+    """Prompts from ``template`` and the position of each name's last token in them."""
+    if "{name}" not in template:
+        raise InvalidArgumentError(f"template must contain '{{name}}', got {template!r}")
+    prompts = [template.replace("{name}", n) for n in names]
+    if template.endswith("{name}"):
+        return prompts, "last"
+    start = template.index("{name}")
+    positions = []
+    for n, p in zip(names, prompts):
+        end = start + len(n)
+        _, offsets = model.encode_with_offsets(p)
+        last = max(i for i, (a, b) in enumerate(offsets) if a < end and b > a)
+        positions.append(last)
+    return prompts, PerPrompt(positions)
+
+
+@dataclass
+class WorldMapResult(ExperimentResult):
+    """Per-layer probe quality and the best layer's predictions.
+
+    Per layer (arrays ``[n_layers]``): ``r2_lat``, ``r2_lon``, ``r2_mean``, ``train_r2_mean``,
+    ``mean_error_km``, ``median_error_km``, ``proximity_error``, ``alpha``. At ``best_layer``:
+    ``true_latlon`` / ``pred_latlon`` ``[n_test, 2]`` for the held-out cities, ``pca_2d``
+    ``[n_test, 2]`` (unsupervised projection of the same activations), ``continent_holdout``.
+    """
+
+    model_name: str
+    template: str
+    layers: np.ndarray
+    r2_lat: np.ndarray
+    r2_lon: np.ndarray
+    train_r2_mean: np.ndarray
+    mean_error_km: np.ndarray
+    median_error_km: np.ndarray
+    proximity_error: np.ndarray
+    alpha: np.ndarray
+    best_layer: int
+    test_index: np.ndarray
+    true_latlon: np.ndarray
+    pred_latlon: np.ndarray
+    pca_2d: np.ndarray
+    pca_explained: np.ndarray
+    continents: list[str]
+    continent_holdout: list[dict[str, Any]]
+    n_cities: int
+    #: ``[n_cities, d_model]`` activations at ``best_layer`` and the split, to re-check findings.
+    best_activations: np.ndarray = field(repr=False)
+    train_index: np.ndarray = field(repr=False)
+    name = "world_map"
+
+    @property
+    def r2_mean(self) -> np.ndarray:
+        return (self.r2_lat + self.r2_lon) / 2
+
+    def metrics(self) -> dict[str, Any]:
+        b = int(np.flatnonzero(self.layers == self.best_layer)[0])
+        return {
+            "model": self.model_name, "template": self.template, "n_cities": self.n_cities,
+            "n_test": int(len(self.test_index)), "best_layer": self.best_layer,
+            "best_r2_lat": self.r2_lat[b], "best_r2_lon": self.r2_lon[b], "best_r2_mean": self.r2_mean[b],
+            "best_mean_error_km": self.mean_error_km[b], "best_median_error_km": self.median_error_km[b],
+            "best_proximity_error": self.proximity_error[b],
+            "pca_explained_variance_ratio": self.pca_explained,
+            "per_layer": {"layer": self.layers, "r2_lat": self.r2_lat, "r2_lon": self.r2_lon,
+                          "train_r2_mean": self.train_r2_mean, "mean_error_km": self.mean_error_km,
+                          "median_error_km": self.median_error_km, "proximity_error": self.proximity_error,
+                          "alpha": self.alpha},
+            "continent_holdout": self.continent_holdout,
+        }
+
+    def plot(self, path: str | os.PathLike[str]) -> str:
+        """World map of held-out predictions (lines to the true positions), the 2-D PCA of the
+        same activations, and R² per layer."""
+        t, p = self.true_latlon, self.pred_latlon
+        b = int(np.flatnonzero(self.layers == self.best_layer)[0])
+        world = plotting.scatter_panel(
+            p[:, 1], p[:, 0], self.continents, line_to=(t[:, 1], t[:, 0]), graticule=30,
+            x_range=(-180, 180), y_range=(-90, 90), x_label="longitude (predicted)",
+            y_label="latitude (predicted)",
+            title=f"Probe, layer {self.best_layer}: held-out R² lat {self.r2_lat[b]:.2f}, lon {self.r2_lon[b]:.2f}")
+        # A few outlier cities can stretch PCA axes; frame the central 98% of the points.
+        lo, hi = np.percentile(self.pca_2d, [1, 99], axis=0)
+        pad = (hi - lo) * 0.08
+        pca = plotting.scatter_panel(
+            self.pca_2d[:, 0], self.pca_2d[:, 1], self.continents, x_label="PC 1", y_label="PC 2",
+            x_range=(lo[0] - pad[0], hi[0] + pad[0]), y_range=(lo[1] - pad[1], hi[1] + pad[1]),
+            title=f"Unsupervised PCA of the same activations ({self.pca_explained.sum() * 100:.1f}% var.)")
+        curves = plotting.lines_panel(
+            {"R² latitude": (self.layers, self.r2_lat), "R² longitude": (self.layers, self.r2_lon),
+             "train R² (mean)": (self.layers, self.train_r2_mean)},
+            dashed=["train R² (mean)"], hlines=[0.0], title="Held-out R² per layer",
+            x_label="layer", y_label="R²")
+        return plotting.save_figure(path, [world, pca, curves], columns=3, width=2100, height=620,
+                                    title=f"World map inside {self.model_name} ({self.n_cities} cities)")
+
+
+def _probe_metrics(latlon_true: np.ndarray, latlon_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    r2 = r2_score(latlon_true, latlon_pred)
+    km = great_circle_km(latlon_true, latlon_pred)
+    return r2, km, float(np.mean(proximity_error(latlon_true, latlon_pred)))
+
+
+def world_map(
+    model: Any,
+    cities: Cities | None = None,
+    layers: Sequence[int] | None = None,
+    template: str = "{name}",
+    test_size: float = 0.2,
+    seed: int = 0,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    holdout_min_cities: int = 40,
+    batch_size: int = 64,
+) -> WorldMapResult:
+    """Probe every layer for the cities' latitude and longitude.
+
+    Activations: ``blocks.{i}.hook_resid_post`` at the last token of each city name, prompted as
+    ``template`` (default: the bare name). A ridge probe (standardized features, alpha by
+    leave-one-out CV over ``alphas``) is fitted on a seeded ``1 - test_size`` split; held-out R²,
+    great-circle error and proximity error are reported per layer. At the best layer (mean R²),
+    each continent with at least ``holdout_min_cities`` cities is held out as a block and compared
+    with out-of-fold predictions from a 5-fold random split.
+    """
+    cities = world_cities() if cities is None else cities
+    if len(cities) < 10:
+        raise InvalidArgumentError(f"need at least 10 cities, got {len(cities)}")
+    chosen = model.check_layers(layers)
+    prompts, positions = name_positions(model, template, cities.name)
+    acts = model.layer_activations(prompts, chosen, positions=positions, batch_size=batch_size)
+    y = cities.latlon
+    train, test = train_test_split_indices(len(cities), test_size, seed)
+    def fit_layer(X: np.ndarray) -> tuple[RidgeProbe, np.ndarray]:
+        probe = RidgeProbe(alphas=alphas).fit(X[train], y[train])
+        return probe, probe.predict(X[test])
+
+    rows: dict[str, list[float]] = {k: [] for k in ("r2_lat", "r2_lon", "train", "km_mean", "km_median", "prox", "alpha")}
+    preds = []
+    for X, (probe, pred) in zip(acts, map_parallel(fit_layer, acts)):
+        r2, km, prox = _probe_metrics(y[test], pred)
+        rows["r2_lat"].append(r2[0])
+        rows["r2_lon"].append(r2[1])
+        rows["train"].append(probe.score(X[train], y[train]))
+        rows["km_mean"].append(float(km.mean()))
+        rows["km_median"].append(float(np.median(km)))
+        rows["prox"].append(prox)
+        rows["alpha"].append(probe.alpha_)
+        preds.append(pred)
+    r2_mean = (np.array(rows["r2_lat"]) + np.array(rows["r2_lon"])) / 2
+    b = int(np.argmax(r2_mean))
+    X_best = acts[b]
+    # PCA on standardized features: raw residual streams have a few "massive" dimensions that
+    # would take 99% of the variance and hide everything else.
+    mu, sd = X_best[train].mean(0), X_best[train].std(0) + 1e-6
+    Z = (X_best - mu) / sd
+    pca = PCA(2).fit(Z[train])
+    return WorldMapResult(
+        model_name=model.name, template=template, layers=np.array(chosen),
+        r2_lat=np.array(rows["r2_lat"]), r2_lon=np.array(rows["r2_lon"]), train_r2_mean=np.array(rows["train"]),
+        mean_error_km=np.array(rows["km_mean"]), median_error_km=np.array(rows["km_median"]),
+        proximity_error=np.array(rows["prox"]), alpha=np.array(rows["alpha"]), best_layer=chosen[b],
+        test_index=test, true_latlon=y[test], pred_latlon=preds[b], pca_2d=pca.transform(Z[test]),
+        pca_explained=pca.explained_variance_ratio_, continents=[cities.continent[i] for i in test.tolist()],
+        continent_holdout=continent_holdout(X_best, cities, alphas, seed, holdout_min_cities),
+        n_cities=len(cities), best_activations=X_best, train_index=train,
+    )
+
+
+def continent_holdout(X: np.ndarray, cities: Cities, alphas: Sequence[float], seed: int,
+                      min_cities: int) -> list[dict[str, Any]]:
+    """Block hold-out: for each continent, train on all others and predict it; compare with
+    out-of-fold predictions of a random 5-fold split (same cities, same probe)."""
+    y = cities.latlon
+    folds = kfold_indices(len(cities), 5, seed)
+    continents = np.array(cities.continent)
+    blocks = [c for c in sorted(set(cities.continent)) if (continents == c).sum() >= min_cities]
+    # Train masks: the 5 random folds' complements, then each continent's complement.
+    train_masks = [np.isin(np.arange(len(y)), te, invert=True) for _, te in folds]
+    train_masks += [continents != c for c in blocks]
+    probes = map_parallel(lambda m: RidgeProbe(alphas=alphas).fit(X[m], y[m]), train_masks)
+    oof = np.zeros_like(y)
+    for (_, te), probe in zip(folds, probes):
+        oof[te] = probe.predict(X[te])
+    out = []
+    for c, probe in zip(blocks, probes[len(folds):]):
+        held = continents == c
+        pred = probe.predict(X[held])
+        out.append({
+            "continent": c, "n": int(held.sum()),
+            "mean_error_km_random_split": float(great_circle_km(y[held], oof[held]).mean()),
+            "mean_error_km_held_out": float(great_circle_km(y[held], pred).mean()),
+            "mean_shift_km": float(great_circle_km(oof[held], pred).mean()),
+        })
+    return out

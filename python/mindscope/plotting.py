@@ -1,0 +1,104 @@
+"""Figures drawn by the Rust core (plotters) into PNG files.
+
+A figure is a grid of panels; each helper below returns one panel as a plain dict, and
+:func:`save_figure` sends the whole description to Rust. Experiments' ``.plot(path)`` methods
+are built from these, and researchers can compose their own::
+
+    ms.plotting.save_figure("curves.png", [ms.plotting.lines_panel(
+        {"accuracy": (layers, acc), "control": (layers, ctrl)}, title="POS probe",
+        x_label="layer", y_label="accuracy")])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from . import _native
+
+Panel = dict[str, Any]
+
+
+def _finite_or_none(values: Any) -> list[Any]:
+    arr = np.asarray(values, dtype=np.float64).ravel()
+    return [float(v) if np.isfinite(v) else None for v in arr]
+
+
+def scatter_panel(
+    x: Any, y: Any, groups: Sequence[Any] | None = None, *, title: str = "", x_label: str = "",
+    y_label: str = "", line_to: tuple[Any, Any] | None = None, graticule: float | None = None,
+    x_range: tuple[float, float] | None = None, y_range: tuple[float, float] | None = None,
+    point_size: int = 3,
+) -> Panel:
+    """Points ``[n]`` coloured by ``groups`` (any labels; legend in sorted order), with optional
+    faint segments to ``line_to = (x_end, y_end)`` and a light grid every ``graticule`` units."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    panel: Panel = {"kind": "scatter", "title": title, "x_label": x_label, "y_label": y_label,
+                    "x": x[keep].tolist(), "y": y[keep].tolist(), "point_size": point_size}
+    if groups is not None:
+        g = np.asarray([str(v) for v in groups])[keep]
+        names, idx = np.unique(g, return_inverse=True)
+        panel["groups"], panel["group_names"] = idx.tolist(), names.tolist()
+    if line_to is not None:
+        panel["line_to"] = [np.asarray(line_to[0], dtype=np.float64)[keep].tolist(),
+                            np.asarray(line_to[1], dtype=np.float64)[keep].tolist()]
+    if graticule is not None:
+        panel["graticule"] = float(graticule)
+    if x_range is not None:
+        panel["x_range"] = list(map(float, x_range))
+    if y_range is not None:
+        panel["y_range"] = list(map(float, y_range))
+    return panel
+
+
+def lines_panel(
+    series: Mapping[str, tuple[Any, Any]], *, title: str = "", x_label: str = "", y_label: str = "",
+    hlines: Sequence[float] = (), dashed: Sequence[str] = (), markers: bool = True,
+    y_range: tuple[float, float] | None = None,
+) -> Panel:
+    """Named ``(x, y)`` series, e.g. a metric per layer; ``hlines`` are dashed reference
+    levels (chance), ``dashed`` names series drawn dashed (controls)."""
+    out: list[dict[str, Any]] = []
+    for name, (x, y) in series.items():
+        xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        keep = np.isfinite(xs) & np.isfinite(ys)
+        out.append({"name": name, "x": xs[keep].tolist(), "y": ys[keep].tolist(),
+                    "markers": markers, "dashed": name in dashed})
+    panel: Panel = {"kind": "lines", "title": title, "x_label": x_label, "y_label": y_label,
+                    "series": out, "hlines": [float(h) for h in hlines]}
+    if y_range is not None:
+        panel["y_range"] = list(map(float, y_range))
+    return panel
+
+
+def heatmap_panel(
+    values: Any, *, row_labels: Sequence[str] = (), col_labels: Sequence[str] = (), title: str = "",
+    diverging: bool = False, annotate: bool = False, x_label: str = "", y_label: str = "",
+) -> Panel:
+    """A ``[rows, cols]`` matrix as coloured cells; ``diverging`` centres a blue-white-red scale
+    on 0 (signed effects). NaN cells stay blank."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim == 1:
+        v = v[None, :]
+    return {"kind": "heatmap", "title": title, "values": [_finite_or_none(r) for r in v],
+            "row_labels": [str(s) for s in row_labels], "col_labels": [str(s) for s in col_labels],
+            "diverging": diverging, "annotate": annotate, "x_label": x_label, "y_label": y_label}
+
+
+def save_figure(path: str | os.PathLike[str], panels: Sequence[Panel], *, columns: int | None = None,
+                width: int | None = None, height: int | None = None, title: str | None = None) -> str:
+    """Render ``panels`` in a grid (``columns`` per row, default all in one row) into the PNG at
+    ``path``; returns the path. The file is replaced atomically."""
+    panels = list(panels)
+    cols = columns or len(panels)
+    rows = -(-len(panels) // max(cols, 1))
+    spec = {"panels": panels, "columns": cols, "title": title,
+            "width": width or min(600 * cols, 2400), "height": height or 480 * rows + (30 if title else 0)}
+    path = os.fspath(path)
+    _native.render_figure(json.dumps(spec, allow_nan=False), path)
+    return path

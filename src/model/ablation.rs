@@ -1,0 +1,269 @@
+//! Input-ablation attribution: how much the log-probability of a target continuation drops
+//! when input tokens are removed or masked.
+//!
+//! Every ablated variant agrees with the clean prompt before the first ablated position, so
+//! the clean run's keys and values for that prefix are computed once and shared. Variants are
+//! grouped (sorted by where they start to differ) into batches that reuse the prefix up to
+//! the earliest start in the batch, and only the rows that predict target tokens go through
+//! the final norm and the LM head.
+
+use candle_core::{Device, Tensor, D};
+
+use super::{KvCache, LanguageModel};
+use crate::error::{MsError, Result};
+use crate::hooks::HookContext;
+
+/// How an input span is ablated.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Ablation {
+    /// Remove the tokens (later tokens move up).
+    Delete,
+    /// Replace each token with this token id.
+    Replace(u32),
+    /// Set the tokens' input embeddings to zero.
+    ZeroEmbedding,
+    /// Set the tokens' input embeddings to the mean embedding over the vocabulary.
+    MeanEmbedding,
+}
+
+/// Target log-probabilities: clean, and with each span ablated.
+#[derive(Debug, Clone)]
+pub struct AblationScores {
+    /// `log p(target | prompt)`, summed over target tokens.
+    pub clean: f64,
+    /// The same with span `i` ablated.
+    pub ablated: Vec<f64>,
+}
+
+/// One ablated variant: its tokens, which of them get a replaced embedding, and where it
+/// first differs from the clean sequence.
+struct Variant {
+    ids: Vec<u32>,
+    masked: std::ops::Range<usize>,
+    start: usize,
+}
+
+impl LanguageModel {
+    fn check_ablation(
+        &self,
+        prompt: &[u32],
+        target: &[u32],
+        spans: &[(usize, usize)],
+        ablation: Ablation,
+    ) -> Result<()> {
+        if target.is_empty() {
+            return Err(MsError::invalid(
+                "the target is empty: give at least one token to score",
+            ));
+        }
+        self.check_prompt_ids(0, prompt)?;
+        self.tokenizer.check_ids(target)?;
+        if let Ablation::Replace(id) = ablation {
+            self.tokenizer.check_ids(&[id])?;
+        }
+        let ctx = self.config().context_length;
+        if prompt.len() + target.len() - 1 > ctx {
+            return Err(MsError::invalid(format!(
+                "prompt and target ({} tokens) exceed the context length of {ctx}",
+                prompt.len() + target.len() - 1
+            )));
+        }
+        for &(s, e) in spans {
+            if s >= e || e > prompt.len() {
+                return Err(MsError::invalid(format!(
+                    "span ({s}, {e}) is not a non-empty token range inside the prompt's {} tokens",
+                    prompt.len()
+                )));
+            }
+            if ablation == Ablation::Delete && e - s == prompt.len() {
+                return Err(MsError::invalid(
+                    "deleting every prompt token leaves nothing to condition on; ablate a shorter span",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The variant of `seq` (prompt + target without its last token) with `span` ablated.
+    fn variant(seq: &[u32], (s, e): (usize, usize), ablation: Ablation) -> Variant {
+        let ids = match ablation {
+            Ablation::Delete => [&seq[..s], &seq[e..]].concat(),
+            Ablation::Replace(id) => {
+                let mut v = seq.to_vec();
+                v[s..e].fill(id);
+                v
+            }
+            Ablation::ZeroEmbedding | Ablation::MeanEmbedding => seq.to_vec(),
+        };
+        let masked = match ablation {
+            Ablation::ZeroEmbedding | Ablation::MeanEmbedding => s..e,
+            _ => 0..0,
+        };
+        Variant {
+            ids,
+            masked,
+            start: s,
+        }
+    }
+
+    /// Sum over target tokens of their log-probabilities, from final residual rows
+    /// `[n_variants * m, d_model]` (variant-major, the `m` rows that predict the target).
+    fn target_logprobs(&self, rows: &Tensor, target: &[u32]) -> Result<Vec<f64>> {
+        let logits = self.decoder.unembed(rows)?;
+        let max = logits.max_keepdim(D::Minus1)?;
+        let shifted = logits.broadcast_sub(&max)?;
+        let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+        let logp = shifted.broadcast_sub(&lse)?.to_vec2::<f32>()?;
+        let m = target.len();
+        Ok(logp
+            .chunks(m)
+            .map(|rows| {
+                rows.iter()
+                    .zip(target)
+                    .map(|(r, &t)| f64::from(r[t as usize]))
+                    .sum()
+            })
+            .collect())
+    }
+
+    /// Input embeddings of a batch of variants from position `from` on, right-padded, with
+    /// each variant's masked positions replaced. Returns `[batch, pos, d_model]` and lengths.
+    fn variant_embeddings(
+        &self,
+        batch: &[&Variant],
+        from: usize,
+        ablation: Ablation,
+        mean: Option<&Tensor>,
+    ) -> Result<(Tensor, Vec<usize>)> {
+        let lengths: Vec<usize> = batch.iter().map(|v| v.ids.len() - from).collect();
+        let t = *lengths.iter().max().unwrap_or(&1);
+        let mut rows = Vec::with_capacity(batch.len());
+        for v in batch {
+            let mut ids = v.ids[from..].to_vec();
+            ids.resize(t, 0);
+            let n = ids.len();
+            let mut x = self
+                .decoder
+                .embed_ids(&Tensor::from_vec(ids, (1, n), &Device::Cpu)?)?
+                .squeeze(0)?;
+            if !v.masked.is_empty() {
+                let (s, e) = (v.masked.start - from, v.masked.end - from);
+                let d = x.dim(1)?;
+                let fill = match (ablation, mean) {
+                    (Ablation::MeanEmbedding, Some(m)) => m.reshape((1, d))?.repeat((e - s, 1))?,
+                    _ => Tensor::zeros((e - s, d), x.dtype(), &Device::Cpu)?,
+                };
+                x = x.slice_assign(&[s..e, 0..d], &fill)?;
+            }
+            rows.push(x);
+        }
+        Ok((Tensor::stack(&rows, 0)?, lengths))
+    }
+
+    /// Log-probability of `target` after `prompt`, clean and with each of `spans` (token
+    /// ranges of the prompt) ablated. Batches of `batch_size` variants share the clean prefix.
+    pub fn ablation_scores(
+        &self,
+        prompt: &[u32],
+        target: &[u32],
+        spans: &[(usize, usize)],
+        ablation: Ablation,
+        batch_size: usize,
+    ) -> Result<AblationScores> {
+        self.check_ablation(prompt, target, spans, ablation)?;
+        let m = target.len();
+        let seq = [prompt, &target[..m - 1]].concat();
+        let hooks = self.hooks();
+        let n_layers = self.config().n_layers;
+
+        // Clean run: keys/values of every position, and the clean score.
+        let mut clean_kv = KvCache::default();
+        let ids = Tensor::from_vec(seq.clone(), (1, seq.len()), &Device::Cpu)?;
+        let mut ctx = HookContext::inactive(hooks, &[seq.len()]);
+        let hidden = self.decoder.run_blocks(
+            self.decoder.embed_ids(&ids)?,
+            &mut ctx,
+            n_layers,
+            Some(&mut clean_kv),
+        )?;
+        let clean_rows = hidden.squeeze(0)?.narrow(0, seq.len() - m, m)?;
+        let clean = self.target_logprobs(&clean_rows, target)?[0];
+
+        let mean = match ablation {
+            Ablation::MeanEmbedding => Some(self.decoder.embedding().mean(0)?),
+            _ => None,
+        };
+        let mut order: Vec<usize> = (0..spans.len()).collect();
+        order.sort_by_key(|&i| spans[i].0);
+        let variants: Vec<Variant> = spans
+            .iter()
+            .map(|&sp| Self::variant(&seq, sp, ablation))
+            .collect();
+        let mut ablated = vec![0.0; spans.len()];
+        for chunk in order.chunks(batch_size.max(1)) {
+            let batch: Vec<&Variant> = chunk.iter().map(|&i| &variants[i]).collect();
+            // Recompute from the earliest change, or earlier if a variant's first scored row
+            // (the one predicting the first target token) lies before it.
+            let from = batch
+                .iter()
+                .map(|v| v.start.min(v.ids.len() - m))
+                .min()
+                .unwrap_or(0);
+            let (x, lengths) = self.variant_embeddings(&batch, from, ablation, mean.as_ref())?;
+            let mut kv = clean_kv.shared_prefix(from, batch.len())?;
+            let mut ctx = HookContext::inactive(hooks, &lengths);
+            let hidden = self
+                .decoder
+                .run_blocks(x, &mut ctx, n_layers, Some(&mut kv))?;
+            let (b, t, d) = hidden.dims3()?;
+            let idx: Vec<u32> = lengths
+                .iter()
+                .enumerate()
+                .flat_map(|(j, &len)| (len - m..len).map(move |r| (j * t + r) as u32))
+                .collect();
+            let idx = Tensor::from_vec(idx, b * m, &Device::Cpu)?;
+            let rows = hidden.reshape((b * t, d))?.index_select(&idx, 0)?;
+            for (&i, score) in chunk.iter().zip(self.target_logprobs(&rows, target)?) {
+                ablated[i] = score;
+            }
+        }
+        Ok(AblationScores { clean, ablated })
+    }
+
+    /// The same numbers by brute force: one full forward pass per variant, no sharing. The
+    /// reference for tests and the baseline in the benchmark.
+    pub fn ablation_scores_naive(
+        &self,
+        prompt: &[u32],
+        target: &[u32],
+        spans: &[(usize, usize)],
+        ablation: Ablation,
+    ) -> Result<AblationScores> {
+        self.check_ablation(prompt, target, spans, ablation)?;
+        let m = target.len();
+        let seq = [prompt, &target[..m - 1]].concat();
+        let mean = match ablation {
+            Ablation::MeanEmbedding => Some(self.decoder.embedding().mean(0)?),
+            _ => None,
+        };
+        let score = |v: &Variant| -> Result<f64> {
+            let (x, lengths) = self.variant_embeddings(&[v], 0, ablation, mean.as_ref())?;
+            let mut ctx = HookContext::inactive(self.hooks(), &lengths);
+            let hidden = self
+                .decoder
+                .run_blocks(x, &mut ctx, self.config().n_layers, None)?;
+            let rows = hidden.squeeze(0)?.narrow(0, lengths[0] - m, m)?;
+            Ok(self.target_logprobs(&rows, target)?[0])
+        };
+        let clean = score(&Variant {
+            ids: seq.clone(),
+            masked: 0..0,
+            start: 0,
+        })?;
+        let ablated = spans
+            .iter()
+            .map(|&sp| score(&Self::variant(&seq, sp, ablation)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(AblationScores { clean, ablated })
+    }
+}

@@ -1,0 +1,136 @@
+//! What a figure shows, as data: the Python layer builds a [`FigureSpec`] (as JSON) and the
+//! renderer draws it. Keeping the spec declarative means every experiment's plot is one
+//! small function that fills in arrays, and the drawing code lives in one place.
+
+use serde::Deserialize;
+
+/// A grid of panels written to one PNG.
+#[derive(Debug, Deserialize)]
+pub struct FigureSpec {
+    /// Total size in pixels.
+    #[serde(default = "default_width")]
+    pub width: u32,
+    #[serde(default = "default_height")]
+    pub height: u32,
+    /// Panels per row; rows follow from the number of panels.
+    #[serde(default = "default_columns")]
+    pub columns: usize,
+    #[serde(default)]
+    pub title: Option<String>,
+    pub panels: Vec<Panel>,
+}
+
+fn default_width() -> u32 {
+    1200
+}
+fn default_height() -> u32 {
+    700
+}
+fn default_columns() -> usize {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Panel {
+    Scatter(ScatterPanel),
+    Lines(LinesPanel),
+    Heatmap(HeatmapPanel),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Axes {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    /// Fixed ranges; otherwise the data's range with a margin.
+    pub x_range: Option<(f64, f64)>,
+    pub y_range: Option<(f64, f64)>,
+}
+
+/// Points coloured by group, optionally with faint segments to a second position
+/// (e.g. predicted -> true city location) and a graticule (lat/lon grid).
+#[derive(Debug, Deserialize)]
+pub struct ScatterPanel {
+    #[serde(flatten)]
+    pub axes: Axes,
+    pub x: Vec<f64>,
+    pub y: Vec<f64>,
+    /// Group index per point (into `group_names`); all 0 when absent.
+    #[serde(default)]
+    pub groups: Vec<usize>,
+    #[serde(default)]
+    pub group_names: Vec<String>,
+    /// Segment end points, one per point.
+    #[serde(default)]
+    pub line_to: Option<(Vec<f64>, Vec<f64>)>,
+    /// Grid lines every this many units on both axes (drawn light).
+    #[serde(default)]
+    pub graticule: Option<f64>,
+    #[serde(default = "default_point_size")]
+    pub point_size: u32,
+}
+
+fn default_point_size() -> u32 {
+    3
+}
+
+/// Named series of (x, y) with optional markers, e.g. a metric per layer.
+#[derive(Debug, Deserialize)]
+pub struct LinesPanel {
+    #[serde(flatten)]
+    pub axes: Axes,
+    pub series: Vec<Series>,
+    /// Horizontal reference lines (chance level, ...).
+    #[serde(default)]
+    pub hlines: Vec<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Series {
+    pub name: String,
+    pub x: Vec<f64>,
+    pub y: Vec<f64>,
+    #[serde(default = "yes")]
+    pub markers: bool,
+    #[serde(default)]
+    pub dashed: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A matrix of values as coloured cells with row and column labels (tokens, layers).
+#[derive(Debug, Deserialize)]
+pub struct HeatmapPanel {
+    #[serde(default)]
+    pub title: String,
+    /// Row-major `[rows][cols]`; missing cells (JSON `null`) become NaN and stay blank.
+    #[serde(deserialize_with = "rows_with_gaps")]
+    pub values: Vec<Vec<f64>>,
+    #[serde(default)]
+    pub row_labels: Vec<String>,
+    #[serde(default)]
+    pub col_labels: Vec<String>,
+    /// Diverging blue-white-red around 0 (signed effects); otherwise a sequential scale.
+    #[serde(default)]
+    pub diverging: bool,
+    /// Print each value in its cell.
+    #[serde(default)]
+    pub annotate: bool,
+    #[serde(default)]
+    pub x_label: String,
+    #[serde(default)]
+    pub y_label: String,
+}
+
+/// JSON has no NaN, so missing cells arrive as `null`.
+fn rows_with_gaps<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Vec<f64>>, D::Error> {
+    let rows: Vec<Vec<Option<f64>>> = Vec::deserialize(d)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| r.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect())
+        .collect())
+}
