@@ -75,6 +75,50 @@ class Model:
         """Final norm + LM head: ``[n, d_model]`` -> logits ``[n, vocab]``."""
     def embedding_matrix(self) -> F32:
         """Token embeddings ``[vocab, d_model]`` (a copy)."""
+    def ablation_scores(
+        self,
+        prompt_ids: Sequence[int],
+        target_ids: Sequence[int],
+        spans: Sequence[tuple[int, int]],
+        kind: str,
+        replace_id: int | None = None,
+        batch_size: int = 64,
+        naive: bool = False,
+        rows_per_batch: int = 512,
+    ) -> tuple[float, list[float]]:
+        """``(log p(target | prompt), [log p(target | prompt with span i ablated)])``, target
+        log-probs summed over its tokens. ``kind``: ``"delete"``, ``"replace"`` (each token by
+        ``replace_id``), ``"zero"`` or ``"mean"`` (input embedding). Spans are token ranges
+        ``[start, end)``. ``naive`` runs one full forward per variant (the reference)."""
 
 def supported_architectures() -> list[str]:
     """Architectures with a forward pass (GGUF ``general.architecture`` values)."""
+
+F64 = npt.NDArray[np.float64]
+
+# --- analysis (inputs are float64 [n_samples, n_features]; the GIL is released while fitting) ---
+
+def ridge_fit(x: F64, y: F64, alphas: Sequence[float], cv: int, seed: int, standardize: bool) -> dict[str, Any]:
+    """Ridge for ``y [n, k]``; alpha by leave-one-out (``cv=0``) or ``cv``-fold CV. Returns
+    ``coef [d, k]``, ``intercept [k]``, ``alpha``, ``cv_errors [len(alphas)]``, ``mean``, ``scale``."""
+def logistic_fit(x: F64, y: Sequence[int], n_classes: int, c: float, max_iter: int, tol: float,
+                 standardize: bool) -> dict[str, Any]:
+    """Logistic regression (linfa-logistic), L2 ``1 / c``; labels ``0..n_classes``. Returns
+    ``coef [d, 1 or n_classes]``, ``intercept``, ``mean``, ``scale``."""
+def pca_fit(x: F64, n_components: int, whiten: bool) -> dict[str, Any]:
+    """``mean [d]``, ``components [k, d]``, ``explained_variance [k]``, ``explained_variance_ratio [k]``."""
+def truth_fit(x: F64, y: Sequence[int], method: str, pairs: Sequence[tuple[int, int]] | None,
+              seed: int) -> dict[str, Any]:
+    """A truth direction: ``direction [d]`` (unit), ``threshold``; method ``mass_mean``,
+    ``mass_mean_iid``, ``logistic``, ``lat`` or ``ccs``."""
+def auroc(y_true: Sequence[int], scores: F64) -> float: ...
+def r2_per_target(y_true: F64, y_pred: F64) -> list[float]: ...
+def proximity_error(y_true: F64, y_pred: F64) -> F64:
+    """Per entity ``[n]``: fraction of others whose prediction is closer to its true position."""
+def great_circle_km(a: F64, b: F64) -> F64:
+    """Haversine distance ``[n]`` in km between (lat, lon) rows in degrees."""
+
+# --- plotting ---
+
+def render_figure(spec_json: str, path: str) -> None:
+    """Draw a figure (see ``mindscope.plotting``) into a PNG at ``path``, replacing it atomically."""

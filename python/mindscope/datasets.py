@@ -39,8 +39,10 @@ def _geonames() -> Any:
 def shared_data_file(filename: str) -> str | None:
     """Find a reference data file (``ud_ewt_pos.jsonl``, ``facts_true_false.csv``): in the folder
     named by ``$MINDSCOPE_DATA``, else in ``../shared/data`` from the working directory (the
-    layout of a mindscope checkout). ``None`` if it is nowhere."""
-    candidates = [os.environ.get("MINDSCOPE_DATA", ""), os.path.join("..", "shared", "data")]
+    layout of a mindscope checkout) or from its parent (for notebooks run in ``notebooks/``).
+    ``None`` if it is nowhere."""
+    candidates = [os.environ.get("MINDSCOPE_DATA", ""), os.path.join("..", "shared", "data"),
+                  os.path.join("..", "..", "shared", "data")]
     for folder in candidates:
         path = os.path.join(folder, filename)
         if folder and os.path.isfile(path):

@@ -296,7 +296,7 @@ impl Model {
     /// Log-probability of `target_ids` after `prompt_ids`, clean and with each token span
     /// ablated (`kind`: "delete", "replace" (with `replace_id`), "zero", "mean"). `naive` runs
     /// one full forward per variant instead of sharing the clean prefix (for checking).
-    #[pyo3(signature = (prompt_ids, target_ids, spans, kind, replace_id=None, batch_size=16, naive=false))]
+    #[pyo3(signature = (prompt_ids, target_ids, spans, kind, replace_id=None, batch_size=64, naive=false, rows_per_batch=512))]
     #[allow(clippy::too_many_arguments)]
     fn ablation_scores(
         &self,
@@ -308,6 +308,7 @@ impl Model {
         replace_id: Option<u32>,
         batch_size: usize,
         naive: bool,
+        rows_per_batch: usize,
     ) -> PyResult<(f64, Vec<f64>)> {
         let ablation = match (kind, replace_id) {
             ("delete", _) => Ablation::Delete,
@@ -334,7 +335,14 @@ impl Model {
                 if naive {
                     model.ablation_scores_naive(&prompt_ids, &target_ids, &spans, ablation)
                 } else {
-                    model.ablation_scores(&prompt_ids, &target_ids, &spans, ablation, batch_size)
+                    model.ablation_scores(
+                        &prompt_ids,
+                        &target_ids,
+                        &spans,
+                        ablation,
+                        batch_size,
+                        rows_per_batch,
+                    )
                 }
             })
             .py_err()?;

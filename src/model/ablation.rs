@@ -43,6 +43,48 @@ struct Variant {
     start: usize,
 }
 
+/// First position a batch must recompute: its earliest change, or earlier if a variant's first
+/// scored row (the one predicting the first target token) lies before it.
+fn recompute_from(batch: &[&Variant], m: usize) -> usize {
+    batch
+        .iter()
+        .map(|v| v.start.min(v.ids.len() - m))
+        .min()
+        .unwrap_or(0)
+}
+
+/// Group variants (in `order`, sorted by where they start to differ) into batches of at most
+/// `max_variants`, closing a batch once it would recompute more than `max_rows` positions.
+/// Early variants recompute long suffixes and go in small batches, late ones in large
+/// batches, so every batch keeps the matmuls about equally large.
+fn plan_batches(
+    order: &[usize],
+    variants: &[Variant],
+    m: usize,
+    max_variants: usize,
+    max_rows: usize,
+) -> Vec<Vec<usize>> {
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    for &i in order {
+        current.push(i);
+        let refs: Vec<&Variant> = current.iter().map(|&j| &variants[j]).collect();
+        let from = recompute_from(&refs, m);
+        let width = refs.iter().map(|v| v.ids.len() - from).max().unwrap_or(0);
+        if current.len() > 1
+            && (current.len() > max_variants.max(1) || current.len() * width > max_rows)
+        {
+            current.pop();
+            batches.push(std::mem::take(&mut current));
+            current.push(i);
+        }
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
 impl LanguageModel {
     fn check_ablation(
         &self,
@@ -161,7 +203,8 @@ impl LanguageModel {
     }
 
     /// Log-probability of `target` after `prompt`, clean and with each of `spans` (token
-    /// ranges of the prompt) ablated. Batches of `batch_size` variants share the clean prefix.
+    /// ranges of the prompt) ablated. Batches (at most `batch_size` variants and about
+    /// `rows_per_batch` recomputed positions each) share the clean prefix.
     pub fn ablation_scores(
         &self,
         prompt: &[u32],
@@ -169,6 +212,7 @@ impl LanguageModel {
         spans: &[(usize, usize)],
         ablation: Ablation,
         batch_size: usize,
+        rows_per_batch: usize,
     ) -> Result<AblationScores> {
         self.check_ablation(prompt, target, spans, ablation)?;
         let m = target.len();
@@ -200,15 +244,9 @@ impl LanguageModel {
             .map(|&sp| Self::variant(&seq, sp, ablation))
             .collect();
         let mut ablated = vec![0.0; spans.len()];
-        for chunk in order.chunks(batch_size.max(1)) {
+        for chunk in plan_batches(&order, &variants, m, batch_size, rows_per_batch) {
             let batch: Vec<&Variant> = chunk.iter().map(|&i| &variants[i]).collect();
-            // Recompute from the earliest change, or earlier if a variant's first scored row
-            // (the one predicting the first target token) lies before it.
-            let from = batch
-                .iter()
-                .map(|v| v.start.min(v.ids.len() - m))
-                .min()
-                .unwrap_or(0);
+            let from = recompute_from(&batch, m);
             let (x, lengths) = self.variant_embeddings(&batch, from, ablation, mean.as_ref())?;
             let mut kv = clean_kv.shared_prefix(from, batch.len())?;
             let mut ctx = HookContext::inactive(hooks, &lengths);
@@ -265,5 +303,57 @@ impl LanguageModel {
             .map(|&sp| score(&Self::variant(&seq, sp, ablation)))
             .collect::<Result<Vec<_>>>()?;
         Ok(AblationScores { clean, ablated })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn variant(len: usize, start: usize) -> Variant {
+        Variant {
+            ids: vec![0; len],
+            masked: 0..0,
+            start,
+        }
+    }
+
+    #[test]
+    fn batches_respect_row_budget_and_order() {
+        // 32 single-token deletions of a 32-token prompt (variants have 31 tokens).
+        let variants: Vec<Variant> = (0..32).map(|s| variant(31, s)).collect();
+        let order: Vec<usize> = (0..32).collect();
+        let batches = plan_batches(&order, &variants, 1, 64, 256);
+        assert_eq!(batches.concat(), order);
+        for b in &batches {
+            let refs: Vec<&Variant> = b.iter().map(|&i| &variants[i]).collect();
+            let from = recompute_from(&refs, 1);
+            assert!(b.len() == 1 || b.len() * (31 - from) <= 256);
+        }
+        // Later batches recompute shorter suffixes, so they hold more variants.
+        assert!(batches.last().unwrap().len() > batches[0].len());
+    }
+
+    #[test]
+    fn recompute_starts_early_enough_to_score_the_target() {
+        // Deleting the last prompt token: the first target token is predicted from position 3.
+        let v = variant(5, 4);
+        assert_eq!(recompute_from(&[&v], 2), 3);
+        assert_eq!(recompute_from(&[&variant(9, 2)], 2), 2);
+    }
+
+    #[test]
+    fn variants_follow_the_ablation() {
+        let seq = [10, 11, 12, 13];
+        assert_eq!(
+            LanguageModel::variant(&seq, (1, 3), Ablation::Delete).ids,
+            [10, 13]
+        );
+        assert_eq!(
+            LanguageModel::variant(&seq, (1, 2), Ablation::Replace(7)).ids,
+            [10, 7, 12, 13]
+        );
+        let z = LanguageModel::variant(&seq, (2, 4), Ablation::ZeroEmbedding);
+        assert_eq!((z.ids.len(), z.masked.clone(), z.start), (4, 2..4, 2));
     }
 }

@@ -138,3 +138,45 @@ fn draw(spec: &FigureSpec, path: &Path) -> Result<()> {
         other => draw_err(other),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_ignore_non_finite_values_and_never_collapse() {
+        assert_eq!(
+            padded_range([f64::NAN, 1.0, 3.0].into_iter(), 0.0),
+            (1.0, 3.0)
+        );
+        let (lo, hi) = padded_range([2.0, 2.0].into_iter(), 0.1);
+        assert!(lo < 2.0 && hi > 2.0);
+        assert_eq!(padded_range(std::iter::empty(), 0.1), (0.0, 1.0));
+    }
+
+    #[test]
+    fn specs_are_validated_before_drawing() {
+        let spec: FigureSpec = serde_json::from_str(
+            r#"{"panels": [{"kind": "heatmap", "values": [[1.0, null], [2.0]]}]}"#,
+        )
+        .unwrap();
+        let err = render(&spec, Path::new("/tmp/never-written.png")).unwrap_err();
+        assert!(err.to_string().contains("row 1 has 1 values"), "{err}");
+        let empty: FigureSpec = serde_json::from_str(r#"{"panels": []}"#).unwrap();
+        assert!(render(&empty, Path::new("x.png")).is_err());
+    }
+
+    #[test]
+    fn renders_a_png() {
+        let spec: FigureSpec = serde_json::from_str(
+            r#"{"width": 400, "height": 300, "panels": [
+                {"kind": "lines", "series": [{"name": "a", "x": [0, 1], "y": [0, 1]}]}]}"#,
+        )
+        .unwrap();
+        let path = std::env::temp_dir().join(format!("mindscope-plot-{}.png", std::process::id()));
+        render(&spec, &path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(&bytes[..4], b"\x89PNG");
+    }
+}
