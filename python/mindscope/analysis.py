@@ -115,19 +115,39 @@ class RidgeProbe(_Estimator):
 
 
 class LogisticProbe(_Estimator):
-    """Logistic regression (binary or multinomial) with L2 strength ``C`` as in scikit-learn.
+    """Logistic regression (binary or multinomial) with L2 strength ``C`` as in scikit-learn,
+    fitted by L-BFGS in the Rust core.
 
-    Labels can be any hashable values; ``classes_`` holds them sorted. Fitted: ``coef_``
-    (``[1, n_features]`` binary, ``[n_classes, n_features]`` multinomial), ``intercept_``.
+    Labels can be any hashable values; ``classes_`` holds them sorted. ``class_weight`` is
+    ``None``, ``"balanced"`` (``n / (n_classes * count)``, as scikit-learn) or a dict
+    ``{label: weight}``. Fitted: ``coef_`` (``[1, n_features]`` binary, ``[n_classes,
+    n_features]`` multinomial), ``intercept_``, ``n_iter_``.
     """
 
-    _params = ("C", "max_iter", "tol", "standardize")
+    _params = ("C", "max_iter", "tol", "standardize", "class_weight")
 
-    def __init__(self, C: float = 1.0, max_iter: int = 200, tol: float = 1e-4, standardize: bool = True):
+    def __init__(self, C: float = 1.0, max_iter: int = 1000, tol: float = 1e-4, standardize: bool = True,
+                 class_weight: str | Mapping[Any, float] | None = None):
         self.C = C
         self.max_iter = max_iter
         self.tol = tol
         self.standardize = standardize
+        self.class_weight = class_weight
+
+    def _class_weights(self, idx: np.ndarray) -> list[float] | None:
+        cw = self.class_weight
+        if cw is None:
+            return None
+        k = len(self.classes_)
+        if cw == "balanced":
+            counts = np.bincount(idx, minlength=k)
+            return (len(idx) / (k * counts)).tolist()
+        if isinstance(cw, Mapping):
+            unknown = [c for c in cw if c not in set(self.classes_.tolist())]
+            if unknown:
+                raise InvalidArgumentError(f"class_weight names classes {unknown} that are not in y")
+            return [float(cw.get(c, 1.0)) for c in self.classes_.tolist()]
+        raise InvalidArgumentError(f"class_weight must be None, 'balanced' or a dict, got {cw!r}")
 
     def fit(self, X: Any, y: Any) -> LogisticProbe:
         X = _as_f64_2d(X)
@@ -138,10 +158,12 @@ class LogisticProbe(_Estimator):
         if len(self.classes_) < 2:
             raise DataError(f"y contains a single class ({self.classes_[0]!r}): a classifier needs at least two")
         out = _native.logistic_fit(X, idx.astype(np.int64).tolist(), len(self.classes_), float(self.C),
-                                   int(self.max_iter), float(self.tol), bool(self.standardize))
+                                   int(self.max_iter), float(self.tol), bool(self.standardize),
+                                   self._class_weights(idx))
         self.coef_ = out["coef"].T
         self.intercept_ = out["intercept"]
         self.mean_, self.scale_ = out["mean"], out["scale"]
+        self.n_iter_ = int(out["n_iter"])
         self.n_features_in_ = X.shape[1]
         return self
 
@@ -388,20 +410,23 @@ def layer_sweep(
     make = (lambda: LogisticProbe(**probe_params)) if probe == "logistic" else (lambda: RidgeProbe(**probe_params))
     if probe not in ("logistic", "ridge"):
         raise InvalidArgumentError(f"probe must be 'logistic' or 'ridge', got '{probe}'")
-    rows: dict[str, list[float]] = {"layer": [], "train": [], "test": []}
-    if control_labels is not None:
-        rows.update({"control_train": [], "control_test": [], "selectivity": []})
     for layer, X in enumerate(stack):
         if X.shape[0] != n:
             raise ShapeError(f"layer {layer} has {X.shape[0]} rows for {n} labels")
-        m = make().fit(X[train], y[train])
-        rows["layer"].append(layer)
-        rows["train"].append(m.score(X[train], y[train]))
-        rows["test"].append(m.score(X[test], y[test]))
-        if control_labels is not None:
-            c = np.asarray(control_labels)
-            mc = make().fit(X[train], c[train])
-            rows["control_train"].append(mc.score(X[train], c[train]))
-            rows["control_test"].append(mc.score(X[test], c[test]))
-            rows["selectivity"].append(rows["test"][-1] - rows["control_test"][-1])
+    targets = [y] if control_labels is None else [y, np.asarray(control_labels)]
+
+    def fit(job: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:
+        X, t = job
+        m = make().fit(X[train], t[train])
+        return m.score(X[train], t[train]), m.score(X[test], t[test])
+
+    # One fit per (layer, target), side by side on all cores (the fits release the GIL).
+    scores = map_parallel(fit, [(X, t) for X in stack for t in targets])
+    per_layer = [scores[i:i + len(targets)] for i in range(0, len(scores), len(targets))]
+    rows: dict[str, list[float]] = {"layer": list(range(len(stack))),
+                                    "train": [s[0][0] for s in per_layer], "test": [s[0][1] for s in per_layer]}
+    if control_labels is not None:
+        rows["control_train"] = [s[1][0] for s in per_layer]
+        rows["control_test"] = [s[1][1] for s in per_layer]
+        rows["selectivity"] = [a - b for a, b in zip(rows["test"], rows["control_test"])]
     return {k: np.asarray(v) for k, v in rows.items()}

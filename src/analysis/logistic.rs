@@ -1,15 +1,16 @@
-//! Logistic-regression probes (binary and multinomial) on linfa-logistic.
+//! Logistic-regression probes (binary and multinomial) with L2 regularisation and class
+//! weights, fitted by L-BFGS.
 //!
-//! scikit-learn minimises `C * sum(loss) + ||w||^2 / 2`; linfa-logistic minimises
-//! `sum(loss) + alpha * ||w||^2 / 2` (intercept unpenalised in both), so `alpha = 1 / C`.
-//! linfa-logistic has no sample weights, so class weights are not offered.
+//! The objective is scikit-learn's, divided by `C * sum(weights)` (same minimiser):
+//! `sum_i w_i loss_i / sum(w) + ||W||^2 / (2 C sum(w))`, intercept unpenalised; binary
+//! problems use one logit column (class 1), multinomial ones a softmax over all classes.
+//! linfa-logistic minimises the same loss but takes no sample weights (so no class weights)
+//! and was 5.7x slower than scikit-learn on a 11,000 x 576, 17-class probe; hence this solver.
 
-use linfa::prelude::*;
-use linfa::Dataset;
-use linfa_logistic::{LogisticRegression, MultiLogisticRegression};
-use ndarray::{Array1, Array2, ArrayView2, Axis};
+use ndarray::{s, Array1, Array2, ArrayView2, Axis};
 
 use super::check;
+use super::lbfgs::{minimize, LbfgsParams};
 use super::standardize::Standardizer;
 use crate::error::{MsError, Result};
 
@@ -20,6 +21,8 @@ pub struct LogisticParams {
     pub max_iter: u64,
     pub tol: f64,
     pub standardize: bool,
+    /// Weight of each class (index = class); `None` weighs every sample 1.
+    pub class_weight: Option<Vec<f64>>,
 }
 
 /// A fitted probe. Classes are `0..n_classes` (the Python layer maps labels to indices).
@@ -31,10 +34,97 @@ pub struct LogisticModel {
     pub coef: Array2<f64>,
     pub intercept: Array1<f64>,
     pub n_classes: usize,
+    /// L-BFGS iterations used, and whether the gradient tolerance was reached.
+    pub iterations: usize,
+    pub converged: bool,
 }
 
-fn lin_err(e: impl std::fmt::Display) -> MsError {
-    MsError::Compute(format!("logistic regression failed: {e}"))
+/// Value and gradient of the weighted, regularised loss at `theta = [W (d x k, row-major), b (k)]`.
+struct Objective<'a> {
+    z: &'a Array2<f64>,
+    /// One-hot targets `[n, k]` (binary: the class-1 indicator `[n, 1]`).
+    targets: Array2<f64>,
+    /// Sample weights divided by their sum.
+    weights: Array1<f64>,
+    /// `1 / (C * sum(w))`.
+    penalty: f64,
+    k: usize,
+}
+
+impl Objective<'_> {
+    fn eval(&self, theta: &Array1<f64>) -> (f64, Array1<f64>) {
+        let d = self.z.ncols();
+        let k = self.k;
+        let w = theta
+            .slice(s![..d * k])
+            .into_shape_with_order((d, k))
+            .expect("theta holds d * k weights");
+        let b = theta.slice(s![d * k..]);
+        let (loss, gw, gb) = if k == 1 {
+            self.binary_terms(&w.column(0).to_owned(), b[0])
+        } else {
+            self.multinomial_terms(&w, &b)
+        };
+        let mut grad = Array1::zeros(theta.len());
+        let gw = gw + &(&w * self.penalty);
+        grad.slice_mut(s![..d * k])
+            .assign(&gw.into_shape_with_order(d * k).expect("d * k gradient"));
+        grad.slice_mut(s![d * k..]).assign(&gb);
+        let reg = 0.5 * self.penalty * w.iter().map(|v| v * v).sum::<f64>();
+        (loss + reg, grad)
+    }
+
+    /// Weighted loss and its gradient for one logit column, in a single pass over the rows:
+    /// for one output column a gemm call would pack all of `z` twice per evaluation.
+    fn binary_terms(&self, w: &Array1<f64>, b: f64) -> (f64, Array2<f64>, Array1<f64>) {
+        let mut loss = 0.0;
+        let mut gw = Array1::<f64>::zeros(w.len());
+        let mut gb = 0.0;
+        for ((row, t), &wi) in self
+            .z
+            .rows()
+            .into_iter()
+            .zip(self.targets.column(0))
+            .zip(&self.weights)
+        {
+            let z = row.dot(w) + b;
+            // softplus(z) - y z, computed stably.
+            let softplus = if z > 0.0 {
+                z + (-z).exp().ln_1p()
+            } else {
+                z.exp().ln_1p()
+            };
+            loss += wi * (softplus - t * z);
+            let r = wi * (1.0 / (1.0 + (-z).exp()) - t);
+            gw.scaled_add(r, &row);
+            gb += r;
+        }
+        (loss, gw.insert_axis(Axis(1)), Array1::from(vec![gb]))
+    }
+
+    /// Weighted softmax cross-entropy and its gradient (two matrix products).
+    fn multinomial_terms(
+        &self,
+        w: &ArrayView2<f64>,
+        b: &ndarray::ArrayView1<f64>,
+    ) -> (f64, Array2<f64>, Array1<f64>) {
+        let mut scores = self.z.dot(w) + b;
+        let mut loss = 0.0;
+        // Turn `scores` into the residuals (p - y) * weight, accumulating the loss.
+        for ((mut row, t), &wi) in scores
+            .rows_mut()
+            .into_iter()
+            .zip(self.targets.rows())
+            .zip(&self.weights)
+        {
+            let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = row.iter().map(|v| (v - m).exp()).sum();
+            let lse = m + sum.ln();
+            loss += wi * (lse - row.dot(&t));
+            row.zip_mut_with(&t, |v, &y| *v = wi * ((*v - lse).exp() - y));
+        }
+        (loss, self.z.t().dot(&scores), scores.sum_axis(Axis(0)))
+    }
 }
 
 impl LogisticModel {
@@ -52,62 +142,76 @@ impl LogisticModel {
                 p.c
             )));
         }
-        let present = {
-            let mut seen = vec![false; n_classes.max(1)];
-            for &c in y {
-                if c >= n_classes {
-                    return Err(MsError::invalid(format!(
-                        "label index {c} >= n_classes {n_classes}"
-                    )));
-                }
-                seen[c] = true;
+        let mut counts = vec![0usize; n_classes.max(1)];
+        for &c in y {
+            if c >= n_classes {
+                return Err(MsError::invalid(format!(
+                    "label index {c} >= n_classes {n_classes}"
+                )));
             }
-            seen.iter().filter(|&&s| s).count()
-        };
-        if present < 2 {
+            counts[c] += 1;
+        }
+        if counts.iter().filter(|&&c| c > 0).count() < 2 {
             return Err(MsError::data(
                 "y contains a single class: a classifier needs at least two classes",
             ));
         }
+        let class_weight = match &p.class_weight {
+            Some(cw) if cw.len() != n_classes => {
+                return Err(MsError::invalid(format!(
+                    "class_weight has {} entries for {n_classes} classes",
+                    cw.len()
+                )))
+            }
+            Some(cw) if cw.iter().any(|w| !(*w > 0.0 && w.is_finite())) => {
+                return Err(MsError::invalid(format!(
+                    "class weights must be positive numbers, got {cw:?}"
+                )))
+            }
+            Some(cw) => cw.clone(),
+            None => vec![1.0; n_classes],
+        };
         let standardizer = if p.standardize {
             Standardizer::fit(x)
         } else {
             Standardizer::identity(x.ncols())
         };
         let z = standardizer.transform(x);
-        let alpha = 1.0 / p.c;
-        let targets = Array1::from(y.to_vec());
-        let (w, b) = if n_classes == 2 {
-            let ds = Dataset::new(z, targets);
-            let m = LogisticRegression::default()
-                .alpha(alpha)
-                .max_iterations(p.max_iter)
-                .gradient_tolerance(p.tol)
-                .fit(&ds)
-                .map_err(lin_err)?;
-            // linfa's "positive" class is the first label it saw; orient the weights to class 1.
-            let sign = if m.labels().pos.class == 1 { 1.0 } else { -1.0 };
-            (
-                (m.params() * sign).insert_axis(Axis(1)),
-                Array1::from(vec![m.intercept() * sign]),
-            )
-        } else {
-            let ds = Dataset::new(z, targets);
-            let m = MultiLogisticRegression::default()
-                .alpha(alpha)
-                .max_iterations(p.max_iter)
-                .gradient_tolerance(p.tol)
-                .fit(&ds)
-                .map_err(lin_err)?;
-            // Columns follow the sorted labels seen; place them at their class index.
-            let mut w = Array2::zeros((x.ncols(), n_classes));
-            let mut b = Array1::from_elem(n_classes, -1e30);
-            for (col, &cls) in m.classes().iter().enumerate() {
-                w.column_mut(cls).assign(&m.params().column(col));
-                b[cls] = m.intercept()[col];
+        let (n, d) = z.dim();
+        let k = if n_classes == 2 { 1 } else { n_classes };
+        let mut targets = Array2::zeros((n, k));
+        for (i, &c) in y.iter().enumerate() {
+            if k == 1 {
+                targets[[i, 0]] = c as f64;
+            } else {
+                targets[[i, c]] = 1.0;
             }
-            (w, b)
+        }
+        let raw: Array1<f64> = y.iter().map(|&c| class_weight[c]).collect();
+        let total = raw.sum();
+        let objective = Objective {
+            z: &z,
+            targets,
+            weights: raw / total,
+            penalty: 1.0 / (p.c * total),
+            k,
         };
+        let result = minimize(
+            |theta| objective.eval(theta),
+            Array1::zeros(d * k + k),
+            &LbfgsParams {
+                max_iter: p.max_iter as usize,
+                gtol: p.tol,
+                ..Default::default()
+            },
+        );
+        let w = result
+            .x
+            .slice(s![..d * k])
+            .into_shape_with_order((d, k))
+            .expect("d * k weights")
+            .to_owned();
+        let b = result.x.slice(s![d * k..]).to_owned();
         let coef = &w / &standardizer.scale.view().insert_axis(Axis(1));
         let intercept = &b - &standardizer.mean.dot(&coef);
         Ok(LogisticModel {
@@ -115,6 +219,8 @@ impl LogisticModel {
             coef,
             intercept,
             n_classes,
+            iterations: result.iterations,
+            converged: result.converged,
         })
     }
 

@@ -10,6 +10,7 @@
 //! d <= a few thousand), where an eigendecomposition is exact enough and fast.
 
 pub mod check;
+pub mod lbfgs;
 pub mod logistic;
 pub mod metrics;
 pub mod pca;

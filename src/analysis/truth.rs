@@ -144,6 +144,7 @@ impl TruthDirection {
                     max_iter: 1000,
                     tol: 1e-6,
                     standardize: true,
+                    class_weight: None,
                 };
                 let m = LogisticModel::fit(x, y, 2, &params)?;
                 let w = m.coef.column(0).to_owned();

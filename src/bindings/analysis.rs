@@ -61,7 +61,7 @@ fn ridge_fit<'py>(
 
 /// Logistic regression on class indices `0..n_classes`.
 #[pyfunction]
-#[pyo3(signature = (x, y, n_classes, c, max_iter, tol, standardize))]
+#[pyo3(signature = (x, y, n_classes, c, max_iter, tol, standardize, class_weight=None))]
 #[allow(clippy::too_many_arguments)]
 fn logistic_fit<'py>(
     py: Python<'py>,
@@ -72,6 +72,7 @@ fn logistic_fit<'py>(
     max_iter: u64,
     tol: f64,
     standardize: bool,
+    class_weight: Option<Vec<f64>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let xv = x.as_array();
     let y = labels(&y, "y")?;
@@ -80,6 +81,7 @@ fn logistic_fit<'py>(
         max_iter,
         tol,
         standardize,
+        class_weight,
     };
     let m = py
         .detach(|| LogisticModel::fit(&xv, &y, n_classes, &params))
@@ -89,6 +91,8 @@ fn logistic_fit<'py>(
     d.set_item("intercept", m.intercept.into_pyarray(py))?;
     d.set_item("mean", m.standardizer.mean.into_pyarray(py))?;
     d.set_item("scale", m.standardizer.scale.into_pyarray(py))?;
+    d.set_item("n_iter", m.iterations)?;
+    d.set_item("converged", m.converged)?;
     Ok(d)
 }
 

@@ -36,6 +36,34 @@ def test_logistic_matches_sklearn_accuracy(k):
     np.testing.assert_allclose(proba, sk.predict_proba(X[te]), atol=2e-2)
 
 
+@pytest.mark.parametrize("k,class_weight", [(2, None), (2, "balanced"), (4, "balanced"), (3, {0: 5.0})])
+def test_logistic_coefficients_match_sklearn(k, class_weight):
+    """Same objective as scikit-learn (weighted log-loss + L2 / C): the same coefficients."""
+    X, y = blobs(n=900, d=20, k=k, seed=3)
+    keep = (y != 0) | (np.arange(len(y)) % 4 == 0)  # make class 0 rare
+    X, y = X[keep], y[keep]
+    ours = A.LogisticProbe(C=0.5, tol=1e-8, class_weight=class_weight).fit(X, y)
+    sc = StandardScaler().fit(X)
+    sk = LogisticRegression(C=0.5, tol=1e-10, max_iter=10000, class_weight=class_weight).fit(sc.transform(X), y)
+    sk_coef = sk.coef_ / sc.scale_
+    np.testing.assert_allclose(ours.coef_, sk_coef, atol=1e-3 * np.abs(sk_coef).max())
+    assert ours.n_iter_ > 0
+
+
+def test_balanced_class_weights_raise_minority_recall():
+    X, y = blobs(n=2000, d=10, k=2, seed=5, sep=0.3)
+    keep = (y == 1) | (np.arange(len(y)) % 10 == 0)
+    X, y = X[keep], y[keep]
+    plain = A.LogisticProbe(C=1.0).fit(X, y)
+    bal = A.LogisticProbe(C=1.0, class_weight="balanced").fit(X, y)
+    recall = lambda m: np.mean(m.predict(X[y == 0]) == 0)  # noqa: E731
+    assert recall(bal) > recall(plain) + 0.1
+    with pytest.raises(errors.InvalidArgumentError, match="class_weight"):
+        A.LogisticProbe(class_weight="heavy").fit(X, y)
+    with pytest.raises(errors.InvalidArgumentError, match="not in y"):
+        A.LogisticProbe(class_weight={7: 2.0}).fit(X, y)
+
+
 def test_logistic_keeps_label_values():
     X, y = blobs(k=2)
     names = np.array(["false", "true"])[y]
