@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 import numpy as np
+from _timing import median_time
 
 
 def make_data(layers: int, n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -29,15 +28,6 @@ def make_data(layers: int, n: int, d: int, seed: int = 0) -> tuple[np.ndarray, n
         X[layer] += np.outer((y - 0.5) * (0.2 + 0.05 * layer), w).astype(np.float32)
         X[layer, :, :3] *= 50.0  # massive activations
     return X, y
-
-
-def median_time(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
 
 
 def main() -> None:
@@ -54,7 +44,7 @@ def main() -> None:
 
     X, y = make_data(args.layers, args.n, args.d)
     rows = []
-    t_ms, sweep = median_time(lambda: layer_sweep(X, y, probe="logistic", C=0.1), args.repeats)
+    t_ms, sweep = median_time(lambda: layer_sweep(X, y, probe="logistic", C=0.1), args.repeats, warmup=False)
     rows.append(("logistic sweep", "mindscope", t_ms, float(np.mean(sweep["test"]))))
     t_pca, pca = median_time(lambda: PCA(10).fit(X[-1]), args.repeats)
     rows.append(("PCA 10 comps", "mindscope", t_pca, float(pca.explained_variance_ratio_.sum())))
@@ -77,7 +67,7 @@ def main() -> None:
                 out.append(m.score(sc.transform(X[layer][test]), y[test]))
             return out
 
-        t_sk, acc = median_time(sk_sweep, args.repeats)
+        t_sk, acc = median_time(sk_sweep, args.repeats, warmup=False)
         rows.append(("logistic sweep", "scikit-learn", t_sk, float(np.mean(acc))))
         t_skp, skp = median_time(lambda: SkPCA(10, svd_solver="full").fit(X[-1].astype(np.float64)), args.repeats)
         rows.append(("PCA 10 comps", "scikit-learn", t_skp, float(skp.explained_variance_ratio_.sum())))

@@ -15,24 +15,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
-from collections.abc import Callable
 
 import numpy as np
+from _timing import median_time
 
 PROMPT = ("The old lighthouse keeper climbed the spiral stairs every evening to light the great lamp, because the "
           "fishing boats passing the rocky northern coast at night depended on its beam to find the harbour")
-
-
-def timed(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
-    fn()  # warm-up
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
 
 
 def main() -> None:
@@ -50,10 +38,10 @@ def main() -> None:
     target = [int(np.argmax(model.run([ids], return_logits="last")[0]))]
     spans = [(i, i + 1) for i in range(32)]
     rows = []
-    t_fast, fast = timed(lambda: model._native.ablation_scores(ids, target, spans, "delete", None, args.batch, False),
+    t_fast, fast = median_time(lambda: model._native.ablation_scores(ids, target, spans, "delete", None, args.batch, False),
                          args.repeats)
     rows.append(("mindscope, shared prefix + target rows only", t_fast))
-    t_naive, naive = timed(lambda: model._native.ablation_scores(ids, target, spans, "delete", None, 1, True),
+    t_naive, naive = median_time(lambda: model._native.ablation_scores(ids, target, spans, "delete", None, 1, True),
                            args.repeats)
     rows.append(("mindscope, naive: 32 + 1 full forwards", t_naive))
     diff = max(abs(fast[0] - naive[0]), float(np.max(np.abs(np.array(fast[1]) - naive[1]))))
@@ -88,8 +76,8 @@ def main() -> None:
             last = torch.tensor([len(v) - 1 for v in variants])
             return torch.log_softmax(logits[torch.arange(len(variants)), last], -1)[:, target[0]].numpy()
 
-        t_seq, seq = timed(sequential, args.repeats)
-        t_bat, _ = timed(batched, args.repeats)
+        t_seq, seq = median_time(sequential, args.repeats)
+        t_bat, _ = median_time(batched, args.repeats)
         rows += [("transformers (a): 32 + 1 sequential forwards", t_seq),
                  ("transformers (b): one batch of 33 sequences", t_bat)]
         hf = (t_seq, t_bat, float(np.max(np.abs(seq - np.array([fast[0], *fast[1]])))))

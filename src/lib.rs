@@ -5,6 +5,7 @@
 //! - [`hooks`]: hook-point names, capture specs, the activation cache and interventions.
 //! - [`analysis`]: probes, control tasks, projections, truth directions and metrics.
 //! - [`plot`]: figures drawn with plotters (maps, heatmaps, per-layer curves).
+//! - [`storage`]: activation dumps as Arrow IPC files, memory-mapped for reading.
 //! - [`bindings`]: the Python module `mindscope._native`.
 
 pub mod analysis;
@@ -13,5 +14,6 @@ pub mod error;
 pub mod hooks;
 pub mod model;
 pub mod plot;
+pub mod storage;
 
 pub use error::{MsError, Result};

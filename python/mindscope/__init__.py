@@ -11,7 +11,7 @@ package is its thin Python face. Start with::
 
 from __future__ import annotations
 
-from . import analysis, datasets, errors, experiments, plotting
+from . import analysis, datasets, errors, experiments, plotting, storage
 from ._native import __version__
 from .errors import *  # noqa: F401,F403  (typed exceptions at the top level)
 from .hooks import ActivationCache, Intervention, PerPrompt
@@ -26,6 +26,7 @@ from .experiments import (
     world_map,
 )
 from .registry import DEFAULT_MODEL, list_models
+from .storage import Dump, load_dump
 
 __all__ = [
     "__version__",
@@ -34,6 +35,9 @@ __all__ = [
     "errors",
     "experiments",
     "plotting",
+    "storage",
+    "Dump",
+    "load_dump",
     "LieDetector",
     "attribution",
     "confidence",

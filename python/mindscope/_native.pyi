@@ -122,3 +122,22 @@ def great_circle_km(a: F64, b: F64) -> F64:
 
 def render_figure(spec_json: str, path: str) -> None:
     """Draw a figure (see ``mindscope.plotting``) into a PNG at ``path``, replacing it atomically."""
+
+# --- storage ---
+
+def write_dump_part(
+    path: str,
+    prompt_id: Sequence[int],
+    position: Sequence[int],
+    token_id: Sequence[int],
+    token_text: Sequence[str],
+    hooks: Sequence[tuple[str, F32]],
+    dtype: str,
+    metadata: dict[str, str],
+) -> int:
+    """Write one Arrow IPC part (``hooks``: ``(name, [rows, d])``; dtype ``float16``/``float32``),
+    atomically; returns its size in bytes."""
+def dump_part_layout(path: str) -> dict[str, Any]:
+    """Memory-map a part and report ``rows``, schema ``metadata`` and per column ``{dtype, width,
+    offset, nbytes, offsets_offset}`` (byte ranges in the file). Raises DataError naming the file
+    if it is not a readable part."""

@@ -11,6 +11,8 @@ Subcommands:
   logit-lens    each layer's guess for the next token         -> results/logit_lens/
   confidence    calibration on capital-city questions         -> results/confidence/
   tour          the guided tour: all of the above on the default model
+  extract       stream activations over a corpus to an Arrow dump  -> DIR/part-*.arrow
+  run           run an experiment described by a TOML config file
 
 Every experiment writes ``metrics.json`` and a PNG into its folder.
 """
@@ -192,6 +194,61 @@ def _cmd_tour(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from .model import load_model
+
+    model = load_model(args.model)
+    d = model.dump(args.input, args.out, names=args.names, positions=args.positions, dtype=args.dtype,
+                   batch_size=args.batch_size, part_size=args.part_size, resume=args.resume,
+                   overwrite=args.overwrite, quiet=args.quiet, column=args.column,
+                   skip_bad_lines=args.skip_bad_lines)
+    print(d)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    """Run ``[experiment] name = "world-map"`` with its parameters from a TOML file; the results
+    folder gets metrics, plot, the config itself and the versions used."""
+    import platform
+    import tomllib
+
+    from . import __version__
+    from .model import load_model
+
+    path = Path(args.config)
+    try:
+        config = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidArgumentError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InvalidArgumentError(f"{path} is not valid TOML: {e}") from e
+    exp = config.get("experiment", {})
+    name = exp.get("name")
+    if name not in EXPERIMENTS:
+        raise InvalidArgumentError(f"{path}: [experiment] name must be one of {', '.join(EXPERIMENTS)}, got {name!r}")
+    parser = build_parser()
+    ns = parser.parse_args([name])
+    allowed = set(vars(ns)) - {"func", "command"}
+    unknown = set(exp) - allowed - {"name"}
+    if unknown:
+        raise InvalidArgumentError(f"{path}: unknown parameters {sorted(unknown)} for '{name}'; "
+                                   f"allowed: {', '.join(sorted(allowed))}")
+    for k, v in exp.items():
+        if k != "name":
+            setattr(ns, k, v)
+    ns.out = args.out or ns.out
+    model = load_model(ns.model)
+    result = _run_and_save(name, model, ns, Path(ns.out))
+    folder = Path(ns.out) / result.name
+    (folder / "config.toml").write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    import numpy
+
+    versions = {"mindscope": __version__, "python": platform.python_version(), "numpy": numpy.__version__,
+                "model": model.name, "weights_sha256": model.weights_sha256()}
+    (folder / "versions.json").write_text(json.dumps(versions, indent=2), encoding="utf-8")
+    return 0
+
+
 def _add_experiment_args(p: argparse.ArgumentParser, name: str) -> None:
     if name in ("world-map", "tour"):
         p.add_argument("--cities", type=int, default=3000, help="cities for the world map")
@@ -250,6 +307,27 @@ def build_parser() -> argparse.ArgumentParser:
         e = sub.add_parser(name, help=text)
         _add_experiment_args(e, name)
         e.set_defaults(func=_cmd_experiment)
+
+    x = sub.add_parser("extract", help="stream activations over a corpus to an Arrow dump")
+    x.add_argument("input", help="prompts: .txt (one per line), .jsonl, .csv or .parquet")
+    x.add_argument("--out", required=True, help="dump folder")
+    x.add_argument("--model", default="smollm2-135m")
+    x.add_argument("--names", default="blocks.*.hook_resid_post", help="hook name or glob")
+    x.add_argument("--positions", default="last", choices=["last", "all"])
+    x.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    x.add_argument("--batch-size", type=int, default=32)
+    x.add_argument("--part-size", type=int, default=2048, help="prompts per part file")
+    x.add_argument("--column", default="text", help="column / field with the text (jsonl, csv, parquet)")
+    x.add_argument("--resume", action="store_true", help="complete an interrupted dump")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing dump")
+    x.add_argument("--skip-bad-lines", action="store_true", help="skip malformed input lines")
+    x.add_argument("--quiet", action="store_true", help="no progress bar")
+    x.set_defaults(func=_cmd_extract)
+
+    r = sub.add_parser("run", help="run an experiment from a TOML config")
+    r.add_argument("config", help="TOML file with an [experiment] table (name = ..., parameters)")
+    r.add_argument("--out", default=None, help="output folder (default: the config's out, or results)")
+    r.set_defaults(func=_cmd_run)
 
     t = sub.add_parser("tour", help="the guided tour (main job): every experiment on the default model")
     _add_experiment_args(t, "tour")

@@ -251,6 +251,25 @@ class HookedModel:
                                        f"arrays of shape {arrays[0].shape}")
         return np.stack(arrays)
 
+    def dump(self, texts: Any, path: str | os.PathLike[str], names: NamesSpec = "blocks.*.hook_resid_post",
+             positions: str = "last", dtype: str = "float16", **kwargs: Any) -> Any:
+        """Stream activations over a corpus to an Arrow dump; see :func:`mindscope.storage.dump`."""
+        from .storage import dump
+
+        return dump(self, texts, path, names=names, positions=positions, dtype=dtype, **kwargs)
+
+    def weights_sha256(self) -> str:
+        """SHA-256 of the weights file (computed once)."""
+        if not hasattr(self, "_sha256"):
+            import hashlib
+
+            h = hashlib.sha256()
+            with open(self._native.source, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 22), b""):
+                    h.update(chunk)
+            self._sha256 = h.hexdigest()
+        return self._sha256
+
     # --- weights ------------------------------------------------------------------------
     def unembed(self, resid: np.ndarray) -> np.ndarray:
         """Final norm + unembedding: residual vectors ``[..., d_model]`` -> logits ``[..., vocab]``."""

@@ -13,6 +13,7 @@ pub mod analysis;
 pub mod convert;
 pub mod model;
 pub mod plot;
+pub mod storage;
 
 /// Convert a core error into the matching `mindscope.errors` exception.
 pub fn to_py_err(err: MsError) -> PyErr {
@@ -47,5 +48,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     model::register(m)?;
     analysis::register(m)?;
     plot::register(m)?;
+    storage::register(m)?;
     Ok(())
 }

@@ -1,0 +1,355 @@
+"""Activation dumps: stream activations over a corpus into Arrow IPC files, read them back
+memory-mapped.
+
+Layout of a dump folder::
+
+    manifest.json          model, hook spec, dtype, versions, and the list of complete parts
+    part-00000.arrow       Arrow IPC (Feather v2) file, one record batch:
+                           prompt_id, position, token_id, token_text, then one
+                           FixedSizeList<float16|float32>[d] column per hook
+
+One file per part with every hook as a column: Arrow keeps each column's values in one
+contiguous buffer, so reading "one layer, all prompts" maps one byte range per part and never
+touches the other layers; and a part is the unit of crash safety (written under a temporary
+name and renamed when complete, then recorded in the manifest).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import _native
+from .errors import DataError, InvalidArgumentError, StorageError
+from .experiments._result import write_json_atomic
+
+FORMAT = "mindscope.dump/1"
+_POSITIONS = ("last", "all")
+
+
+# --- input corpora ------------------------------------------------------------------------
+
+def read_texts(source: str | os.PathLike[str] | Sequence[str], column: str = "text",
+               skip_bad_lines: bool = False) -> list[str]:
+    """Prompts from a list, or from a file: ``.txt`` (one prompt per line), ``.jsonl``
+    (``{"text": ...}`` per line), ``.csv`` or ``.parquet`` (column ``column``). A malformed
+    line raises :class:`DataError` with its number, unless ``skip_bad_lines``."""
+    if not isinstance(source, (str, os.PathLike)):
+        texts = list(source)
+        if not all(isinstance(t, str) for t in texts):
+            raise InvalidArgumentError("texts must be strings")
+        return texts
+    path = os.fspath(source)
+    if not os.path.isfile(path):
+        raise StorageError(f"{path} does not exist or is not a file")
+    out: list[str] = []
+
+    def bad(line_no: int, why: str) -> None:
+        if not skip_bad_lines:
+            raise DataError(f"{path}:{line_no}: {why} (pass skip_bad_lines=True to skip such lines)")
+
+    if path.endswith(".parquet"):
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as e:
+            raise DataError("reading Parquet input needs pyarrow: pip install pyarrow") from e
+        table = pq.read_table(path, columns=[column])
+        return [str(v) for v in table.column(column).to_pylist()]
+    with open(path, encoding="utf-8", newline="") as f:
+        if path.endswith(".jsonl"):
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line)[column]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    bad(i, f"not a JSON object with a '{column}' field")
+                    continue
+                if not isinstance(value, str) or not value:
+                    bad(i, f"'{column}' is not a non-empty string")
+                    continue
+                out.append(value)
+        elif path.endswith(".csv"):
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or column not in reader.fieldnames:
+                raise DataError(f"{path}: no column '{column}' (columns: {reader.fieldnames})")
+            for row in reader:
+                value = row.get(column)
+                if not value:
+                    bad(reader.line_num, f"empty '{column}'")
+                    continue
+                out.append(value)
+        else:
+            out = [line.rstrip("\n") for line in f if line.strip()]
+    return out
+
+
+# --- writing --------------------------------------------------------------------------------
+
+class _Progress:
+    """A one-line progress bar with rate and ETA on a terminal; silent otherwise."""
+
+    def __init__(self, total: int, quiet: bool):
+        self.total, self.done, self.t0 = total, 0, time.perf_counter()
+        self.on = not quiet and sys.stderr.isatty()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if not self.on:
+            return
+        dt = time.perf_counter() - self.t0
+        rate = self.done / dt if dt > 0 else 0.0
+        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+        width = 30
+        filled = int(width * self.done / max(self.total, 1))
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} prompts "
+                         f"{rate:.1f}/s ETA {eta:.0f}s ")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.on:
+            sys.stderr.write("\n")
+
+
+def _spec(model: Any, names: list[str], positions: str, dtype: str, n_prompts: int, part_size: int) -> dict[str, Any]:
+    from . import __version__
+
+    return {"format": FORMAT, "model": {"name": model.name, "source": model._native.source,
+                                         "sha256": model.weights_sha256()},
+            "hooks": names, "positions": positions, "dtype": dtype, "n_prompts": n_prompts,
+            "part_size": part_size, "tokenizer": f"{model.cfg.get('architecture')} vocab {model.cfg.get('vocab_size')}",
+            "mindscope_version": __version__}
+
+
+def dump(model: Any, texts: str | os.PathLike[str] | Sequence[str], path: str | os.PathLike[str],
+         names: str | Sequence[str] = "blocks.*.hook_resid_post", positions: str = "last",
+         dtype: str = "float16", batch_size: int = 32, part_size: int = 2048, resume: bool = False,
+         overwrite: bool = False, quiet: bool = False, column: str = "text",
+         skip_bad_lines: bool = False) -> Dump:
+    """Run ``texts`` through ``model`` and stream the ``names`` hooks to an Arrow dump at
+    ``path``; returns the dump, opened for reading.
+
+    ``positions``: ``"last"`` (one row per prompt) or ``"all"`` (one row per real token).
+    Every ``part_size`` prompts make one part file, written atomically; with ``resume`` the
+    parts already complete are kept and the rest computed (no duplicate rows). An existing
+    dump of another model or spec is refused unless ``overwrite``.
+    """
+    from .hooks import resolve_names
+
+    if positions not in _POSITIONS:
+        raise InvalidArgumentError(f"positions must be one of {_POSITIONS}, got {positions!r}")
+    if dtype not in ("float16", "float32"):
+        raise InvalidArgumentError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
+    if part_size < 1 or batch_size < 1:
+        raise InvalidArgumentError("part_size and batch_size must be at least 1")
+    prompts = read_texts(texts, column, skip_bad_lines)
+    if not prompts:
+        raise DataError("the corpus is empty: no prompts to dump")
+    hook_list = [n for n in model.hook_names()
+                 if n in set(_expand(resolve_names(names, model.hook_names()), model.hook_names()))]
+    if not hook_list:
+        raise InvalidArgumentError(f"names {names!r} select no hook")
+    out = Path(path)
+    spec = _spec(model, hook_list, positions, dtype, len(prompts), part_size)
+    done = _prepare_folder(out, spec, resume, overwrite)
+    manifest = {**spec, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(), "parts": done}
+    write_json_atomic(out / "manifest.json", manifest)
+    metadata = {"mindscope": json.dumps({k: v for k, v in spec.items()})}
+    n_parts = -(-len(prompts) // part_size)
+    finished = {p["index"] for p in done}
+    progress = _Progress(len(prompts), quiet)
+    progress.update(sum(p["n_prompts"] for p in done))
+    for k in range(n_parts):
+        if k in finished:
+            continue
+        lo, hi = k * part_size, min((k + 1) * part_size, len(prompts))
+        rows, arrays = _run_part(model, prompts, lo, hi, hook_list, positions, batch_size, progress)
+        name = f"part-{k:05d}.arrow"
+        nbytes = _native.write_dump_part(out / name, *rows, [(h, arrays[h]) for h in hook_list], dtype, metadata)
+        manifest["parts"].append({"index": k, "file": name, "first_prompt": lo, "n_prompts": hi - lo,
+                                  "rows": len(rows[0]), "bytes": nbytes})
+        manifest["parts"].sort(key=lambda p: p["index"])
+        write_json_atomic(out / "manifest.json", manifest)
+    progress.close()
+    return load_dump(out)
+
+
+def _expand(patterns: list[str], hook_names: list[str]) -> list[str]:
+    import fnmatch
+
+    return [n for n in hook_names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+
+
+def _prepare_folder(out: Path, spec: dict[str, Any], resume: bool, overwrite: bool) -> list[dict[str, Any]]:
+    """Create ``out`` or check an existing dump; returns the complete parts to keep."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StorageError(f"cannot create output folder {out}: {e}") from e
+    if not os.access(out, os.W_OK):
+        raise StorageError(f"output folder {out} is not writable")
+    manifest_path = out / "manifest.json"
+    if not manifest_path.exists():
+        if any(out.glob("part-*.arrow")):
+            raise StorageError(f"{out} has part files but no manifest; choose an empty folder or pass overwrite=True")
+        return []
+    old = json.loads(manifest_path.read_text(encoding="utf-8"))
+    same = all(old.get(k) == spec[k] for k in ("format", "model", "hooks", "positions", "dtype", "n_prompts",
+                                                "part_size"))
+    if overwrite:
+        for p in out.glob("part-*.arrow"):
+            p.unlink()
+        return []
+    if not same:
+        raise StorageError(f"{out} holds a dump of another model or spec ({old.get('model', {}).get('name')}, "
+                           f"hooks {len(old.get('hooks', []))}, positions {old.get('positions')}, dtype "
+                           f"{old.get('dtype')}); pass overwrite=True to replace it")
+    if not resume:
+        raise StorageError(f"{out} already holds this dump; pass resume=True to complete it or overwrite=True")
+    keep = []
+    for part in old.get("parts", []):
+        try:
+            _native.dump_part_layout(out / part["file"])
+            keep.append(part)
+        except Exception:  # a damaged part is recomputed
+            continue
+    return keep
+
+
+def _run_part(model: Any, prompts: list[str], lo: int, hi: int, hooks: list[str], positions: str,
+              batch_size: int, progress: _Progress) -> tuple[tuple[list[int], list[int], list[int], list[str]], dict[str, np.ndarray]]:
+    ids_col: list[int] = []
+    pos_col: list[int] = []
+    tok_col: list[int] = []
+    text_col: list[str] = []
+    chunks: dict[str, list[np.ndarray]] = {h: [] for h in hooks}
+    for start in range(lo, hi, batch_size):
+        batch = prompts[start:min(start + batch_size, hi)]
+        _, cache = model.run_with_cache(batch, names=hooks, positions=positions, return_logits=False,
+                                        batch_size=batch_size)
+        tokens = cache.tokens
+        for j, toks in enumerate(tokens):
+            keep = [len(toks) - 1] if positions == "last" else list(range(len(toks)))
+            ids_col.extend([start + j] * len(keep))
+            pos_col.extend(keep)
+            tok_col.extend(toks[p] for p in keep)
+            text_col.extend(model.to_str_tokens([toks[p] for p in keep]))
+        for h in hooks:
+            arr = cache[h]
+            if positions == "last":
+                chunks[h].append(arr.reshape(arr.shape[0], -1))
+            else:
+                chunks[h].append(np.concatenate([arr[j, :len(t)].reshape(len(t), -1) for j, t in enumerate(tokens)]))
+        progress.update(len(batch))
+    return (ids_col, pos_col, tok_col, text_col), {h: np.ascontiguousarray(np.concatenate(v)) for h, v in chunks.items()}
+
+
+# --- reading --------------------------------------------------------------------------------
+
+_NP = {"float16": np.float16, "float32": np.float32, "uint32": np.uint32}
+
+
+class Dump:
+    """A dump opened lazily: ``dump["blocks.12.hook_resid_post"]`` is ``[rows, d]`` (a memory map
+    of the file for a one-part dump; parts are concatenated otherwise, see :meth:`parts`),
+    ``dump.metadata`` the manifest, ``dump.prompt_id`` / ``position`` / ``token_id`` the row
+    identity, ``dump.where(prompt_ids)`` the rows of some prompts."""
+
+    def __init__(self, folder: Path, manifest: dict[str, Any]):
+        self.path = folder
+        self.metadata = manifest
+        self._layouts: dict[str, dict[str, Any]] = {}
+
+    def __repr__(self) -> str:
+        m = self.metadata
+        return (f"Dump('{self.path}', model={m['model']['name']!r}, {len(m['hooks'])} hooks, "
+                f"{self.n_rows} rows in {len(m['parts'])} parts, {m['dtype']})")
+
+    @property
+    def columns(self) -> list[str]:
+        return ["prompt_id", "position", "token_id", "token_text", *self.metadata["hooks"]]
+
+    @property
+    def n_rows(self) -> int:
+        return sum(p["rows"] for p in self.metadata["parts"])
+
+    def _layout(self, file: str) -> dict[str, Any]:
+        if file not in self._layouts:
+            self._layouts[file] = _native.dump_part_layout(self.path / file)
+        return self._layouts[file]
+
+    def _column(self, file: str, name: str) -> np.ndarray:
+        lay = self._layout(file)
+        if name not in lay["columns"]:
+            raise InvalidArgumentError(f"no column '{name}' in this dump; columns: {', '.join(self.columns)}")
+        c = lay["columns"][name]
+        if c["dtype"] == "utf8":
+            raw = np.memmap(self.path / file, dtype=np.uint8, mode="r")
+            offs = np.frombuffer(raw, dtype=np.int32, count=lay["rows"] + 1, offset=c["offsets_offset"])
+            data = bytes(raw[c["offset"]:c["offset"] + c["nbytes"]])
+            return np.array([data[a:b].decode("utf-8") for a, b in zip(offs[:-1], offs[1:])], dtype=object)
+        shape = (lay["rows"], c["width"]) if c["width"] > 1 or name in self.metadata["hooks"] else (lay["rows"],)
+        if lay["rows"] == 0:
+            return np.zeros(shape, dtype=_NP[c["dtype"]])
+        return np.memmap(self.path / file, dtype=_NP[c["dtype"]], mode="r", offset=c["offset"], shape=shape)
+
+    def parts(self, name: str) -> Iterator[np.ndarray]:
+        """The column ``name`` part by part, each a zero-copy memory map."""
+        for i in range(len(self.metadata["parts"])):
+            yield self.read_part(i, name)
+
+    def read_part(self, index: int, name: str) -> np.ndarray:
+        """Column ``name`` of part ``index`` alone (a damaged part does not block the others)."""
+        parts = self.metadata["parts"]
+        if not 0 <= index < len(parts):
+            raise InvalidArgumentError(f"part {index} does not exist; this dump has {len(parts)} parts")
+        return self._column(parts[index]["file"], name)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        arrays = list(self.parts(name))
+        if not arrays:
+            raise DataError(f"{self.path}: the dump has no complete parts")
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+    @property
+    def prompt_id(self) -> np.ndarray:
+        return self["prompt_id"]
+
+    @property
+    def position(self) -> np.ndarray:
+        return self["position"]
+
+    @property
+    def token_id(self) -> np.ndarray:
+        return self["token_id"]
+
+    def where(self, prompt_ids: Sequence[int]) -> np.ndarray:
+        """Row indices of the given prompts (for ``dump[name][rows]``)."""
+        return np.flatnonzero(np.isin(self.prompt_id, np.asarray(prompt_ids)))
+
+    def part_files(self) -> list[Path]:
+        return [self.path / p["file"] for p in self.metadata["parts"]]
+
+
+def load_dump(path: str | os.PathLike[str]) -> Dump:
+    """Open a dump folder written by :func:`dump` (nothing is read until a column is asked for)."""
+    folder = Path(path)
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise StorageError(f"{folder} is not a mindscope dump: no manifest.json")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{manifest_path} is not valid JSON: {e}") from e
+    if manifest.get("format") != FORMAT:
+        raise DataError(f"{manifest_path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    return Dump(folder, manifest)
