@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--positions", default="last", choices=["last", "all"])
     x.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     x.add_argument("--batch-size", type=int, default=32)
-    x.add_argument("--part-size", type=int, default=2048, help="prompts per part file")
+    x.add_argument("--part-size", type=int, default=1024, help="prompts per part file")
     x.add_argument("--column", default="text", help="column / field with the text (jsonl, csv, parquet)")
     x.add_argument("--resume", action="store_true", help="complete an interrupted dump")
     x.add_argument("--overwrite", action="store_true", help="replace an existing dump")

@@ -132,7 +132,7 @@ def _spec(model: Any, names: list[str], positions: str, dtype: str, n_prompts: i
 
 def dump(model: Any, texts: str | os.PathLike[str] | Sequence[str], path: str | os.PathLike[str],
          names: str | Sequence[str] = "blocks.*.hook_resid_post", positions: str = "last",
-         dtype: str = "float16", batch_size: int = 32, part_size: int = 2048, resume: bool = False,
+         dtype: str = "float16", batch_size: int = 32, part_size: int = 1024, resume: bool = False,
          overwrite: bool = False, quiet: bool = False, column: str = "text",
          skip_bad_lines: bool = False) -> Dump:
     """Run ``texts`` through ``model`` and stream the ``names`` hooks to an Arrow dump at
@@ -197,6 +197,9 @@ def _prepare_folder(out: Path, spec: dict[str, Any], resume: bool, overwrite: bo
         raise StorageError(f"cannot create output folder {out}: {e}") from e
     if not os.access(out, os.W_OK):
         raise StorageError(f"output folder {out} is not writable")
+    # Temporary files of a part that was being written when a previous run died.
+    for stale in out.glob(".part-*.partial"):
+        stale.unlink()
     manifest_path = out / "manifest.json"
     if not manifest_path.exists():
         if any(out.glob("part-*.arrow")):

@@ -106,8 +106,10 @@ def test_kill_9_then_resume_without_duplicates(model, tmp_path):
     assert [p["index"] for p in partial.metadata["parts"]] == [0, 1]
     assert (partial.prompt_id == np.repeat(np.arange(10), 1)).all()
     texts = [f"Fact number {i}: the sky is blue" for i in range(23)]
+    assert (out / ".part-00002.arrow.partial").exists()
     d = model.dump(texts, out, names="blocks.3.hook_resid_post", part_size=5, resume=True, quiet=True)
     np.testing.assert_array_equal(d.prompt_id, np.arange(23))
+    assert not list(out.glob(".*.partial"))
     ref = model.run_with_cache(texts, names="blocks.3.hook_resid_post", positions="last")[1]
     np.testing.assert_allclose(d["blocks.3.hook_resid_post"].astype(np.float32), ref["blocks.3.hook_resid_post"],
                                rtol=1e-3, atol=0.05)
