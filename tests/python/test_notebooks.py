@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nbformat
@@ -26,5 +25,6 @@ def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
-    assert any(p.suffix == ".png" for p in tmp_path.iterdir()) or path.stem.startswith("01")
-    assert os.environ["MINDSCOPE_DATA"]
+    # Every story after the capture tour ends in a figure drawn by the Rust core.
+    if not path.stem.startswith("01"):
+        assert [p for p in tmp_path.iterdir() if p.suffix == ".png"]
