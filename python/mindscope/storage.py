@@ -1,5 +1,5 @@
-"""Activation dumps: stream activations over a corpus into Arrow IPC files, read them back
-memory-mapped.
+"""Activation dumps: stream activations over a corpus into Arrow IPC files (or Parquet on
+request), read them back memory-mapped.
 
 Layout of a dump folder::
 
@@ -7,6 +7,7 @@ Layout of a dump folder::
     part-00000.arrow       Arrow IPC (Feather v2) file, one record batch:
                            prompt_id, position, token_id, token_text, then one
                            FixedSizeList<float16|float32>[d] column per hook
+    (part-00000.parquet    the same columns as Parquet, one row group, with format="parquet")
 
 One file per part with every hook as a column: Arrow keeps each column's values in one
 contiguous buffer, so reading "one layer, all prompts" maps one byte range per part and never
@@ -33,6 +34,9 @@ from .errors import DataError, InvalidArgumentError, StorageError
 from .experiments._result import write_json_atomic
 
 FORMAT = "mindscope.dump/1"
+#: Part file formats and their extensions. Arrow IPC is the default: it is memory-mapped on
+#: reading (zero copy); Parquet pages are decoded on reading.
+FILE_FORMATS = {"arrow": ".arrow", "parquet": ".parquet"}
 _POSITIONS = ("last", "all")
 
 
@@ -120,10 +124,11 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-def _spec(model: Any, names: list[str], positions: str, dtype: str, n_prompts: int, part_size: int) -> dict[str, Any]:
+def _spec(model: Any, names: list[str], positions: str, dtype: str, n_prompts: int, part_size: int,
+          file_format: str) -> dict[str, Any]:
     from . import __version__
 
-    return {"format": FORMAT, "model": {"name": model.name, "source": model._native.source,
+    return {"format": FORMAT, "file_format": file_format, "model": {"name": model.name, "source": model._native.source,
                                          "sha256": model.weights_sha256()},
             "hooks": names, "positions": positions, "dtype": dtype, "n_prompts": n_prompts,
             "part_size": part_size, "tokenizer": f"{model.cfg.get('architecture')} vocab {model.cfg.get('vocab_size')}",
@@ -134,14 +139,16 @@ def dump(model: Any, texts: str | os.PathLike[str] | Sequence[str], path: str | 
          names: str | Sequence[str] = "blocks.*.hook_resid_post", positions: str = "last",
          dtype: str = "float16", batch_size: int = 32, part_size: int = 1024, resume: bool = False,
          overwrite: bool = False, quiet: bool = False, column: str = "text",
-         skip_bad_lines: bool = False) -> Dump:
+         skip_bad_lines: bool = False, format: str = "arrow") -> Dump:
     """Run ``texts`` through ``model`` and stream the ``names`` hooks to an Arrow dump at
     ``path``; returns the dump, opened for reading.
 
     ``positions``: ``"last"`` (one row per prompt) or ``"all"`` (one row per real token).
     Every ``part_size`` prompts make one part file, written atomically; with ``resume`` the
     parts already complete are kept and the rest computed (no duplicate rows). An existing
-    dump of another model or spec is refused unless ``overwrite``.
+    dump of another model or spec is refused unless ``overwrite``. ``format``: ``"arrow"``
+    (Arrow IPC, memory-mapped on reading) or ``"parquet"`` (decoded on reading; DuckDB and Spark
+    read it natively).
     """
     from .hooks import resolve_names
 
@@ -149,6 +156,8 @@ def dump(model: Any, texts: str | os.PathLike[str] | Sequence[str], path: str | 
         raise InvalidArgumentError(f"positions must be one of {_POSITIONS}, got {positions!r}")
     if dtype not in ("float16", "float32"):
         raise InvalidArgumentError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
+    if format not in FILE_FORMATS:
+        raise InvalidArgumentError(f"format must be one of {', '.join(FILE_FORMATS)}, got {format!r}")
     if part_size < 1 or batch_size < 1:
         raise InvalidArgumentError("part_size and batch_size must be at least 1")
     prompts = read_texts(texts, column, skip_bad_lines)
@@ -159,7 +168,7 @@ def dump(model: Any, texts: str | os.PathLike[str] | Sequence[str], path: str | 
     if not hook_list:
         raise InvalidArgumentError(f"names {names!r} select no hook")
     out = Path(path)
-    spec = _spec(model, hook_list, positions, dtype, len(prompts), part_size)
+    spec = _spec(model, hook_list, positions, dtype, len(prompts), part_size, format)
     done = _prepare_folder(out, spec, resume, overwrite)
     manifest = {**spec, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(), "parts": done}
     write_json_atomic(out / "manifest.json", manifest)
@@ -173,8 +182,9 @@ def dump(model: Any, texts: str | os.PathLike[str] | Sequence[str], path: str | 
             continue
         lo, hi = k * part_size, min((k + 1) * part_size, len(prompts))
         rows, arrays = _run_part(model, prompts, lo, hi, hook_list, positions, batch_size, progress)
-        name = f"part-{k:05d}.arrow"
-        nbytes = _native.write_dump_part(out / name, *rows, [(h, arrays[h]) for h in hook_list], dtype, metadata)
+        name = f"part-{k:05d}{FILE_FORMATS[format]}"
+        nbytes = _native.write_dump_part(out / name, *rows, [(h, arrays[h]) for h in hook_list], dtype, metadata,
+                                         format)
         manifest["parts"].append({"index": k, "file": name, "first_prompt": lo, "n_prompts": hi - lo,
                                   "rows": len(rows[0]), "bytes": nbytes})
         manifest["parts"].sort(key=lambda p: p["index"])
@@ -202,14 +212,14 @@ def _prepare_folder(out: Path, spec: dict[str, Any], resume: bool, overwrite: bo
         stale.unlink()
     manifest_path = out / "manifest.json"
     if not manifest_path.exists():
-        if any(out.glob("part-*.arrow")):
+        if _part_files(out):
             raise StorageError(f"{out} has part files but no manifest; choose an empty folder or pass overwrite=True")
         return []
     old = json.loads(manifest_path.read_text(encoding="utf-8"))
-    same = all(old.get(k) == spec[k] for k in ("format", "model", "hooks", "positions", "dtype", "n_prompts",
-                                                "part_size"))
+    same = all(old.get(k, "arrow" if k == "file_format" else None) == spec[k]
+               for k in ("format", "file_format", "model", "hooks", "positions", "dtype", "n_prompts", "part_size"))
     if overwrite:
-        for p in out.glob("part-*.arrow"):
+        for p in _part_files(out):
             p.unlink()
         return []
     if not same:
@@ -221,11 +231,22 @@ def _prepare_folder(out: Path, spec: dict[str, Any], resume: bool, overwrite: bo
     keep = []
     for part in old.get("parts", []):
         try:
-            _native.dump_part_layout(out / part["file"])
+            _check_part(out / part["file"])
             keep.append(part)
         except Exception:  # a damaged part is recomputed
             continue
     return keep
+
+
+def _part_files(folder: Path) -> list[Path]:
+    return [p for ext in FILE_FORMATS.values() for p in folder.glob(f"part-*{ext}")]
+
+
+def _check_part(path: Path) -> int:
+    """Rows of a complete part; raises on a damaged file."""
+    if path.suffix == ".parquet":
+        return int(_native.parquet_part_rows(path))
+    return int(_native.dump_part_layout(path)["rows"])
 
 
 def _run_part(model: Any, prompts: list[str], lo: int, hi: int, hooks: list[str], positions: str,
@@ -263,7 +284,8 @@ _NP = {"float16": np.float16, "float32": np.float32, "uint32": np.uint32}
 
 class Dump:
     """A dump opened lazily: ``dump["blocks.12.hook_resid_post"]`` is ``[rows, d]`` (a memory map
-    of the file for a one-part dump; parts are concatenated otherwise, see :meth:`parts`),
+    of the file for a one-part Arrow dump; parts are concatenated otherwise, see :meth:`parts`;
+    Parquet parts are decoded),
     ``dump.metadata`` the manifest, ``dump.prompt_id`` / ``position`` / ``token_id`` the row
     identity, ``dump.where(prompt_ids)`` the rows of some prompts."""
 
@@ -290,7 +312,19 @@ class Dump:
             self._layouts[file] = _native.dump_part_layout(self.path / file)
         return self._layouts[file]
 
+    def _parquet_column(self, file: str, name: str) -> np.ndarray:
+        if name not in self.columns:
+            raise InvalidArgumentError(f"no column '{name}' in this dump; columns: {', '.join(self.columns)}")
+        col = _native.read_parquet_column(self.path / file, name)
+        if isinstance(col, list):
+            return np.array(col, dtype=object)
+        if col.dtype == np.uint16:  # float16 bit patterns
+            return col.view(np.float16)
+        return col
+
     def _column(self, file: str, name: str) -> np.ndarray:
+        if file.endswith(".parquet"):
+            return self._parquet_column(file, name)
         lay = self._layout(file)
         if name not in lay["columns"]:
             raise InvalidArgumentError(f"no column '{name}' in this dump; columns: {', '.join(self.columns)}")
@@ -306,7 +340,7 @@ class Dump:
         return np.memmap(self.path / file, dtype=_NP[c["dtype"]], mode="r", offset=c["offset"], shape=shape)
 
     def parts(self, name: str) -> Iterator[np.ndarray]:
-        """The column ``name`` part by part, each a zero-copy memory map."""
+        """The column ``name`` part by part, each a zero-copy memory map (Arrow parts)."""
         for i in range(len(self.metadata["parts"])):
             yield self.read_part(i, name)
 

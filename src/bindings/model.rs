@@ -15,7 +15,9 @@ use crate::error::{MsError, Result};
 use crate::hooks::{
     Action, CaptureSpec, CapturedArray, HookFn, Intervention, LogitsMode, Positions,
 };
-use crate::model::{Ablation, LanguageModel, SamplingParams, SUPPORTED_ARCHITECTURES};
+use crate::model::{
+    Ablation, LanguageModel, SamplingParams, SUPPORTED_ARCHITECTURES, SUPPORTED_MODEL_TYPES,
+};
 
 /// One intervention as the Python layer passes it:
 /// `(hook name, action, array, scale, positions kind, positions values, callable)`.
@@ -137,15 +139,58 @@ fn parse_interventions(
         .collect()
 }
 
+/// Token ids of the prompts, given as texts or as ids (exactly one of the two).
+fn prompt_tokens(
+    model: &LanguageModel,
+    texts: Option<Vec<String>>,
+    token_ids: Option<Vec<Vec<u32>>>,
+) -> Result<Vec<Vec<u32>>> {
+    match (texts, token_ids) {
+        (Some(t), None) => model.encode_prompts(&t),
+        (None, Some(ids)) => Ok(ids),
+        _ => Err(MsError::invalid("give either texts or token_ids, not both")),
+    }
+}
+
 #[pymethods]
 impl Model {
-    /// Load a GGUF model file.
+    /// Load a GGUF model file or a Hugging Face model folder.
     #[staticmethod]
     fn load(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
         let model = py.detach(|| LanguageModel::load(&path)).py_err()?;
         Ok(Model {
             inner: Arc::new(model),
         })
+    }
+
+    /// Load a GGUF file stored as consecutive parts (read as their concatenation).
+    #[staticmethod]
+    fn load_gguf_parts(py: Python<'_>, parts: Vec<PathBuf>) -> PyResult<Self> {
+        let model = py.detach(|| LanguageModel::load_gguf(&parts)).py_err()?;
+        Ok(Model {
+            inner: Arc::new(model),
+        })
+    }
+
+    /// Whether the model is an encoder (no next-token head: no logits, no generation).
+    #[getter]
+    fn is_encoder(&self) -> bool {
+        self.inner.is_encoder()
+    }
+
+    /// Sentence embeddings `[n, d_model]` of an encoder (mean pooling, L2-normalised).
+    #[pyo3(signature = (texts, token_ids, batch_size))]
+    fn embed<'py>(
+        &self,
+        py: Python<'py>,
+        texts: Option<Vec<String>>,
+        token_ids: Option<Vec<Vec<u32>>>,
+        batch_size: usize,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        let model = &self.inner;
+        let tokens = prompt_tokens(model, texts, token_ids).py_err()?;
+        let out = py.detach(|| model.embed(&tokens, batch_size)).py_err()?;
+        array_to_py(py, out)
     }
 
     #[getter]
@@ -163,6 +208,13 @@ impl Model {
         let c = self.inner.config();
         let d = PyDict::new(py);
         d.set_item("architecture", &c.architecture)?;
+        d.set_item("family", format!("{:?}", c.family).to_lowercase())?;
+        d.set_item("is_encoder", self.inner.is_encoder())?;
+        d.set_item("activation", c.family.activation().name())?;
+        d.set_item("rope_local_theta", c.rope_local_theta)?;
+        d.set_item("sliding_window", c.sliding_window)?;
+        d.set_item("sliding_layers", c.sliding_layers.clone())?;
+        d.set_item("attn_scale", c.attn_scale)?;
         d.set_item("n_layers", c.n_layers)?;
         d.set_item("d_model", c.d_model)?;
         d.set_item("n_heads", c.n_heads)?;
@@ -235,15 +287,7 @@ impl Model {
         )
         .py_err()?;
         let ivs = parse_interventions(model, interventions).py_err()?;
-        let tokens = match (texts, token_ids) {
-            (Some(t), None) => model.encode_prompts(&t).py_err()?,
-            (None, Some(ids)) => ids,
-            _ => {
-                return Err(to_py_err(MsError::invalid(
-                    "give either texts or token_ids, not both",
-                )))
-            }
-        };
+        let tokens = prompt_tokens(model, texts, token_ids).py_err()?;
         let out = py
             .detach(|| model.run_ids(tokens, &spec, &ivs, batch_size))
             .py_err()?;
@@ -369,7 +413,7 @@ impl Model {
             .detach(|| -> Result<CapturedArray> {
                 let t =
                     candle_core::Tensor::from_vec(data, (shape[0], d), &candle_core::Device::Cpu)?;
-                let l = model.decoder.unembed(&t)?;
+                let l = model.decoder("unembed")?.unembed(&t)?;
                 Ok(CapturedArray::new(
                     l.dims().to_vec(),
                     l.flatten_all()?.to_vec1()?,
@@ -381,7 +425,7 @@ impl Model {
 
     /// The token embedding matrix `[vocab, d_model]` (a copy).
     fn embedding_matrix<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-        let e = self.inner.decoder.embedding();
+        let e = self.inner.embedding();
         let a = (|| -> Result<CapturedArray> {
             Ok(CapturedArray::new(
                 e.dims().to_vec(),
@@ -393,9 +437,16 @@ impl Model {
     }
 }
 
+/// GGUF architectures and Hugging Face `model_type`s mindscope can run.
 #[pyfunction]
 fn supported_architectures() -> Vec<&'static str> {
-    SUPPORTED_ARCHITECTURES.to_vec()
+    let mut all = SUPPORTED_ARCHITECTURES.to_vec();
+    for t in SUPPORTED_MODEL_TYPES {
+        if !all.contains(t) {
+            all.push(t);
+        }
+    }
+    all
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

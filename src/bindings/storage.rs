@@ -1,18 +1,24 @@
-//! Python bindings of activation dumps: `write_dump_part` and `dump_part_layout`.
+//! Python bindings of activation dumps: `write_dump_part`, `dump_part_layout` (Arrow IPC),
+//! `parquet_part_rows` and `read_parquet_column` (Parquet).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use numpy::{PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::{IntoPyArray, PyArrayMethods, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::IntoPyResult;
-use crate::storage::{layout, write_part, DumpDtype, PartRows};
+use crate::error::MsError;
+use crate::storage::{
+    layout, parquet_rows, read_parquet_column as read_column, write_parquet_part, write_part,
+    DumpDtype, ParquetColumn, PartRows,
+};
 
-/// Write one part file (atomically); returns its size in bytes. `hooks` are
-/// `(name, float32 [rows, d])` pairs.
+/// Write one part file (atomically) as `"arrow"` (IPC) or `"parquet"`; returns its size in
+/// bytes. `hooks` are `(name, float32 [rows, d])` pairs.
 #[pyfunction]
+#[pyo3(signature = (path, prompt_id, position, token_id, token_text, hooks, dtype, metadata, format="arrow"))]
 #[allow(clippy::too_many_arguments)]
 fn write_dump_part(
     py: Python<'_>,
@@ -24,8 +30,19 @@ fn write_dump_part(
     hooks: Vec<(String, PyReadonlyArray2<'_, f32>)>,
     dtype: &str,
     metadata: HashMap<String, String>,
+    format: &str,
 ) -> PyResult<u64> {
     let dtype = DumpDtype::parse(dtype).py_err()?;
+    let write = match format {
+        "arrow" => write_part,
+        "parquet" => write_parquet_part,
+        other => {
+            return Err(MsError::invalid(format!(
+                "format '{other}' is not supported; use 'arrow' or 'parquet'"
+            )))
+            .py_err()
+        }
+    };
     let mut columns = Vec::with_capacity(hooks.len());
     for (name, arr) in &hooks {
         let d = arr.shape()[1];
@@ -41,8 +58,41 @@ fn write_dump_part(
         token_id,
         token_text,
     };
-    py.detach(|| write_part(&path, &rows, &columns, dtype, metadata))
+    py.detach(|| write(&path, &rows, &columns, dtype, metadata))
         .py_err()
+}
+
+/// Rows of a Parquet part (reads the footer only).
+#[pyfunction]
+fn parquet_part_rows(py: Python<'_>, path: PathBuf) -> PyResult<usize> {
+    py.detach(|| parquet_rows(&path)).py_err()
+}
+
+/// One column of a Parquet part: a numpy array (`uint32 [rows]`, `float16|float32
+/// [rows, d]`) or a list of strings.
+#[pyfunction]
+fn read_parquet_column(py: Python<'_>, path: PathBuf, name: String) -> PyResult<Py<PyAny>> {
+    let col = py.detach(|| read_column(&path, &name)).py_err()?;
+    Ok(match col {
+        ParquetColumn::UInt32(v) => v.into_pyarray(py).into_any().unbind(),
+        ParquetColumn::Utf8(v) => v.into_pyobject(py)?.into_any().unbind(),
+        ParquetColumn::Float32 { values, width } => {
+            let rows = values.len() / width.max(1);
+            values
+                .into_pyarray(py)
+                .reshape([rows, width])?
+                .into_any()
+                .unbind()
+        }
+        ParquetColumn::Float16 { bits, width } => {
+            let rows = bits.len() / width.max(1);
+            // Handed over as uint16 bit patterns; the Python layer views them as float16.
+            bits.into_pyarray(py)
+                .reshape([rows, width])?
+                .into_any()
+                .unbind()
+        }
+    })
 }
 
 /// `{"rows", "metadata", "columns": {name: {dtype, width, offset, nbytes, offsets_offset}}}`.
@@ -69,5 +119,7 @@ fn dump_part_layout(py: Python<'_>, path: PathBuf) -> PyResult<Bound<'_, PyDict>
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(write_dump_part, m)?)?;
     m.add_function(wrap_pyfunction!(dump_part_layout, m)?)?;
+    m.add_function(wrap_pyfunction!(parquet_part_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(read_parquet_column, m)?)?;
     Ok(())
 }

@@ -387,7 +387,7 @@ mod tests {
 
     #[test]
     fn visit_captures_only_requested_points() {
-        let reg = HookRegistry::new(2, &HookKind::PER_BLOCK);
+        let reg = HookRegistry::new(2, &HookKind::PER_BLOCK, true);
         let spec = CaptureSpec::new(
             &reg,
             &["blocks.1.hook_resid_post".to_string()],

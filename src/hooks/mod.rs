@@ -123,15 +123,18 @@ pub struct HookRegistry {
 }
 
 impl HookRegistry {
-    /// A registry for a model with `n_layers` blocks having the given per-block kinds.
-    pub fn new(n_layers: usize, block_kinds: &[HookKind]) -> Self {
+    /// A registry for a model with `n_layers` blocks having the given per-block kinds, and a
+    /// final norm (`ln_final.hook_normalized`) if `final_norm`.
+    pub fn new(n_layers: usize, block_kinds: &[HookKind], final_norm: bool) -> Self {
         let mut points = vec![HookPoint::global(HookKind::Embed)];
         for layer in 0..n_layers {
             for &kind in block_kinds {
                 points.push(HookPoint::block(layer, kind));
             }
         }
-        points.push(HookPoint::global(HookKind::LnFinal));
+        if final_norm {
+            points.push(HookPoint::global(HookKind::LnFinal));
+        }
         let names = points.iter().map(HookPoint::name).collect();
         HookRegistry {
             points,
@@ -162,7 +165,9 @@ impl HookRegistry {
         match point.layer {
             None => match point.kind {
                 HookKind::Embed => Some(0),
-                HookKind::LnFinal => Some(self.points.len() - 1),
+                HookKind::LnFinal if self.points.last()?.kind == HookKind::LnFinal => {
+                    Some(self.points.len() - 1)
+                }
                 _ => None,
             },
             Some(layer) if layer < self.n_layers => {
@@ -243,7 +248,7 @@ mod tests {
     use super::*;
 
     fn registry() -> HookRegistry {
-        HookRegistry::new(3, &HookKind::PER_BLOCK)
+        HookRegistry::new(3, &HookKind::PER_BLOCK, true)
     }
 
     #[test]

@@ -151,7 +151,7 @@ impl LanguageModel {
     /// Sum over target tokens of their log-probabilities, from final residual rows
     /// `[n_variants * m, d_model]` (variant-major, the `m` rows that predict the target).
     fn target_logprobs(&self, rows: &Tensor, target: &[u32]) -> Result<Vec<f64>> {
-        let logits = self.decoder.unembed(rows)?;
+        let logits = self.decoder("score next tokens")?.unembed(rows)?;
         let max = logits.max_keepdim(D::Minus1)?;
         let shifted = logits.broadcast_sub(&max)?;
         let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
@@ -185,7 +185,7 @@ impl LanguageModel {
             ids.resize(t, 0);
             let n = ids.len();
             let mut x = self
-                .decoder
+                .decoder("ablate")?
                 .embed_ids(&Tensor::from_vec(ids, (1, n), &Device::Cpu)?)?
                 .squeeze(0)?;
             if !v.masked.is_empty() {
@@ -224,8 +224,9 @@ impl LanguageModel {
         let mut clean_kv = KvCache::default();
         let ids = Tensor::from_vec(seq.clone(), (1, seq.len()), &Device::Cpu)?;
         let mut ctx = HookContext::inactive(hooks, &[seq.len()]);
-        let hidden = self.decoder.run_blocks(
-            self.decoder.embed_ids(&ids)?,
+        let decoder = self.decoder("run ablations against next-token log-probabilities")?;
+        let hidden = decoder.run_blocks(
+            decoder.embed_ids(&ids)?,
             &mut ctx,
             n_layers,
             Some(&mut clean_kv),
@@ -234,7 +235,7 @@ impl LanguageModel {
         let clean = self.target_logprobs(&clean_rows, target)?[0];
 
         let mean = match ablation {
-            Ablation::MeanEmbedding => Some(self.decoder.embedding().mean(0)?),
+            Ablation::MeanEmbedding => Some(self.decoder("ablate")?.mean_input_embedding()?),
             _ => None,
         };
         let mut order: Vec<usize> = (0..spans.len()).collect();
@@ -250,9 +251,7 @@ impl LanguageModel {
             let (x, lengths) = self.variant_embeddings(&batch, from, ablation, mean.as_ref())?;
             let mut kv = clean_kv.shared_prefix(from, batch.len())?;
             let mut ctx = HookContext::inactive(hooks, &lengths);
-            let hidden = self
-                .decoder
-                .run_blocks(x, &mut ctx, n_layers, Some(&mut kv))?;
+            let hidden = decoder.run_blocks(x, &mut ctx, n_layers, Some(&mut kv))?;
             let (b, t, d) = hidden.dims3()?;
             let idx: Vec<u32> = lengths
                 .iter()
@@ -281,15 +280,15 @@ impl LanguageModel {
         let m = target.len();
         let seq = [prompt, &target[..m - 1]].concat();
         let mean = match ablation {
-            Ablation::MeanEmbedding => Some(self.decoder.embedding().mean(0)?),
+            Ablation::MeanEmbedding => Some(self.decoder("ablate")?.mean_input_embedding()?),
             _ => None,
         };
         let score = |v: &Variant| -> Result<f64> {
             let (x, lengths) = self.variant_embeddings(&[v], 0, ablation, mean.as_ref())?;
             let mut ctx = HookContext::inactive(self.hooks(), &lengths);
-            let hidden = self
-                .decoder
-                .run_blocks(x, &mut ctx, self.config().n_layers, None)?;
+            let hidden =
+                self.decoder("ablate")?
+                    .run_blocks(x, &mut ctx, self.config().n_layers, None)?;
             let rows = hidden.squeeze(0)?.narrow(0, lengths[0] - m, m)?;
             Ok(self.target_logprobs(&rows, target)?[0])
         };

@@ -1,29 +1,40 @@
-//! The forward pass of decoder-only transformers (Llama family: RMSNorm, RoPE, grouped-query
-//! attention, SwiGLU MLP), with a hook at every site listed in [`crate::hooks::HookKind`].
+//! The forward pass of decoder-only transformers, one implementation for the decoder
+//! families: Llama (RMSNorm, RoPE, grouped-query attention, SwiGLU) and Gemma 3 (the same plus
+//! q/k norms, norms after attention and MLP, scaled embeddings, GeGLU and sliding-window
+//! layers), with a hook at every site listed in [`crate::hooks::HookKind`].
 //!
 //! Batches are right-padded: with a causal mask a real token never attends to the padding
 //! after it, so positions stay `0..len` and no padding mask is needed; padded rows are garbage
 //! that the caller never reads (captures zero them).
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 
-use super::config::DecoderConfig;
-use super::gguf::GgufFile;
+use super::config::{Family, ModelConfig};
+use super::layers::{apply_rope, attend, causal_mask, linear, rms_norm, rope_tables};
+use super::weights::{present, ShapedReader, TensorSource};
 use crate::error::{MsError, Result};
 use crate::hooks::{HookContext, HookKind, HookPoint, HookRegistry, LogitsMode};
 
-/// Weights of one block in the file's `[out, in]` layout; projections multiply by the
-/// transposed view (the matmul reads strides, so no transposed copy is kept in memory).
+/// Weights of one block in the `[out, in]` layout; projections multiply by the transposed
+/// view (the matmul reads strides, so no transposed copy is kept in memory). Optional parts
+/// exist in some families only.
 struct Block {
     attn_norm: Tensor,
     wq: Tensor,
     wk: Tensor,
     wv: Tensor,
     wo: Tensor,
+    bq: Option<Tensor>,
+    bk: Option<Tensor>,
+    bv: Option<Tensor>,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    post_attn_norm: Option<Tensor>,
     mlp_norm: Tensor,
     w_gate: Tensor,
     w_up: Tensor,
     w_down: Tensor,
+    post_mlp_norm: Option<Tensor>,
 }
 
 /// Keys and values of earlier positions, per layer: `[batch, kv_head, pos, d_head]`.
@@ -66,14 +77,103 @@ impl KvCache {
     }
 }
 
-/// Row counts up to which `linear` multiplies weights-first (see there).
-/// Measured on SmolLM2 (2 threads): weights-first wins 2.4x at 16 rows, 1.1x at 128,
-/// ties at 256.
-const SMALL_BATCH_ROWS: usize = 192;
+/// How tensors are named (and laid out) in the file the weights come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightLayout {
+    /// llama.cpp's names (`blk.{i}.attn_q.weight`); Llama Q/K rows are permuted for
+    /// llama.cpp's RoPE and Gemma norm weights already include Gemma's `1 +`.
+    Gguf,
+    /// Hugging Face names (`model.layers.{i}.self_attn.q_proj.weight`), unmodified.
+    HuggingFace,
+}
+
+/// The parts of a block, named per layout by [`tensor_name`].
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    AttnNorm,
+    Q,
+    K,
+    V,
+    O,
+    QBias,
+    KBias,
+    VBias,
+    QNorm,
+    KNorm,
+    PostAttnNorm,
+    MlpNorm,
+    Gate,
+    Up,
+    Down,
+    PostMlpNorm,
+}
+
+fn tensor_name(layout: WeightLayout, family: Family, layer: usize, part: Part) -> String {
+    match layout {
+        WeightLayout::Gguf => {
+            let s = match part {
+                Part::AttnNorm => "attn_norm.weight",
+                Part::Q => "attn_q.weight",
+                Part::K => "attn_k.weight",
+                Part::V => "attn_v.weight",
+                Part::O => "attn_output.weight",
+                Part::QBias => "attn_q.bias",
+                Part::KBias => "attn_k.bias",
+                Part::VBias => "attn_v.bias",
+                Part::QNorm => "attn_q_norm.weight",
+                Part::KNorm => "attn_k_norm.weight",
+                Part::PostAttnNorm => "post_attention_norm.weight",
+                Part::MlpNorm => "ffn_norm.weight",
+                Part::Gate => "ffn_gate.weight",
+                Part::Up => "ffn_up.weight",
+                Part::Down => "ffn_down.weight",
+                Part::PostMlpNorm => "post_ffw_norm.weight",
+            };
+            format!("blk.{layer}.{s}")
+        }
+        WeightLayout::HuggingFace => {
+            let s = match part {
+                Part::AttnNorm => "input_layernorm.weight",
+                Part::Q => "self_attn.q_proj.weight",
+                Part::K => "self_attn.k_proj.weight",
+                Part::V => "self_attn.v_proj.weight",
+                Part::O => "self_attn.o_proj.weight",
+                Part::QBias => "self_attn.q_proj.bias",
+                Part::KBias => "self_attn.k_proj.bias",
+                Part::VBias => "self_attn.v_proj.bias",
+                Part::QNorm => "self_attn.q_norm.weight",
+                Part::KNorm => "self_attn.k_norm.weight",
+                // Llama's norm before the MLP is called "post_attention_layernorm"; Gemma 3
+                // uses that name for the norm after attention.
+                Part::PostAttnNorm => "post_attention_layernorm.weight",
+                Part::MlpNorm if family == Family::Gemma3 => "pre_feedforward_layernorm.weight",
+                Part::MlpNorm => "post_attention_layernorm.weight",
+                Part::Gate => "mlp.gate_proj.weight",
+                Part::Up => "mlp.up_proj.weight",
+                Part::Down => "mlp.down_proj.weight",
+                Part::PostMlpNorm => "post_feedforward_layernorm.weight",
+            };
+            format!("model.layers.{layer}.{s}")
+        }
+    }
+}
+
+fn global_names(layout: WeightLayout) -> [&'static str; 3] {
+    match layout {
+        WeightLayout::Gguf => ["token_embd.weight", "output_norm.weight", "output.weight"],
+        WeightLayout::HuggingFace => [
+            "model.embed_tokens.weight",
+            "model.norm.weight",
+            "lm_head.weight",
+        ],
+    }
+}
 
 pub struct Decoder {
-    pub cfg: DecoderConfig,
+    pub cfg: ModelConfig,
     embed: Tensor,
+    /// Gemma multiplies token embeddings by sqrt(d_model).
+    embed_scale: Option<f64>,
     blocks: Vec<Block>,
     final_norm: Tensor,
     /// `[vocab, d_model]`; the embedding itself when tied (shared, not copied).
@@ -92,66 +192,115 @@ fn unpermute_rows(w: &Tensor, n_heads: usize) -> Result<Tensor> {
         .reshape((out, inp))?)
 }
 
+/// Per-forward tables of one attention kind (RoPE base, window): cos, sin and mask.
+struct AttentionTables {
+    key: (u64, Option<usize>),
+    cos: Tensor,
+    sin: Tensor,
+    mask: Tensor,
+}
+
 impl Decoder {
-    pub fn from_gguf(gguf: &GgufFile, cfg: DecoderConfig) -> Result<Self> {
-        let per_block = [
-            "attn_norm",
-            "attn_q",
-            "attn_k",
-            "attn_v",
-            "attn_output",
-            "ffn_norm",
-            "ffn_gate",
-            "ffn_up",
-            "ffn_down",
-        ];
-        let mut names: Vec<String> = vec!["token_embd.weight".into(), "output_norm.weight".into()];
+    /// Read the weights of a decoder of `cfg`'s family from a GGUF file or an HF folder.
+    pub fn load(
+        source: &dyn TensorSource,
+        mut cfg: ModelConfig,
+        layout: WeightLayout,
+    ) -> Result<Self> {
+        let family = cfg.family;
+        let gemma = family == Family::Gemma3;
+        let [embed_name, final_norm_name, lm_head_name] = global_names(layout);
+        cfg.tie_embeddings = !source.has_tensor(lm_head_name);
+        let name = |i: usize, p: Part| tensor_name(layout, family, i, p);
+        let mut required = vec![Part::AttnNorm, Part::Q, Part::K, Part::V, Part::O];
+        required.extend([Part::MlpNorm, Part::Gate, Part::Up, Part::Down]);
+        if gemma {
+            required.extend([
+                Part::QNorm,
+                Part::KNorm,
+                Part::PostAttnNorm,
+                Part::PostMlpNorm,
+            ]);
+        }
+        let mut names: Vec<String> = vec![embed_name.into(), final_norm_name.into()];
         if !cfg.tie_embeddings {
-            names.push("output.weight".into());
+            names.push(lm_head_name.into());
         }
         for i in 0..cfg.n_layers {
-            names.extend(per_block.iter().map(|n| format!("blk.{i}.{n}.weight")));
+            names.extend(required.iter().map(|&p| name(i, p)));
+            names.extend(present(
+                source,
+                [Part::QBias, Part::KBias, Part::VBias].map(|p| name(i, p)),
+            ));
         }
-        let mut tensors = gguf.tensors_f32(&names)?.into_iter();
-        let mut next = |expect: &[usize], name: &str| -> Result<Tensor> {
-            let t = tensors
-                .next()
-                .ok_or_else(|| MsError::ModelFormat(format!("tensor '{name}' is missing")))?;
-            if t.dims() != expect {
-                return Err(MsError::ModelFormat(format!(
-                    "{}: tensor '{name}' has shape {:?}, expected {expect:?}",
-                    gguf.path().display(),
-                    t.dims()
-                )));
-            }
-            Ok(t)
-        };
+        let mut r = ShapedReader::load(source, names)?;
         let (d, v, f) = (cfg.d_model, cfg.vocab_size, cfg.d_mlp);
-        let (hq, hkv) = (cfg.n_heads * cfg.d_head, cfg.n_kv_heads * cfg.d_head);
-        let embed = next(&[v, d], "token_embd.weight")?;
-        let final_norm = next(&[d], "output_norm.weight")?;
+        let (hq, hkv, dh) = (
+            cfg.n_heads * cfg.d_head,
+            cfg.n_kv_heads * cfg.d_head,
+            cfg.d_head,
+        );
+        // Gemma's norms multiply by (1 + weight); llama.cpp's converter stores 1 + weight.
+        let norm = |r: &mut ShapedReader, n: &str, size: usize| -> Result<Tensor> {
+            let w = r.take(n, &[size])?;
+            Ok(if gemma && layout == WeightLayout::HuggingFace {
+                (w + 1.0)?
+            } else {
+                w
+            })
+        };
+        let embed = r.take(embed_name, &[v, d])?;
+        let final_norm = norm(&mut r, final_norm_name, d)?;
         let lm_head = if cfg.tie_embeddings {
             embed.clone()
         } else {
-            next(&[v, d], "output.weight")?
+            r.take(lm_head_name, &[v, d])?
+        };
+        let permuted = layout == WeightLayout::Gguf && family == Family::Llama;
+        let qk = |w: Tensor, heads: usize| -> Result<Tensor> {
+            if permuted {
+                unpermute_rows(&w, heads)
+            } else {
+                Ok(w)
+            }
         };
         let mut blocks = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
-            let n = |s: &str| format!("blk.{i}.{s}.weight");
+            let n = |p: Part| name(i, p);
+            let opt_norm = |r: &mut ShapedReader, p: Part, size: usize| -> Result<Option<Tensor>> {
+                if gemma {
+                    Ok(Some(norm(r, &n(p), size)?))
+                } else {
+                    Ok(None)
+                }
+            };
             blocks.push(Block {
-                attn_norm: next(&[d], &n("attn_norm"))?,
-                wq: unpermute_rows(&next(&[hq, d], &n("attn_q"))?, cfg.n_heads)?,
-                wk: unpermute_rows(&next(&[hkv, d], &n("attn_k"))?, cfg.n_kv_heads)?,
-                wv: next(&[hkv, d], &n("attn_v"))?,
-                wo: next(&[d, hq], &n("attn_output"))?,
-                mlp_norm: next(&[d], &n("ffn_norm"))?,
-                w_gate: next(&[f, d], &n("ffn_gate"))?,
-                w_up: next(&[f, d], &n("ffn_up"))?,
-                w_down: next(&[d, f], &n("ffn_down"))?,
+                attn_norm: norm(&mut r, &n(Part::AttnNorm), d)?,
+                wq: qk(r.take(&n(Part::Q), &[hq, d])?, cfg.n_heads)?,
+                wk: qk(r.take(&n(Part::K), &[hkv, d])?, cfg.n_kv_heads)?,
+                wv: r.take(&n(Part::V), &[hkv, d])?,
+                wo: r.take(&n(Part::O), &[d, hq])?,
+                bq: r.take_opt(&n(Part::QBias), &[hq])?,
+                bk: r.take_opt(&n(Part::KBias), &[hkv])?,
+                bv: r.take_opt(&n(Part::VBias), &[hkv])?,
+                q_norm: opt_norm(&mut r, Part::QNorm, dh)?,
+                k_norm: opt_norm(&mut r, Part::KNorm, dh)?,
+                post_attn_norm: opt_norm(&mut r, Part::PostAttnNorm, d)?,
+                mlp_norm: norm(&mut r, &n(Part::MlpNorm), d)?,
+                w_gate: r.take(&n(Part::Gate), &[f, d])?,
+                w_up: r.take(&n(Part::Up), &[f, d])?,
+                w_down: r.take(&n(Part::Down), &[d, f])?,
+                post_mlp_norm: opt_norm(&mut r, Part::PostMlpNorm, d)?,
             });
         }
-        let hooks = HookRegistry::new(cfg.n_layers, &HookKind::PER_BLOCK);
+        if permuted && blocks.iter().any(|b| b.bq.is_some() || b.bk.is_some()) {
+            return Err(MsError::ModelFormat(
+                "Q/K biases in a permuted (llama.cpp) layout are not supported".into(),
+            ));
+        }
+        let hooks = HookRegistry::new(cfg.n_layers, &HookKind::PER_BLOCK, true);
         Ok(Decoder {
+            embed_scale: gemma.then(|| (cfg.d_model as f64).sqrt()),
             cfg,
             embed,
             blocks,
@@ -161,101 +310,31 @@ impl Decoder {
         })
     }
 
-    /// The embedding matrix `[vocab, d_model]`.
+    /// The embedding matrix `[vocab, d_model]` (unscaled).
     pub fn embedding(&self) -> &Tensor {
         &self.embed
     }
 
-    fn rms_norm(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let inv = (var + self.cfg.norm_eps)?.sqrt()?.recip()?;
-        Ok(x.broadcast_mul(&inv)?.broadcast_mul(weight)?)
+    /// The mean input embedding `[d_model]`, as fed to block 0 (scaled where the family
+    /// scales embeddings).
+    pub fn mean_input_embedding(&self) -> Result<Tensor> {
+        let m = self.embed.mean(0)?;
+        Ok(match self.embed_scale {
+            Some(s) => (m * s)?,
+            None => m,
+        })
     }
 
-    /// cos and sin tables `[t, d_head]` for positions `offset..offset + t` (rotate-half layout).
-    ///
-    /// Computed in f32 exactly as Hugging Face does (`1 / base^(2i/d)`, times the position,
-    /// then cos/sin): the residual stream of these models carries "massive activations" in
-    /// the thousands, which amplify even 1e-6 differences in the angles.
-    fn rope_tables(&self, offset: usize, t: usize) -> Result<(Tensor, Tensor)> {
-        let dh = self.cfg.d_head;
-        let half = dh / 2;
-        let base = self.cfg.rope_theta as f32;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0 / base.powf((2 * i) as f32 / dh as f32))
-            .collect();
-        let mut cos = Vec::with_capacity(t * dh);
-        let mut sin = Vec::with_capacity(t * dh);
-        for p in offset..offset + t {
-            for _ in 0..2 {
-                cos.extend(inv_freq.iter().map(|f| (f * p as f32).cos()));
-                sin.extend(inv_freq.iter().map(|f| (f * p as f32).sin()));
-            }
-        }
-        Ok((
-            Tensor::from_vec(cos, (t, dh), &Device::Cpu)?,
-            Tensor::from_vec(sin, (t, dh), &Device::Cpu)?,
-        ))
+    fn norm(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        rms_norm(x, weight, self.cfg.norm_eps)
     }
 
-    /// `x * cos + rotate_half(x) * sin` for `x: [batch, head, pos, d_head]`.
-    fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        let half = x.dim(D::Minus1)? / 2;
-        let x1 = x.narrow(D::Minus1, 0, half)?;
-        let x2 = x.narrow(D::Minus1, half, half)?;
-        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-        Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
-    }
-
-    /// Additive causal mask `[t, offset + t]`.
-    fn causal_mask(t: usize, offset: usize) -> Result<Tensor> {
-        let total = offset + t;
-        let mask: Vec<f32> = (0..t)
-            .flat_map(|i| {
-                (0..total).map(move |j| {
-                    if j <= offset + i {
-                        0.0
-                    } else {
-                        f32::NEG_INFINITY
-                    }
-                })
-            })
-            .collect();
-        Ok(Tensor::from_vec(mask, (t, total), &Device::Cpu)?)
-    }
-
-    fn softmax_last(x: &Tensor) -> Result<Tensor> {
-        let max = x.max_keepdim(D::Minus1)?;
-        let e = x.broadcast_sub(&max)?.exp()?;
-        let sum = e.sum_keepdim(D::Minus1)?;
-        Ok(e.broadcast_div(&sum)?)
-    }
-
-    /// `x [..., in] @ w^T` for a weight `w [out, in]`.
-    fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let rows: usize = dims[..dims.len() - 1].iter().product();
-        let x2 = x.reshape((rows, dims[dims.len() - 1]))?;
-        // With few rows, gemm's cost is packing the whole weight matrix; multiplying the other
-        // way round (W x^T) streams the weights once instead.
-        let out = if rows <= SMALL_BATCH_ROWS {
-            w.matmul(&x2.t()?)?.t()?.contiguous()?
-        } else {
-            x2.matmul(&w.t()?)?
-        };
-        let mut shape = dims[..dims.len() - 1].to_vec();
-        shape.push(w.dim(0)?);
-        Ok(out.reshape(shape)?)
-    }
-
-    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         layer: usize,
         x: &Tensor,
         ctx: &mut HookContext,
-        rope: &(Tensor, Tensor),
-        mask: &Tensor,
+        tables: &AttentionTables,
         kv: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
         let blk = &self.blocks[layer];
@@ -263,14 +342,18 @@ impl Decoder {
         let (b, t, _) = x.dims3()?;
         let (h, kvh, dh) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head);
         let hp = |kind| HookPoint::block(layer, kind);
-        let q = Self::linear(x, &blk.wq)?.reshape((b, t, h, dh))?;
-        let k = Self::linear(x, &blk.wk)?.reshape((b, t, kvh, dh))?;
-        let v = Self::linear(x, &blk.wv)?.reshape((b, t, kvh, dh))?;
+        let q = linear(x, &blk.wq, blk.bq.as_ref())?.reshape((b, t, h, dh))?;
+        let k = linear(x, &blk.wk, blk.bk.as_ref())?.reshape((b, t, kvh, dh))?;
+        let v = linear(x, &blk.wv, blk.bv.as_ref())?.reshape((b, t, kvh, dh))?;
         let q = ctx.visit(hp(HookKind::AttnQ), q)?;
         let k = ctx.visit(hp(HookKind::AttnK), k)?;
         let v = ctx.visit(hp(HookKind::AttnV), v)?;
-        let q = Self::apply_rope(&q.transpose(1, 2)?.contiguous()?, &rope.0, &rope.1)?;
-        let k = Self::apply_rope(&k.transpose(1, 2)?.contiguous()?, &rope.0, &rope.1)?;
+        let (q, k) = match (&blk.q_norm, &blk.k_norm) {
+            (Some(qn), Some(kn)) => (self.norm(&q, qn)?, self.norm(&k, kn)?),
+            _ => (q, k),
+        };
+        let q = apply_rope(&q.transpose(1, 2)?.contiguous()?, &tables.cos, &tables.sin)?;
+        let k = apply_rope(&k.transpose(1, 2)?.contiguous()?, &tables.cos, &tables.sin)?;
         let v = v.transpose(1, 2)?.contiguous()?;
         let (k, v) = match kv {
             Some(slot) => {
@@ -283,42 +366,33 @@ impl Decoder {
             }
             None => (k, v),
         };
-        let tk = k.dim(2)?;
-        let group = h / kvh;
-        // Grouped-query attention without copying K/V: fold each KV head's query heads into
-        // the row axis, so one batched matmul serves the whole group.
-        let q = q.reshape((b, kvh, group * t, dh))?;
-        let scale = 1.0 / (dh as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?
-            .reshape((b, h, t, tk))?
-            .broadcast_add(mask)?;
-        let pattern = Self::softmax_last(&scores)?;
-        let pattern = ctx.visit(hp(HookKind::AttnPattern), pattern)?;
-        let z = pattern
-            .reshape((b, kvh, group * t, tk))?
-            .matmul(&v)?
-            .reshape((b, h, t, dh))?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, t, h * dh))?;
-        Self::linear(&z, &blk.wo)
+        let z = attend(layer, &q, &k, &v, &tables.mask, cfg.attn_scale, ctx)?;
+        linear(&z, &blk.wo, None)
     }
 
     fn mlp(&self, layer: usize, x: &Tensor, ctx: &mut HookContext) -> Result<Tensor> {
         let blk = &self.blocks[layer];
-        let gate = Self::linear(x, &blk.w_gate)?.silu()?;
-        let up = Self::linear(x, &blk.w_up)?;
+        let gate = self
+            .cfg
+            .family
+            .activation()
+            .apply(&linear(x, &blk.w_gate, None)?)?;
+        let up = linear(x, &blk.w_up, None)?;
         let post = ctx.visit(HookPoint::block(layer, HookKind::MlpPost), (gate * up)?)?;
-        Self::linear(&post, &blk.w_down)
+        linear(&post, &blk.w_down, None)
     }
 
     /// Token embeddings `[batch, pos, d_model]` of ids `[batch, pos]`.
     pub fn embed_ids(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        Ok(self
-            .embed
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, self.cfg.d_model))?)
+        let x =
+            self.embed
+                .index_select(&ids.flatten_all()?, 0)?
+                .reshape((b, t, self.cfg.d_model))?;
+        Ok(match self.embed_scale {
+            Some(s) => (x * s)?,
+            None => x,
+        })
     }
 
     /// Run the model on right-padded token ids `[batch, pos]` (`lengths` are the real lengths).
@@ -361,22 +435,43 @@ impl Decoder {
             )));
         }
         let mut x = ctx.visit(HookPoint::global(HookKind::Embed), x)?;
-        let rope = self.rope_tables(offset, t)?;
-        let mask = Self::causal_mask(t, offset)?;
         if let Some(cache) = kv.as_deref_mut() {
             cache.layers.resize_with(self.cfg.n_layers, || None);
         }
+        let mut tables: Vec<AttentionTables> = Vec::new();
         for layer in 0..n_blocks.min(self.cfg.n_layers) {
             let hp = |kind| HookPoint::block(layer, kind);
             let blk = &self.blocks[layer];
+            let (theta, window) = self.cfg.layer_attention(layer);
+            let key = (theta.to_bits(), window);
+            let k = match tables.iter().position(|tb| tb.key == key) {
+                Some(k) => k,
+                None => {
+                    let (cos, sin) = rope_tables(theta, self.cfg.d_head, offset, t)?;
+                    let mask = causal_mask(t, offset, window)?;
+                    tables.push(AttentionTables {
+                        key,
+                        cos,
+                        sin,
+                        mask,
+                    });
+                    tables.len() - 1
+                }
+            };
             x = ctx.visit(hp(HookKind::ResidPre), x)?;
-            let normed = self.rms_norm(&x, &blk.attn_norm)?;
+            let normed = self.norm(&x, &blk.attn_norm)?;
             let slot = kv.as_deref_mut().map(|c| &mut c.layers[layer]);
-            let attn = self.attention(layer, &normed, ctx, &rope, &mask, slot)?;
+            let mut attn = self.attention(layer, &normed, ctx, &tables[k], slot)?;
+            if let Some(w) = &blk.post_attn_norm {
+                attn = self.norm(&attn, w)?;
+            }
             let attn = ctx.visit(hp(HookKind::AttnOut), attn)?;
             let mid = ctx.visit(hp(HookKind::ResidMid), (x + attn)?)?;
-            let normed = self.rms_norm(&mid, &blk.mlp_norm)?;
-            let mlp = self.mlp(layer, &normed, ctx)?;
+            let normed = self.norm(&mid, &blk.mlp_norm)?;
+            let mut mlp = self.mlp(layer, &normed, ctx)?;
+            if let Some(w) = &blk.post_mlp_norm {
+                mlp = self.norm(&mlp, w)?;
+            }
             let mlp = ctx.visit(hp(HookKind::MlpOut), mlp)?;
             x = ctx.visit(hp(HookKind::ResidPost), (mid + mlp)?)?;
         }
@@ -397,11 +492,11 @@ impl Decoder {
     ) -> Result<Option<Tensor>> {
         let ln_final = HookPoint::global(HookKind::LnFinal);
         if ctx.wants(ln_final) || logits == LogitsMode::All {
-            let normed = self.rms_norm(x, &self.final_norm)?;
+            let normed = self.norm(x, &self.final_norm)?;
             let normed = ctx.visit(ln_final, normed)?;
             return match logits {
                 LogitsMode::None => Ok(None),
-                LogitsMode::All => Ok(Some(Self::linear(&normed, &self.lm_head)?)),
+                LogitsMode::All => Ok(Some(linear(&normed, &self.lm_head, None)?)),
                 LogitsMode::Last => {
                     let last = last_rows(&normed, lengths)?;
                     Ok(Some(last.matmul(&self.lm_head.t()?)?))
@@ -420,7 +515,7 @@ impl Decoder {
     /// Apply the final norm and unembedding to residual-stream vectors `[n, d_model]`
     /// (the logit lens).
     pub fn unembed(&self, resid: &Tensor) -> Result<Tensor> {
-        let normed = self.rms_norm(resid, &self.final_norm)?;
+        let normed = self.norm(resid, &self.final_norm)?;
         Ok(normed.matmul(&self.lm_head.t()?)?)
     }
 }

@@ -145,12 +145,12 @@ impl LanguageModel {
         let mut input = prompt_ids.clone();
         let mut new_ids = Vec::new();
         let mut logprobs = Vec::new();
+        let decoder = self.decoder("generate text")?;
         for _ in 0..params.max_new_tokens {
             let ids = Tensor::from_vec(input.clone(), (1, input.len()), &Device::Cpu)?;
             let lengths = [input.len()];
             let mut ctx = HookContext::new(self.hooks(), None, interventions, &lengths)?;
-            let logits = self
-                .decoder
+            let logits = decoder
                 .forward(
                     &ids,
                     &lengths,

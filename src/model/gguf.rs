@@ -23,11 +23,23 @@ pub struct GgufFile {
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
-        let mut file = std::fs::File::open(path)
-            .map_err(|e| MsError::io(format!("cannot open model file {}", path.display()), e))?;
+        Self::open_parts(&[path.to_path_buf()])
+    }
+
+    /// A GGUF file stored as consecutive parts, read as their concatenation.
+    pub fn open_parts(parts: &[PathBuf]) -> Result<Self> {
+        let path = parts
+            .first()
+            .ok_or_else(|| MsError::invalid("no GGUF file given"))?;
         let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(|e| MsError::io(format!("cannot read model file {}", path.display()), e))?;
+        for part in parts {
+            let mut file = std::fs::File::open(part).map_err(|e| {
+                MsError::io(format!("cannot open model file {}", part.display()), e)
+            })?;
+            file.read_to_end(&mut bytes).map_err(|e| {
+                MsError::io(format!("cannot read model file {}", part.display()), e)
+            })?;
+        }
         if bytes.len() < 4 || &bytes[..4] != b"GGUF" {
             let head = String::from_utf8_lossy(&bytes[..bytes.len().min(4)]).into_owned();
             return Err(MsError::ModelFormat(format!(

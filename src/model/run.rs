@@ -3,7 +3,8 @@
 
 use candle_core::{Device, Tensor};
 
-use super::LanguageModel;
+use super::encoder::mean_pool_normalized;
+use super::{Backbone, LanguageModel};
 use crate::error::{MsError, Result};
 use crate::hooks::{
     Action, ActivationCache, CaptureSpec, CapturedArray, HookContext, Intervention, LogitsMode,
@@ -76,6 +77,12 @@ impl LanguageModel {
         for (i, ids) in tokens.iter().enumerate() {
             self.check_prompt_ids(i, ids)?;
         }
+        if self.is_encoder() && spec.logits != LogitsMode::None {
+            return Err(MsError::invalid(format!(
+                "{} is an encoder: it has no logits; pass logits=None (\"none\")",
+                self.name
+            )));
+        }
         let n = tokens.len();
         let lengths: Vec<usize> = tokens.iter().map(Vec::len).collect();
         // Validate positions for every prompt before any compute.
@@ -121,14 +128,15 @@ impl LanguageModel {
                 .collect::<Result<Vec<_>>>()?;
             let mut ctx =
                 HookContext::new(self.hooks(), Some(&chunk_spec), &chunk_ivs, &chunk_lengths)?;
-            let logits = self.decoder.forward(
-                &ids,
-                &chunk_lengths,
-                &mut ctx,
-                n_blocks,
-                spec.logits,
-                None,
-            )?;
+            let logits = match &self.backbone {
+                Backbone::Decoder(d) => {
+                    d.forward(&ids, &chunk_lengths, &mut ctx, n_blocks, spec.logits, None)?
+                }
+                Backbone::Encoder(e) => {
+                    e.forward(&ids, &chunk_lengths, &mut ctx, n_blocks)?;
+                    None
+                }
+            };
             if let Some(l) = logits {
                 let shape = l.dims().to_vec();
                 chunk_logits.push(CapturedArray::new(shape, l.flatten_all()?.to_vec1()?));
@@ -173,6 +181,46 @@ impl LanguageModel {
     ) -> Result<RunOutput> {
         let tokens = self.encode_prompts(texts)?;
         self.run_ids(tokens, spec, interventions, batch_size)
+    }
+
+    /// Sentence embeddings `[n, d_model]` of an encoder: mean over each prompt's real tokens
+    /// of the last hidden state, L2-normalised (sentence-transformers' pooling).
+    pub fn embed(&self, tokens: &[Vec<u32>], batch_size: usize) -> Result<CapturedArray> {
+        let Backbone::Encoder(encoder) = &self.backbone else {
+            return Err(MsError::invalid(format!(
+                "{} is a decoder; embed() pools an encoder's hidden states (load an encoder \
+                 such as \"minilm-l6\"), or capture hook_resid_post from this model instead",
+                self.name
+            )));
+        };
+        if tokens.is_empty() {
+            return Err(MsError::invalid("the list of prompts is empty"));
+        }
+        for (i, ids) in tokens.iter().enumerate() {
+            self.check_prompt_ids(i, ids)?;
+        }
+        let mut order: Vec<usize> = (0..tokens.len()).collect();
+        order.sort_by_key(|&i| tokens[i].len());
+        let pad = self.tokenizer.pad_id.unwrap_or(0);
+        let mut parts = Vec::new();
+        for rows in order.chunks(batch_size.max(1)) {
+            let lengths: Vec<usize> = rows.iter().map(|&r| tokens[r].len()).collect();
+            let width = *lengths.iter().max().unwrap_or(&1);
+            let mut ids = Vec::with_capacity(rows.len() * width);
+            for &r in rows {
+                ids.extend_from_slice(&tokens[r]);
+                ids.extend(std::iter::repeat_n(pad, width - tokens[r].len()));
+            }
+            let ids = Tensor::from_vec(ids, (rows.len(), width), &Device::Cpu)?;
+            let mut ctx = HookContext::inactive(self.hooks(), &lengths);
+            let hidden = encoder.forward(&ids, &lengths, &mut ctx, self.config().n_layers)?;
+            let pooled = mean_pool_normalized(&hidden, &lengths)?;
+            parts.push(CapturedArray::new(
+                pooled.dims().to_vec(),
+                pooled.flatten_all()?.to_vec1()?,
+            ));
+        }
+        Ok(unsort(concat_batch(&parts), &order))
     }
 
     /// Blocks that must run: all of them when logits or the final norm are wanted, otherwise

