@@ -58,7 +58,7 @@ JOB = textwrap.dedent(
         else:
             from transformers import AutoModelForCausalLM
             model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
-                                                         torch_dtype=torch.float32, attn_implementation="eager")
+                                                         dtype=torch.float32, attn_implementation="eager")
         model.eval()
         out["load_s"] = time.perf_counter() - t0
         x = torch.tensor(ids)
