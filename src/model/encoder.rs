@@ -191,8 +191,7 @@ impl Encoder {
             let k = ctx.visit(hp(HookKind::AttnK), heads(&blk.k)?)?;
             let v = ctx.visit(hp(HookKind::AttnV), heads(&blk.v)?)?;
             let [q, k, v] = [q, k, v].map(|a| a.transpose(1, 2).and_then(|a| a.contiguous()));
-            let scale = 1.0 / (dh as f64).sqrt();
-            let z = attend(layer, &q?, &k?, &v?, &mask, scale, ctx)?;
+            let z = attend(layer, &q?, &k?, &v?, &mask, self.cfg.attn_scale, ctx)?;
             let attn = ctx.visit(hp(HookKind::AttnOut), blk.attn_out.apply(&z)?)?;
             let mid = self.layer_norm(&(x + attn)?, &blk.attn_norm)?;
             let mid = ctx.visit(hp(HookKind::ResidMid), mid)?;
