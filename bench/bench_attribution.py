@@ -5,16 +5,21 @@ mindscope: (1) the batched engine that shares the clean prefix's keys/values and
 the target rows' logits, (2) its naive mode, one full forward per variant. With transformers +
 torch installed (a separate virtualenv; never in CI): (a) 32 sequential forward passes and
 (b) one batched forward of the 33 sequences (clean + 32 ablated, right-padded). Everything runs
-in this one process, side by side, so that the load of the shared machine affects all alike.
+in one run, side by side (transformers in a subprocess of --hf-python), so that the load of the
+shared machine affects all alike.
 Prints medians over --repeats runs and the ratios. Usage:
 
-    python bench/bench_attribution.py [--repeats 5] [--threads 2]
+    python bench/bench_attribution.py [--repeats 5] [--threads 2] [--hf-python /path/to/venv/bin/python]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 from _timing import median_time
@@ -23,11 +28,63 @@ PROMPT = ("The old lighthouse keeper climbed the spiral stairs every evening to 
           "fishing boats passing the rocky northern coast at night depended on its beam to find the harbour")
 
 
+# The transformers side, run by --hf-python (torch lives in a separate virtualenv, never in CI).
+HF_JOB = textwrap.dedent(
+    r"""
+    import json, os, sys, time, statistics
+    import numpy as np, torch
+    from transformers import AutoModelForCausalLM
+    job = json.loads(sys.argv[1])
+    torch.set_num_threads(job["threads"])
+    path, ids, target = job["path"], job["ids"], job["target"]
+    model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
+                                                 dtype=torch.float32).eval()
+    variants = [ids] + [ids[:i] + ids[i + 1:] for i in range(len(ids))]
+
+    def sequential():
+        out = []
+        with torch.no_grad():
+            for v in variants:
+                logits = model(torch.tensor([v])).logits[0, -1]
+                out.append(torch.log_softmax(logits, -1)[target].item())
+        return out
+
+    def batched():
+        width = max(len(v) for v in variants)
+        x = torch.tensor([v + [0] * (width - len(v)) for v in variants])
+        mask = torch.tensor([[1] * len(v) + [0] * (width - len(v)) for v in variants])
+        with torch.no_grad():
+            logits = model(x, attention_mask=mask).logits
+        last = torch.tensor([len(v) - 1 for v in variants])
+        return torch.log_softmax(logits[torch.arange(len(variants)), last], -1)[:, target].tolist()
+
+    def median_time(fn):
+        fn()
+        times = []
+        for _ in range(job["repeats"]):
+            t = time.perf_counter(); out = fn(); times.append(time.perf_counter() - t)
+        return statistics.median(times), out
+
+    t_seq, seq = median_time(sequential)
+    t_bat, _ = median_time(batched)
+    print(json.dumps({"t_seq": t_seq, "t_bat": t_bat, "seq": seq}))
+    """
+)
+
+
+def have_transformers(python: str) -> bool:
+    """Whether ``python`` (this interpreter, or the one given by --hf-python) has transformers."""
+    res = subprocess.run([python, "-c", "import torch, transformers"], capture_output=True, check=False)
+    return res.returncode == 0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=16, help="variants per batch in the shared-prefix engine")
+    ap.add_argument("--hf-python", default=sys.executable,
+                    help="a Python with torch + transformers (e.g. a separate virtualenv's), for the comparison")
     args = ap.parse_args()
     os.environ.setdefault("RAYON_NUM_THREADS", str(args.threads))
     import mindscope as ms
@@ -47,37 +104,16 @@ def main() -> None:
     diff = max(abs(fast[0] - naive[0]), float(np.max(np.abs(np.array(fast[1]) - naive[1]))))
 
     hf = None
-    try:
-        import torch
-        from transformers import AutoModelForCausalLM
-    except ImportError:
-        pass
-    else:
-        torch.set_num_threads(args.threads)
+    if have_transformers(args.hf_python):
         path = ms.list_models()["smollm2-135m"]
-        hf_model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
-                                                        torch_dtype=torch.float32).eval()
-        variants = [ids] + [ids[:i] + ids[i + 1:] for i in range(32)]
-
-        def sequential() -> np.ndarray:
-            out = []
-            with torch.no_grad():
-                for v in variants:
-                    logits = hf_model(torch.tensor([v])).logits[0, -1]
-                    out.append(torch.log_softmax(logits, -1)[target[0]].item())
-            return np.array(out)
-
-        def batched() -> np.ndarray:
-            width = max(len(v) for v in variants)
-            x = torch.tensor([v + [0] * (width - len(v)) for v in variants])
-            mask = torch.tensor([[1] * len(v) + [0] * (width - len(v)) for v in variants])
-            with torch.no_grad():
-                logits = hf_model(x, attention_mask=mask).logits
-            last = torch.tensor([len(v) - 1 for v in variants])
-            return torch.log_softmax(logits[torch.arange(len(variants)), last], -1)[:, target[0]].numpy()
-
-        t_seq, seq = median_time(sequential, args.repeats)
-        t_bat, _ = median_time(batched, args.repeats)
+        payload = json.dumps({"path": path, "ids": ids, "target": target[0], "threads": args.threads,
+                              "repeats": args.repeats})
+        res = subprocess.run([args.hf_python, "-c", HF_JOB, payload], capture_output=True, text=True, check=False,
+                             env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
+        if res.returncode != 0:
+            raise RuntimeError(f"transformers job failed:\n{res.stderr[-2000:]}")
+        out = json.loads(res.stdout.strip().splitlines()[-1])
+        t_seq, t_bat, seq = out["t_seq"], out["t_bat"], np.array(out["seq"])
         rows += [("transformers (a): 32 + 1 sequential forwards", t_seq),
                  ("transformers (b): one batch of 33 sequences", t_bat)]
         hf = (t_seq, t_bat, float(np.max(np.abs(seq - np.array([fast[0], *fast[1]])))))

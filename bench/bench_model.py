@@ -74,7 +74,14 @@ JOB = textwrap.dedent(
             with torch.no_grad():
                 hs = model(x, output_hidden_states=True).hidden_states
                 [h[:, -1].numpy().copy() for h in hs[1:]]
-    fn = forward if job == "forward" else capture
+        def capture_all():
+            # issue 2's definition of transformers' capture: every hidden state and
+            # attention pattern copied to numpy
+            with torch.no_grad():
+                out = model(x, output_hidden_states=True, output_attentions=True)
+                [h.numpy().copy() for h in out.hidden_states]
+                [a.numpy().copy() for a in out.attentions]
+    fn = {"forward": forward, "capture": capture, "capture_all": capture_all}[job]
     fn()  # warm-up
     t = time.perf_counter(); fn(); out["run_s"] = time.perf_counter() - t
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -129,8 +136,10 @@ def main() -> None:
     print(f"{'model':13s} {'job':8s} {'impl':13s} {'load s':>7s} {'tok/s':>8s} {'GFLOP/s':>8s} {'peak MiB':>9s}")
     for model in args.models.split(","):
         results: dict[tuple[str, str], dict[str, float]] = {}
-        for job in ("forward", "capture"):
+        for job in ("forward", "capture", "capture_all"):
             for impl in impls:
+                if job == "capture_all" and impl != "transformers":
+                    continue
                 hf = impl == "transformers"
                 path = weights_path(model, hf)
                 python = args.hf_python if hf else sys.executable
@@ -141,17 +150,21 @@ def main() -> None:
                 tps = tokens / med["run_s"]
                 gflops = "-"
                 if model == "smollm2-135m":
-                    flop = FLOP_PER_TOKEN_WITH_HEAD if job == "forward" else FLOP_PER_TOKEN_NO_HEAD
+                    # transformers computes the LM head in every job
+                    with_head = job == "forward" or hf
+                    flop = FLOP_PER_TOKEN_WITH_HEAD if with_head else FLOP_PER_TOKEN_NO_HEAD
                     gflops = f"{flop * tps / 1e9:.1f}"
                 print(f"{model:13s} {job:8s} {impl:13s} {med['load_s']:7.2f} {tps:8.0f} {gflops:>8s} "
                       f"{med['peak_rss_mib']:9.0f}", flush=True)
         if "transformers" in impls:
-            for job in ("forward", "capture"):
-                a, b = results[(job, "mindscope")], results[(job, "transformers")]
-                print(f"  {model} {job}: mindscope/transformers throughput ratio {b['run_s'] / a['run_s']:.2f}x, "
+            for job, hf_job in (("forward", "forward"), ("capture", "capture"), ("capture", "capture_all")):
+                a, b = results[(job, "mindscope")], results[(hf_job, "transformers")]
+                print(f"  {model} {job} vs transformers {hf_job}: throughput ratio {b['run_s'] / a['run_s']:.2f}x, "
                       f"load {b['load_s'] / a['load_s']:.1f}x faster")
     print("(forward = logits at every position, or the sentence embedding for minilm-l6; capture = every layer's"
-          " resid_post at the last position, no logits; capture with transformers copies all hidden states to numpy)")
+          " resid_post at the last position, no logits (transformers: all hidden states, last position copied to"
+          " numpy); capture_all = transformers with every hidden state and attention pattern copied to numpy,"
+          " issue 2's definition of its capture)")
 
 
 if __name__ == "__main__":

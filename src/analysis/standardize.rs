@@ -41,8 +41,9 @@ impl Standardizer {
         }
     }
 
+    /// The standardized copy, always row-major (solvers read its rows as slices).
     pub fn transform(&self, x: &ArrayView2<f64>) -> Array2<f64> {
-        let mut out = x.to_owned();
+        let mut out = x.as_standard_layout().into_owned();
         for mut row in out.rows_mut() {
             for ((v, &m), &s) in row.iter_mut().zip(&self.mean).zip(&self.scale) {
                 *v = (*v - m) / s;

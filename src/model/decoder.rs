@@ -10,10 +10,12 @@
 use candle_core::{Device, Tensor};
 
 use super::config::{Family, ModelConfig};
-use super::layers::{apply_rope, attend, causal_mask, linear, rms_norm, rope_tables};
+use super::layers::{
+    attend, causal_mask, linear, linear_owned, rms_norm, rope_tables, rope_to_heads,
+};
 use super::weights::{present, ShapedReader, TensorSource};
 use crate::error::{MsError, Result};
-use crate::hooks::{HookContext, HookKind, HookPoint, HookRegistry, LogitsMode};
+use crate::hooks::{CapturedArray, HookContext, HookKind, HookPoint, HookRegistry, LogitsMode};
 
 /// Weights of one block in the `[out, in]` layout; projections multiply by the transposed
 /// view (the matmul reads strides, so no transposed copy is kept in memory). Optional parts
@@ -352,8 +354,8 @@ impl Decoder {
             (Some(qn), Some(kn)) => (self.norm(&q, qn)?, self.norm(&k, kn)?),
             _ => (q, k),
         };
-        let q = apply_rope(&q.transpose(1, 2)?.contiguous()?, &tables.cos, &tables.sin)?;
-        let k = apply_rope(&k.transpose(1, 2)?.contiguous()?, &tables.cos, &tables.sin)?;
+        let q = rope_to_heads(&q, &tables.cos, &tables.sin)?;
+        let k = rope_to_heads(&k, &tables.cos, &tables.sin)?;
         let v = v.transpose(1, 2)?.contiguous()?;
         let (k, v) = match kv {
             Some(slot) => {
@@ -372,13 +374,10 @@ impl Decoder {
 
     fn mlp(&self, layer: usize, x: &Tensor, ctx: &mut HookContext) -> Result<Tensor> {
         let blk = &self.blocks[layer];
-        let gate = self
-            .cfg
-            .family
-            .activation()
-            .apply(&linear(x, &blk.w_gate, None)?)?;
+        let gate = linear(x, &blk.w_gate, None)?;
         let up = linear(x, &blk.w_up, None)?;
-        let post = ctx.visit(HookPoint::block(layer, HookKind::MlpPost), (gate * up)?)?;
+        let post = self.cfg.family.activation().glu(&gate, &up)?;
+        let post = ctx.visit(HookPoint::block(layer, HookKind::MlpPost), post)?;
         linear(&post, &blk.w_down, None)
     }
 
@@ -407,7 +406,7 @@ impl Decoder {
         n_blocks: usize,
         logits: LogitsMode,
         kv: Option<&mut KvCache>,
-    ) -> Result<Option<Tensor>> {
+    ) -> Result<Option<CapturedArray>> {
         let x = self.run_blocks(self.embed_ids(ids)?, ctx, n_blocks, kv)?;
         if n_blocks < self.cfg.n_layers {
             return Ok(None);
@@ -482,31 +481,42 @@ impl Decoder {
     }
 
     /// Logits from the final residual stream `x [batch, pos, d_model]`, with the
-    /// `ln_final.hook_normalized` hook.
+    /// `ln_final.hook_normalized` hook: `[batch, pos, vocab]` or `[batch, vocab]` (last).
     fn logits(
         &self,
         x: &Tensor,
         lengths: &[usize],
         ctx: &mut HookContext,
         logits: LogitsMode,
-    ) -> Result<Option<Tensor>> {
+    ) -> Result<Option<CapturedArray>> {
         let ln_final = HookPoint::global(HookKind::LnFinal);
+        let vocab = self.lm_head.dim(0)?;
+        let owned = |t: Tensor| -> Result<CapturedArray> {
+            Ok(CapturedArray::new(
+                t.dims().to_vec(),
+                t.flatten_all()?.to_vec1()?,
+            ))
+        };
         if ctx.wants(ln_final) || logits == LogitsMode::All {
             let normed = self.norm(x, &self.final_norm)?;
             let normed = ctx.visit(ln_final, normed)?;
             return match logits {
                 LogitsMode::None => Ok(None),
-                LogitsMode::All => Ok(Some(linear(&normed, &self.lm_head, None)?)),
+                LogitsMode::All => {
+                    let (b, t, _) = normed.dims3()?;
+                    let data = linear_owned(&normed, &self.lm_head)?;
+                    Ok(Some(CapturedArray::new(vec![b, t, vocab], data)))
+                }
                 LogitsMode::Last => {
                     let last = last_rows(&normed, lengths)?;
-                    Ok(Some(last.matmul(&self.lm_head.t()?)?))
+                    Ok(Some(owned(linear(&last, &self.lm_head, None)?)?))
                 }
             };
         }
         match logits {
             LogitsMode::Last => {
                 // Only the last real row of each prompt goes through the norm and LM head.
-                Ok(Some(self.unembed(&last_rows(x, lengths)?)?))
+                Ok(Some(owned(self.unembed(&last_rows(x, lengths)?)?)?))
             }
             _ => Ok(None),
         }
@@ -516,7 +526,7 @@ impl Decoder {
     /// (the logit lens).
     pub fn unembed(&self, resid: &Tensor) -> Result<Tensor> {
         let normed = self.norm(resid, &self.final_norm)?;
-        Ok(normed.matmul(&self.lm_head.t()?)?)
+        linear(&normed, &self.lm_head, None)
     }
 }
 

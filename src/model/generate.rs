@@ -160,7 +160,7 @@ impl LanguageModel {
                     Some(&mut cache),
                 )?
                 .ok_or_else(|| MsError::Compute("forward returned no logits".into()))?;
-            let logits: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+            let logits = logits.data;
             let next = pick_token(&logits, params, &mut rng);
             logprobs.push(log_softmax(&logits)[next as usize]);
             new_ids.push(next);

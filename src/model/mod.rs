@@ -4,6 +4,7 @@ mod ablation;
 pub mod config;
 pub mod decoder;
 pub mod encoder;
+mod fused;
 mod generate;
 pub mod gguf;
 pub mod layers;

@@ -138,15 +138,14 @@ impl LanguageModel {
                 }
             };
             if let Some(l) = logits {
-                let shape = l.dims().to_vec();
-                chunk_logits.push(CapturedArray::new(shape, l.flatten_all()?.to_vec1()?));
+                chunk_logits.push(l);
             }
             chunk_caches.push(ctx.cache);
         }
         let logits = if chunk_logits.is_empty() {
             None
         } else {
-            Some(unsort(concat_batch(&chunk_logits), &order))
+            Some(unsort(concat_batch(chunk_logits), &order))
         };
         let mut cache = ActivationCache::default();
         let mut per_chunk: Vec<Vec<(String, CapturedArray)>> = chunk_caches
@@ -162,7 +161,7 @@ impl LanguageModel {
                 .iter_mut()
                 .map(|c| std::mem::replace(&mut c[k].1, CapturedArray::new(vec![0], vec![])))
                 .collect();
-            cache.insert(name, unsort(concat_batch(&parts), &order));
+            cache.insert(name, unsort(concat_batch(parts), &order));
         }
         Ok(RunOutput {
             logits,
@@ -220,7 +219,7 @@ impl LanguageModel {
                 pooled.flatten_all()?.to_vec1()?,
             ));
         }
-        Ok(unsort(concat_batch(&parts), &order))
+        Ok(unsort(concat_batch(parts), &order))
     }
 
     /// Blocks that must run: all of them when logits or the final norm are wanted, otherwise
@@ -246,11 +245,14 @@ impl LanguageModel {
     }
 }
 
-fn concat_batch(parts: &[CapturedArray]) -> CapturedArray {
+fn concat_batch(mut parts: Vec<CapturedArray>) -> CapturedArray {
+    if parts.len() == 1 {
+        return parts.pop().expect("one part"); // one chunk: no copy
+    }
     let mut shape = parts[0].shape.clone();
     shape[0] = parts.iter().map(|p| p.shape[0]).sum();
     let mut data = Vec::with_capacity(shape.iter().product());
-    for p in parts {
+    for p in &parts {
         data.extend_from_slice(&p.data);
     }
     CapturedArray::new(shape, data)

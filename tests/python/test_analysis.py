@@ -36,6 +36,22 @@ def test_logistic_matches_sklearn_accuracy(k):
     np.testing.assert_allclose(proba, sk.predict_proba(X[te]), atol=2e-2)
 
 
+@pytest.mark.parametrize("k", [2, 3])
+def test_probes_take_float32_and_fortran_order_alike(k):
+    """float32 and F-ordered input give the probe of the same float64, C-ordered numbers."""
+    X, y = blobs(n=400, d=12, k=k, seed=7)
+    X32 = X.astype(np.float32)
+    X64 = X32.astype(np.float64)  # the very values float32 input carries
+    ref = A.LogisticProbe(C=0.5, tol=1e-8).fit(X64, y)
+    ridge_ref = A.RidgeProbe(alphas=[1.0]).fit(X64, X64[:, :2] @ [1.0, -2.0])
+    for variant in (X32, np.asfortranarray(X32), np.asfortranarray(X64)):
+        probe = A.LogisticProbe(C=0.5, tol=1e-8).fit(variant, y)
+        np.testing.assert_allclose(probe.coef_, ref.coef_, rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(probe.predict(variant), ref.predict(X64))
+        ridge = A.RidgeProbe(alphas=[1.0]).fit(variant, X64[:, :2] @ [1.0, -2.0])
+        np.testing.assert_allclose(ridge.coef_, ridge_ref.coef_, rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("k,class_weight", [(2, None), (2, "balanced"), (4, "balanced"), (3, {0: 5.0})])
 def test_logistic_coefficients_match_sklearn(k, class_weight):
     """Same objective as scikit-learn (weighted log-loss + L2 / C): the same coefficients."""

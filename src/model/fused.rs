@@ -1,0 +1,401 @@
+//! Single-pass CPU kernels for the elementwise parts of a block.
+//!
+//! candle runs every op of a composition as its own parallel pass into a fresh buffer
+//! (RMSNorm is seven of them, softmax with scale and mask seven, RoPE with its head
+//! transpose six). At a thousand rows those passes and their thread hand-offs cost about
+//! a third of a forward pass on SmolLM2 (perf, 2 threads); the matmuls are the rest.
+//! Each kernel here does its composition in one pass over contiguous f32 CPU data with
+//! the same float operations in the same order, and returns `None` for any other tensor
+//! so that the caller runs the candle composition instead. Tests check both agree.
+
+use candle_core::{Device, Storage, Tensor};
+use rayon::prelude::*;
+
+use crate::error::Result;
+
+/// Elements per parallel task: big enough that the hand-off is noise, small enough that
+/// both threads get work on a one-prompt forward.
+const TASK_ELEMS: usize = 16 * 1024;
+
+/// Run `f` on the elements of a contiguous f32 CPU tensor (`None` for anything else).
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let (start, end) = layout.contiguous_offsets()?;
+    match &*storage {
+        Storage::Cpu(cpu) => cpu.as_slice::<f32>().ok().map(|s| f(&s[start..end])),
+        _ => None,
+    }
+}
+
+/// Rows per task for rows of `width` elements.
+fn rows_per_task(width: usize) -> usize {
+    (TASK_ELEMS / width.max(1)).max(1)
+}
+
+/// `x / sqrt(mean(x²) + eps) * weight` over the last axis.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Option<Tensor>> {
+    let d = x.dims().last().copied().unwrap_or(0);
+    if d == 0 || weight.elem_count() != d {
+        return Ok(None);
+    }
+    let eps = eps as f32;
+    let out = with_f32(x, |xs| {
+        with_f32(weight, |w| {
+            let mut out = vec![0f32; xs.len()];
+            let chunk = rows_per_task(d) * d;
+            out.par_chunks_mut(chunk)
+                .zip(xs.par_chunks(chunk))
+                .for_each(|(o, x)| {
+                    for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                        // f64 sum: the massive-activation channels make an f32 running
+                        // sum of 576 squares lose ~1e-6 relative.
+                        let sum_sq: f64 = x.iter().map(|&v| v as f64 * v as f64).sum();
+                        let mean_sq = (sum_sq / d as f64) as f32;
+                        let inv = 1.0 / (mean_sq + eps).sqrt();
+                        for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
+                            *o = x * inv * w;
+                        }
+                    }
+                });
+            out
+        })
+    })
+    .flatten();
+    out.map(|o| Ok(Tensor::from_vec(o, x.shape(), &Device::Cpu)?))
+        .transpose()
+}
+
+/// `e^x` to within 2 ulp, in a form the compiler vectorizes: libm's `expf` is a call per
+/// element, which made the GLU 3x slower. Cephes' polynomial on `x - n ln 2` (with FMAs),
+/// scaled by `2^n` through the exponent bits; `-inf` and underflow give 0.
+///
+/// Used for the MLP gate only. In the attention softmax the extra ulp moved SmolLM2's
+/// last-layer residuals 30 % further from transformers' (the large attention-sink scores
+/// amplify it), so the softmax keeps libm's `expf`.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer in float arithmetic.
+    const ROUND: f32 = 12_582_912.0;
+    let clamped = x.clamp(-87.0, 88.0);
+    let shifted = clamped * LOG2_E + ROUND;
+    let n = shifted - ROUND;
+    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, clamped));
+    let p = 1.987_569_1e-4_f32;
+    let p = p.mul_add(r, 1.398_199_9e-3);
+    let p = p.mul_add(r, 8.333_452e-3);
+    let p = p.mul_add(r, 4.166_579_6e-2);
+    let p = p.mul_add(r, 1.666_666_5e-1);
+    let p = p.mul_add(r, 0.5);
+    let p = p.mul_add(r * r, r) + 1.0;
+    // The integer n sits in the low mantissa bits of `shifted`; 2^n is (n + 127) << 23.
+    let scale = f32::from_bits(
+        shifted
+            .to_bits()
+            .wrapping_sub(ROUND.to_bits())
+            .wrapping_add(127)
+            << 23,
+    );
+    if x < -87.0 {
+        0.0
+    } else {
+        p * scale
+    }
+}
+
+/// The gate non-linearities a fused GLU supports (BERT's erf-GELU is not a GLU).
+#[derive(Debug, Clone, Copy)]
+pub enum Gate {
+    /// `x / (1 + exp(-x))`
+    Silu,
+    /// `0.5 x (1 + tanh(sqrt(2/π) x (1 + 0.044715 x²)))`
+    GeluTanh,
+}
+
+impl Gate {
+    #[inline(always)]
+    fn silu(v: f32) -> f32 {
+        v / (1.0 + exp(-v))
+    }
+
+    #[inline(always)]
+    fn gelu_tanh(v: f32) -> f32 {
+        const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
+        // tanh(y) = 1 - 2 / (e^{2y} + 1), exact at both tails.
+        let y = SQRT_TWO_OVER_PI * v * (1.0 + 0.044715 * v * v);
+        0.5 * v * (2.0 - 2.0 / (exp(2.0 * y) + 1.0))
+    }
+}
+
+/// `out = gate(g) * u`, one loop per gate so that each vectorizes.
+#[inline(always)]
+fn glu_body(gate: Gate, g: &[f32], u: &[f32], out: &mut [f32]) {
+    let n = out.len().min(g.len()).min(u.len());
+    let (g, u, out) = (&g[..n], &u[..n], &mut out[..n]);
+    match gate {
+        Gate::Silu => (0..n).for_each(|i| out[i] = Gate::silu(g[i]) * u[i]),
+        Gate::GeluTanh => (0..n).for_each(|i| out[i] = Gate::gelu_tanh(g[i]) * u[i]),
+    }
+}
+
+/// [`glu_body`] compiled for AVX2 + FMA (8 lanes and fused multiply-adds).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn glu_body_avx2(gate: Gate, g: &[f32], u: &[f32], out: &mut [f32]) {
+    glu_body(gate, g, u, out)
+}
+
+fn glu_slice(gate: Gate, g: &[f32], u: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features the function was compiled for.
+        return unsafe { glu_body_avx2(gate, g, u, out) };
+    }
+    glu_body(gate, g, u, out)
+}
+
+/// `row = softmax(row)` in place (the row already holds scaled, masked scores); libm's
+/// `expf`, see [`exp`].
+#[inline(always)]
+fn softmax_body(row: &mut [f32]) {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    row.iter_mut().for_each(|v| *v = (*v - max).exp());
+    let sum: f32 = row.iter().sum();
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_body_avx2(row: &mut [f32]) {
+    softmax_body(row)
+}
+
+fn softmax_row(row: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features the function was compiled for.
+        return unsafe { softmax_body_avx2(row) };
+    }
+    softmax_body(row)
+}
+
+/// `gate(g) * up` elementwise for two tensors of one shape (the GLU of an MLP).
+pub fn glu(gate: Gate, g: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
+    if g.dims() != up.dims() {
+        return Ok(None);
+    }
+    let out = with_f32(g, |gs| {
+        with_f32(up, |us| {
+            let mut out = vec![0f32; gs.len()];
+            out.par_chunks_mut(TASK_ELEMS)
+                .zip(gs.par_chunks(TASK_ELEMS).zip(us.par_chunks(TASK_ELEMS)))
+                .for_each(|(o, (g, u))| glu_slice(gate, g, u, o));
+            out
+        })
+    })
+    .flatten();
+    out.map(|o| Ok(Tensor::from_vec(o, g.shape(), &Device::Cpu)?))
+        .transpose()
+}
+
+/// `softmax(scores * scale + mask)` over the last axis, for `scores [b, h, t, tk]`
+/// (contiguous) and a `mask` broadcastable to it (`[t, tk]` or `[b, 1, 1, tk]`).
+pub fn masked_softmax(scores: &Tensor, scale: f64, mask: &Tensor) -> Result<Option<Tensor>> {
+    let (b, h, t, tk) = scores.dims4()?;
+    let mask = mask.broadcast_as((b, h, t, tk))?;
+    let mask_strides = mask.stride().to_vec();
+    let mask_offset = mask.layout().start_offset();
+    let scale = scale as f32;
+    // The mask is read in place through its broadcast strides (zero on repeated axes).
+    let (mask_storage, _) = mask.storage_and_layout();
+    let Storage::Cpu(mask_cpu) = &*mask_storage else {
+        return Ok(None);
+    };
+    let Ok(mask_data) = mask_cpu.as_slice::<f32>() else {
+        return Ok(None);
+    };
+    let out = with_f32(scores, |s| {
+        let mut out = vec![0f32; s.len()];
+        let chunk = rows_per_task(tk) * tk;
+        out.par_chunks_mut(chunk)
+            .zip(s.par_chunks(chunk))
+            .enumerate()
+            .for_each(|(task, (o, s))| {
+                let first_row = task * chunk / tk;
+                for (r, (o, s)) in o.chunks_exact_mut(tk).zip(s.chunks_exact(tk)).enumerate() {
+                    let row = first_row + r;
+                    let (bi, hi, qi) = (row / (h * t), row / t % h, row % t);
+                    let base = mask_offset
+                        + bi * mask_strides[0]
+                        + hi * mask_strides[1]
+                        + qi * mask_strides[2];
+                    for (k, (o, &s)) in o.iter_mut().zip(s).enumerate() {
+                        *o = s * scale + mask_data[base + k * mask_strides[3]];
+                    }
+                    softmax_row(o);
+                }
+            });
+        out
+    });
+    out.map(|o| Ok(Tensor::from_vec(o, (b, h, t, tk), &Device::Cpu)?))
+        .transpose()
+}
+
+/// RoPE (rotate-half layout) fused with the head transpose: `x [b, t, h, d_head]` to
+/// `[b, h, t, d_head]` with `x * cos + rotate_half(x) * sin`, tables `[t, d_head]`.
+pub fn rope_to_heads(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Tensor>> {
+    let (b, t, h, dh) = x.dims4()?;
+    if cos.dims() != [t, dh] || sin.dims() != [t, dh] || dh % 2 != 0 {
+        return Ok(None);
+    }
+    let half = dh / 2;
+    let out = with_f32(x, |xs| {
+        with_f32(cos, |cos| {
+            with_f32(sin, |sin| {
+                let mut out = vec![0f32; xs.len()];
+                // One task per (batch, head): `t * d_head` contiguous output elements.
+                out.par_chunks_mut(t * dh).enumerate().for_each(|(bh, o)| {
+                    let (bi, hi) = (bh / h, bh % h);
+                    for (p, o) in o.chunks_exact_mut(dh).enumerate() {
+                        let src = &xs[((bi * t + p) * h + hi) * dh..][..dh];
+                        let (c, s) = (&cos[p * dh..][..dh], &sin[p * dh..][..dh]);
+                        for i in 0..dh {
+                            let rotated = if i < half {
+                                -src[i + half]
+                            } else {
+                                src[i - half]
+                            };
+                            o[i] = src[i] * c[i] + rotated * s[i];
+                        }
+                    }
+                });
+                out
+            })
+        })
+    })
+    .flatten()
+    .flatten();
+    out.map(|o| Ok(Tensor::from_vec(o, (b, h, t, dh), &Device::Cpu)?))
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::layers::{
+        apply_rope, causal_mask, padding_mask, rms_norm_composed, softmax_last,
+    };
+    use candle_core::DType;
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    fn randn(shape: &[usize], scale: f64) -> Tensor {
+        (Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap() * scale).unwrap()
+    }
+
+    #[test]
+    fn rms_norm_equals_composition_with_massive_values() {
+        let x = randn(&[3, 70, 576], 1.0);
+        // One "massive activation" channel, as in the real residual stream.
+        let spike = Tensor::zeros((3, 70, 576), DType::F32, &Device::Cpu)
+            .unwrap()
+            .slice_assign(&[0..3, 0..70, 7..8], &randn(&[3, 70, 1], 3000.0))
+            .unwrap();
+        let x = (x + spike).unwrap();
+        let w = randn(&[576], 1.0);
+        let fused = rms_norm(&x, &w, 1e-5).unwrap().unwrap();
+        let composed = rms_norm_composed(&x, &w, 1e-5).unwrap();
+        let exact = rms_norm_composed(
+            &x.to_dtype(DType::F64).unwrap(),
+            &w.to_dtype(DType::F64).unwrap(),
+            1e-5,
+        )
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+        // Relative to the largest output. The fused sum of squares is in f64, so it is
+        // closer to the exact value than candle's f32 composition is.
+        let largest = exact.abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        let largest = largest.to_scalar::<f32>().unwrap();
+        let to_exact = max_abs_diff(&fused, &exact) / largest;
+        let to_composed = max_abs_diff(&fused, &composed) / largest;
+        assert!(to_exact < 3e-7, "fused vs exact: {to_exact}");
+        assert!(to_composed < 1e-5, "fused vs candle ops: {to_composed}");
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp_and_saturates() {
+        let mut worst = 0f64;
+        for i in -870_000..=880_000 {
+            let x = i as f32 * 1e-4;
+            let want = (x as f64).exp();
+            worst = worst.max(((exp(x) as f64 - want) / want).abs());
+        }
+        assert!(worst < 2.5e-7, "worst relative error {worst}");
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(-100.0), 0.0);
+        assert!(exp(100.0).is_finite());
+    }
+
+    #[test]
+    fn glu_equals_composition() {
+        let g = randn(&[5, 33, 100], 3.0);
+        let u = randn(&[5, 33, 100], 1.0);
+        let silu = (g.silu().unwrap() * &u).unwrap();
+        let gelu = (g.gelu().unwrap() * &u).unwrap();
+        assert!(max_abs_diff(&glu(Gate::Silu, &g, &u).unwrap().unwrap(), &silu) < 1e-5);
+        assert!(max_abs_diff(&glu(Gate::GeluTanh, &g, &u).unwrap().unwrap(), &gelu) < 1e-5);
+        // Shapes that differ are left to candle (which reports them).
+        assert!(glu(Gate::Silu, &g, &randn(&[5, 33, 99], 1.0))
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn masked_softmax_equals_composition_for_both_mask_kinds() {
+        let scores = randn(&[2, 3, 7, 9], 4.0);
+        let causal = causal_mask(7, 2, Some(4)).unwrap();
+        let padding = padding_mask(&[9, 5], 9).unwrap();
+        for mask in [causal, padding] {
+            let composed =
+                softmax_last(&(&scores * 0.125).unwrap().broadcast_add(&mask).unwrap()).unwrap();
+            let fused = masked_softmax(&scores, 0.125, &mask).unwrap().unwrap();
+            assert!(max_abs_diff(&fused, &composed) < 1e-6);
+        }
+    }
+
+    #[test]
+    fn rope_to_heads_equals_transpose_then_rope() {
+        let x = randn(&[2, 5, 3, 8], 2.0);
+        let (cos, sin) = crate::model::layers::rope_tables(10000.0, 8, 3, 5).unwrap();
+        let composed = apply_rope(
+            &x.transpose(1, 2).unwrap().contiguous().unwrap(),
+            &cos,
+            &sin,
+        )
+        .unwrap();
+        let fused = rope_to_heads(&x, &cos, &sin).unwrap().unwrap();
+        assert!(max_abs_diff(&fused, &composed) < 1e-6);
+    }
+
+    #[test]
+    fn non_contiguous_input_falls_back() {
+        let x = randn(&[4, 6], 1.0).t().unwrap();
+        assert!(rms_norm(&x, &randn(&[4], 1.0), 1e-5).unwrap().is_none());
+    }
+}
