@@ -74,7 +74,10 @@ HF_JOB = textwrap.dedent(
 
 def have_transformers(python: str) -> bool:
     """Whether ``python`` (this interpreter, or the one given by --hf-python) has transformers."""
-    res = subprocess.run([python, "-c", "import torch, transformers"], capture_output=True, check=False)
+    try:
+        res = subprocess.run([python, "-c", "import torch, transformers"], capture_output=True, check=False)
+    except OSError:  # no such interpreter
+        return False
     return res.returncode == 0
 
 

@@ -81,9 +81,12 @@ JOB = textwrap.dedent(
                 out = model(x, output_hidden_states=True, output_attentions=True)
                 [h.numpy().copy() for h in out.hidden_states]
                 [a.numpy().copy() for a in out.attentions]
-    fn = {"forward": forward, "capture": capture, "capture_all": capture_all}[job]
+    fn = forward if job == "forward" else capture if job == "capture" else capture_all
     fn()  # warm-up
-    t = time.perf_counter(); fn(); out["run_s"] = time.perf_counter() - t
+    times = []
+    for _ in range(3):
+        t = time.perf_counter(); fn(); times.append(time.perf_counter() - t)
+    out["run_s"] = sorted(times)[1]  # median of three in this process
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(out))
     """
@@ -101,7 +104,10 @@ def run_job(job: str, impl: str, batch: int, seq: int, threads: int, model: str,
 
 def have_transformers(python: str) -> bool:
     """Whether ``python`` (this interpreter, or the one given by --hf-python) has transformers."""
-    res = subprocess.run([python, "-c", "import torch, transformers"], capture_output=True, check=False)
+    try:
+        res = subprocess.run([python, "-c", "import torch, transformers"], capture_output=True, check=False)
+    except OSError:  # no such interpreter
+        return False
     return res.returncode == 0
 
 
@@ -133,29 +139,33 @@ def main() -> None:
     tokens = args.batch * args.seq
     print(f"batch {args.batch} x {args.seq} tokens, {args.threads} threads, median of {args.repeats} "
           f"(load average {os.getloadavg()[0]:.2f})")
-    print(f"{'model':13s} {'job':8s} {'impl':13s} {'load s':>7s} {'tok/s':>8s} {'GFLOP/s':>8s} {'peak MiB':>9s}")
+    print(f"{'model':13s} {'job':11s} {'impl':13s} {'load s':>7s} {'tok/s':>8s} {'GFLOP/s':>8s} {'peak MiB':>9s}")
     for model in args.models.split(","):
-        results: dict[tuple[str, str], dict[str, float]] = {}
-        for job in ("forward", "capture", "capture_all"):
-            for impl in impls:
-                if job == "capture_all" and impl != "transformers":
-                    continue
+        pairs = [(job, impl) for job in ("forward", "capture", "capture_all") for impl in impls
+                 if job != "capture_all" or impl == "transformers"]
+        # Interleaved (each round runs every job once), so that a slow spell of the shared
+        # machine hits both implementations alike.
+        runs: dict[tuple[str, str], list[dict]] = {pair: [] for pair in pairs}
+        for _ in range(args.repeats):
+            for job, impl in pairs:
                 hf = impl == "transformers"
-                path = weights_path(model, hf)
                 python = args.hf_python if hf else sys.executable
-                runs = [run_job(job, impl, args.batch, args.seq, args.threads, model, path, python)
-                        for _ in range(args.repeats)]
-                med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-                results[(job, impl)] = med
-                tps = tokens / med["run_s"]
-                gflops = "-"
-                if model == "smollm2-135m":
-                    # transformers computes the LM head in every job
-                    with_head = job == "forward" or hf
-                    flop = FLOP_PER_TOKEN_WITH_HEAD if with_head else FLOP_PER_TOKEN_NO_HEAD
-                    gflops = f"{flop * tps / 1e9:.1f}"
-                print(f"{model:13s} {job:8s} {impl:13s} {med['load_s']:7.2f} {tps:8.0f} {gflops:>8s} "
-                      f"{med['peak_rss_mib']:9.0f}", flush=True)
+                runs[(job, impl)].append(run_job(job, impl, args.batch, args.seq, args.threads, model,
+                                                 weights_path(model, hf), python))
+        results: dict[tuple[str, str], dict[str, float]] = {}
+        for job, impl in pairs:
+            hf = impl == "transformers"
+            med = {k: statistics.median(r[k] for r in runs[(job, impl)]) for k in runs[(job, impl)][0]}
+            results[(job, impl)] = med
+            tps = tokens / med["run_s"]
+            gflops = "-"
+            if model == "smollm2-135m":
+                # transformers computes the LM head in every job
+                with_head = job == "forward" or hf
+                flop = FLOP_PER_TOKEN_WITH_HEAD if with_head else FLOP_PER_TOKEN_NO_HEAD
+                gflops = f"{flop * tps / 1e9:.1f}"
+            print(f"{model:13s} {job:11s} {impl:13s} {med['load_s']:7.2f} {tps:8.0f} {gflops:>8s} "
+                  f"{med['peak_rss_mib']:9.0f}", flush=True)
         if "transformers" in impls:
             for job, hf_job in (("forward", "forward"), ("capture", "capture"), ("capture", "capture_all")):
                 a, b = results[(job, "mindscope")], results[(hf_job, "transformers")]
