@@ -2,11 +2,12 @@
 //!
 //! candle runs every op of a composition as its own parallel pass into a fresh buffer
 //! (RMSNorm is seven of them, softmax with scale and mask seven, RoPE with its head
-//! transpose six). At a thousand rows those passes and their thread hand-offs cost about
-//! a third of a forward pass on SmolLM2 (perf, 2 threads); the matmuls are the rest.
-//! Each kernel here does its composition in one pass over contiguous f32 CPU data with
-//! the same float operations in the same order, and returns `None` for any other tensor
-//! so that the caller runs the candle composition instead. Tests check both agree.
+//! transpose six). In a perf profile of SmolLM2 (16 x 64 tokens, 2 threads) a third of the
+//! samples fell outside the matmul kernel. Each kernel here computes its composition's
+//! formula in one pass over contiguous f32 CPU data, and returns `None` for any other
+//! tensor so that the caller runs the candle composition instead; tests check both agree.
+//! Two deliberate differences: RMSNorm sums squares in f64, and the GLU uses a vectorized
+//! exp (measured: the GLU went from 0.11 to 0.04 s per forward; the others gain little).
 
 use candle_core::{Device, Storage, Tensor};
 use rayon::prelude::*;
