@@ -1,8 +1,9 @@
-"""Timing helper shared by the benchmark scripts."""
+"""Helpers shared by the benchmark scripts: timing, and finding the reference implementation."""
 
 from __future__ import annotations
 
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -20,3 +21,12 @@ def median_time(fn: Callable[[], T], repeats: int, warmup: bool = True) -> tuple
         out = fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times), out
+
+
+def have_transformers(python: str) -> bool:
+    """Whether ``python`` (this interpreter, or the one given by --hf-python) has transformers."""
+    try:
+        res = subprocess.run([python, "-c", "import torch, transformers"], capture_output=True, check=False)
+    except OSError:  # no such interpreter
+        return False
+    return res.returncode == 0

@@ -22,7 +22,7 @@ import sys
 import textwrap
 
 import numpy as np
-from _timing import median_time
+from _timing import have_transformers, median_time
 
 PROMPT = ("The old lighthouse keeper climbed the spiral stairs every evening to light the great lamp, because the "
           "fishing boats passing the rocky northern coast at night depended on its beam to find the harbour")
@@ -70,15 +70,6 @@ HF_JOB = textwrap.dedent(
     print(json.dumps({"t_seq": t_seq, "t_bat": t_bat, "seq": seq}))
     """
 )
-
-
-def have_transformers(python: str) -> bool:
-    """Whether ``python`` (this interpreter, or the one given by --hf-python) has transformers."""
-    try:
-        res = subprocess.run([python, "-c", "import torch, transformers"], capture_output=True, check=False)
-    except OSError:  # no such interpreter
-        return False
-    return res.returncode == 0
 
 
 def main() -> None:

@@ -23,6 +23,8 @@ import subprocess
 import sys
 import textwrap
 
+from _timing import have_transformers
+
 # SmolLM2-135M forward cost per token (2 x parameters touched per token).
 FLOP_PER_TOKEN_WITH_HEAD = 273e6
 FLOP_PER_TOKEN_NO_HEAD = 217e6
@@ -100,15 +102,6 @@ def run_job(job: str, impl: str, batch: int, seq: int, threads: int, model: str,
     if res.returncode != 0:
         raise RuntimeError(f"{impl} {job} failed:\n{res.stderr[-2000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
-
-
-def have_transformers(python: str) -> bool:
-    """Whether ``python`` (this interpreter, or the one given by --hf-python) has transformers."""
-    try:
-        res = subprocess.run([python, "-c", "import torch, transformers"], capture_output=True, check=False)
-    except OSError:  # no such interpreter
-        return False
-    return res.returncode == 0
 
 
 def weights_path(model: str, for_transformers: bool) -> str:

@@ -19,7 +19,7 @@ use crate::error::Result;
 const TASK_ELEMS: usize = 16 * 1024;
 
 /// Run `f` on the elements of a contiguous f32 CPU tensor (`None` for anything else).
-fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+pub(super) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
     let (storage, layout) = t.storage_and_layout();
     let (start, end) = layout.contiguous_offsets()?;
     match &*storage {

@@ -44,8 +44,8 @@ pub fn linear_owned(x: &Tensor, w: &Tensor) -> Result<Vec<f32>> {
     let (n, k_w) = w.dims2()?;
     let direct = (k == k_w)
         .then(|| {
-            with_contiguous_f32(x, |xs| {
-                with_contiguous_f32(w, |ws| {
+            fused::with_f32(x, |xs| {
+                fused::with_f32(w, |ws| {
                     let mut out = Vec::<f32>::with_capacity(rows * n);
                     let threads = candle_core::utils::get_num_threads();
                     let parallelism = if threads > 1 {
@@ -89,16 +89,6 @@ pub fn linear_owned(x: &Tensor, w: &Tensor) -> Result<Vec<f32>> {
     match direct {
         Some(out) => Ok(out),
         None => Ok(linear(x, w, None)?.flatten_all()?.to_vec1()?),
-    }
-}
-
-/// Run `f` on the elements of a contiguous f32 CPU tensor (`None` for anything else).
-fn with_contiguous_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let (start, end) = layout.contiguous_offsets()?;
-    match &*storage {
-        candle_core::Storage::Cpu(cpu) => cpu.as_slice::<f32>().ok().map(|s| f(&s[start..end])),
-        _ => None,
     }
 }
 
