@@ -56,6 +56,26 @@ impl MsError {
             source,
         }
     }
+    /// The same error with `what: ` in front of its message (e.g. which layer of a sweep).
+    pub fn context(self, what: &str) -> Self {
+        match self {
+            MsError::InvalidArgument(m) => MsError::InvalidArgument(format!("{what}: {m}")),
+            MsError::Shape(m) => MsError::Shape(format!("{what}: {m}")),
+            MsError::UnknownHook(m) => MsError::UnknownHook(format!("{what}: {m}")),
+            MsError::ModelFormat(m) => MsError::ModelFormat(format!("{what}: {m}")),
+            MsError::UnsupportedArchitecture(m) => {
+                MsError::UnsupportedArchitecture(format!("{what}: {m}"))
+            }
+            MsError::NotFitted(m) => MsError::NotFitted(format!("{what}: {m}")),
+            MsError::Data(m) => MsError::Data(format!("{what}: {m}")),
+            MsError::Io { context, source } => MsError::Io {
+                context: format!("{what}: {context}"),
+                source,
+            },
+            MsError::Compute(m) => MsError::Compute(format!("{what}: {m}")),
+        }
+    }
+
     /// Name of the Python exception class in `mindscope.errors` this error becomes.
     pub fn python_class(&self) -> &'static str {
         match self {

@@ -116,9 +116,16 @@ def ridge_fit(x: F64, y: F64, alphas: Sequence[float], cv: int, seed: int, stand
     """Ridge for ``y [n, k]``; alpha by leave-one-out (``cv=0``) or ``cv``-fold CV. Returns
     ``coef [d, k]``, ``intercept [k]``, ``alpha``, ``cv_errors [len(alphas)]``, ``mean``, ``scale``."""
 def logistic_fit(x: F64, y: Sequence[int], n_classes: int, c: float, max_iter: int, tol: float,
-                 standardize: bool) -> dict[str, Any]:
-    """Logistic regression (linfa-logistic), L2 ``1 / c``; labels ``0..n_classes``. Returns
-    ``coef [d, 1 or n_classes]``, ``intercept``, ``mean``, ``scale``."""
+                 standardize: bool, class_weight: Sequence[float] | None = None) -> dict[str, Any]:
+    """Logistic regression (L-BFGS in the core), L2 ``1 / c``; labels ``0..n_classes``. Returns
+    ``coef [d, 1 or n_classes]``, ``intercept``, ``mean``, ``scale``, ``n_iter``, ``converged``."""
+def logistic_sweep(layers: Sequence[np.ndarray], targets: Sequence[tuple[Sequence[int], int, Sequence[float] | None]],
+                   train: Sequence[int], test: Sequence[int], c: float, max_iter: int, tol: float,
+                   standardize: bool) -> list[list[tuple[float, float, int, bool]]]:
+    """One logistic probe per (layer, target). ``layers``: C-contiguous ``[n, d]`` arrays, all
+    float32 or all float64, read in place; each target is (class index of every sample
+    ``[n]``, n_classes, class weights or None). Returns ``[layers][targets]`` of (train
+    accuracy, test accuracy (NaN without test rows), L-BFGS iterations, converged)."""
 def pca_fit(x: F64, n_components: int, whiten: bool) -> dict[str, Any]:
     """``mean [d]``, ``components [k, d]``, ``explained_variance [k]``, ``explained_variance_ratio [k]``."""
 def truth_fit(x: F64, y: Sequence[int], method: str, pairs: Sequence[tuple[int, int]] | None,

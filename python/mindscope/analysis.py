@@ -377,6 +377,28 @@ def control_task_labels(word_types: Sequence[str], labels: Sequence[Any], seed: 
     return np.array([mapping[t] for t in types])
 
 
+def _native_logistic_sweep(stack: list[np.ndarray], targets: list[np.ndarray], train: np.ndarray,
+                           test: np.ndarray, probe_params: dict[str, Any]) -> list[list[tuple[float, float]]]:
+    """Every (layer, target) logistic probe in one core call that reads the layers in place:
+    float32 stays float32, only non-contiguous or other dtypes are converted."""
+    template = LogisticProbe(**probe_params)
+    specs = []
+    for t in targets:
+        if t.ndim != 1:
+            raise ShapeError(f"labels must be 1-D, got shape {t.shape}")
+        probe = template.__class__(**template.get_params())
+        probe.classes_, idx = np.unique(t, return_inverse=True)
+        specs.append((idx.astype(np.int64).tolist(), len(probe.classes_), probe._class_weights(idx[train])))
+    dtype = np.float32 if all(X.dtype == np.float32 for X in stack) else np.float64
+    layers = [np.ascontiguousarray(X, dtype=dtype) for X in stack]
+    for layer, X in enumerate(layers):
+        if X.ndim != 2:
+            raise ShapeError(f"layer {layer} must be [n, d], got shape {X.shape}")
+    out = _native.logistic_sweep(layers, specs, train.tolist(), test.tolist(), float(template.C),
+                                 int(template.max_iter), float(template.tol), bool(template.standardize))
+    return [[(train_acc, test_acc) for train_acc, test_acc, _, _ in per_target] for per_target in out]
+
+
 def layer_sweep(
     activations: np.ndarray | Mapping[str, np.ndarray],
     y: Any,
@@ -407,22 +429,25 @@ def layer_sweep(
     y = np.asarray(y)
     n = len(y)
     train, test = train_test_split_indices(n, test_size, seed, groups)
-    make = (lambda: LogisticProbe(**probe_params)) if probe == "logistic" else (lambda: RidgeProbe(**probe_params))
     if probe not in ("logistic", "ridge"):
         raise InvalidArgumentError(f"probe must be 'logistic' or 'ridge', got '{probe}'")
     for layer, X in enumerate(stack):
         if X.shape[0] != n:
             raise ShapeError(f"layer {layer} has {X.shape[0]} rows for {n} labels")
     targets = [y] if control_labels is None else [y, np.asarray(control_labels)]
+    if len(targets[-1]) != n:
+        raise ShapeError(f"control_labels has {len(targets[-1])} entries for {n} labels")
+    if probe == "logistic":
+        per_layer = _native_logistic_sweep(stack, targets, train, test, probe_params)
+    else:
+        def fit(job: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:
+            X, t = job
+            m = RidgeProbe(**probe_params).fit(X[train], t[train])
+            return m.score(X[train], t[train]), m.score(X[test], t[test])
 
-    def fit(job: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:
-        X, t = job
-        m = make().fit(X[train], t[train])
-        return m.score(X[train], t[train]), m.score(X[test], t[test])
-
-    # One fit per (layer, target), side by side on all cores (the fits release the GIL).
-    scores = map_parallel(fit, [(X, t) for X in stack for t in targets])
-    per_layer = [scores[i:i + len(targets)] for i in range(0, len(scores), len(targets))]
+        # One fit per (layer, target), side by side on all cores (the fits release the GIL).
+        scores = map_parallel(fit, [(X, t) for X in stack for t in targets])
+        per_layer = [scores[i:i + len(targets)] for i in range(0, len(scores), len(targets))]
     rows: dict[str, list[float]] = {"layer": list(range(len(stack))),
                                     "train": [s[0][0] for s in per_layer], "test": [s[0][1] for s in per_layer]}
     if control_labels is not None:

@@ -15,11 +15,14 @@ pub mod logistic;
 pub mod metrics;
 pub mod pca;
 pub mod ridge;
+pub mod rows;
 pub mod standardize;
+pub mod sweep;
 pub mod truth;
 
 pub use logistic::{LogisticModel, LogisticParams};
 pub use pca::Pca;
 pub use ridge::{RidgeModel, RidgeParams};
+pub use rows::{Feature, RowSet};
 pub use standardize::Standardizer;
 pub use truth::{DirectionMethod, TruthDirection};

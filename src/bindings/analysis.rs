@@ -2,14 +2,15 @@
 //! fitted arrays go back to Python, whose estimator classes predict with numpy.
 
 use ndarray::Array1;
-use numpy::{IntoPyArray, PyReadonlyArray1, PyReadonlyArray2};
+use numpy::{Element, IntoPyArray, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::IntoPyResult;
 use crate::analysis::ridge::RidgeCv;
+use crate::analysis::sweep::{logistic_sweep as sweep_layers, SweepScore, SweepTarget};
 use crate::analysis::{
-    metrics, DirectionMethod, LogisticModel, LogisticParams, Pca, RidgeModel, RidgeParams,
+    metrics, DirectionMethod, Feature, LogisticModel, LogisticParams, Pca, RidgeModel, RidgeParams,
     TruthDirection,
 };
 use crate::error::MsError;
@@ -94,6 +95,96 @@ fn logistic_fit<'py>(
     d.set_item("n_iter", m.iterations)?;
     d.set_item("converged", m.converged)?;
     Ok(d)
+}
+
+/// One target of a sweep: class indices of every sample, the number of classes and the
+/// per-class weights (or None).
+type TargetSpec = (Vec<i64>, usize, Option<Vec<f64>>);
+
+/// (train accuracy, test accuracy, L-BFGS iterations, converged) of one probe.
+type ProbeScore = (f64, f64, usize, bool);
+
+/// Logistic probes for every (layer, target) pair; `layers` are C-contiguous `[n, d]` arrays,
+/// all float32 or all float64, read in place. Returns `[layers, targets, 4]` rows of (train
+/// accuracy, test accuracy, iterations, converged).
+#[pyfunction]
+#[pyo3(signature = (layers, targets, train, test, c, max_iter, tol, standardize))]
+#[allow(clippy::too_many_arguments)]
+fn logistic_sweep<'py>(
+    py: Python<'py>,
+    layers: Vec<Bound<'py, PyAny>>,
+    targets: Vec<TargetSpec>,
+    train: Vec<usize>,
+    test: Vec<usize>,
+    c: f64,
+    max_iter: u64,
+    tol: f64,
+    standardize: bool,
+) -> PyResult<Vec<Vec<ProbeScore>>> {
+    let targets = targets
+        .into_iter()
+        .map(|(y, n_classes, class_weight)| {
+            Ok(SweepTarget {
+                labels: labels(&y, "y")?,
+                n_classes,
+                params: LogisticParams {
+                    c,
+                    max_iter,
+                    tol,
+                    standardize,
+                    class_weight,
+                },
+            })
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    let as_f32: PyResult<Vec<PyReadonlyArray2<'py, f32>>> =
+        layers.iter().map(|l| l.extract()).collect();
+    let scores = match as_f32 {
+        Ok(arrays) => sweep_arrays(py, &arrays, &targets, &train, &test)?,
+        Err(_) => {
+            let arrays: Vec<PyReadonlyArray2<'py, f64>> = layers
+                .iter()
+                .map(|l| l.extract())
+                .collect::<PyResult<_>>()?;
+            sweep_arrays(py, &arrays, &targets, &train, &test)?
+        }
+    };
+    Ok(scores
+        .into_iter()
+        .map(|per_target| {
+            per_target
+                .into_iter()
+                .map(|s| (s.train, s.test, s.iterations, s.converged))
+                .collect()
+        })
+        .collect())
+}
+
+fn sweep_arrays<T: Feature + Element>(
+    py: Python<'_>,
+    arrays: &[PyReadonlyArray2<'_, T>],
+    targets: &[SweepTarget],
+    train: &[usize],
+    test: &[usize],
+) -> PyResult<Vec<Vec<SweepScore>>> {
+    let d = arrays.first().map_or(0, |a| a.shape()[1]);
+    let slices = arrays
+        .iter()
+        .enumerate()
+        .map(|(l, a)| {
+            if a.shape()[1] != d {
+                return Err(MsError::shape(format!(
+                    "layer {l} has {} features, layer 0 has {d}",
+                    a.shape()[1]
+                )));
+            }
+            a.as_slice()
+                .map_err(|_| MsError::invalid(format!("layer {l} is not a C-contiguous array")))
+        })
+        .collect::<Result<Vec<&[T]>, MsError>>()
+        .py_err()?;
+    py.detach(|| sweep_layers(&slices, d, targets, train, test))
+        .py_err()
 }
 
 #[pyfunction]
@@ -192,6 +283,7 @@ fn great_circle_km<'py>(
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ridge_fit, m)?)?;
     m.add_function(wrap_pyfunction!(logistic_fit, m)?)?;
+    m.add_function(wrap_pyfunction!(logistic_sweep, m)?)?;
     m.add_function(wrap_pyfunction!(pca_fit, m)?)?;
     m.add_function(wrap_pyfunction!(truth_fit, m)?)?;
     m.add_function(wrap_pyfunction!(auroc, m)?)?;

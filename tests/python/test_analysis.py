@@ -219,3 +219,35 @@ def test_bad_input_raises_typed_errors():
         A.TruthDirection("vibes").fit(X, y)
     with pytest.raises(errors.ShapeError, match="features"):
         A.RidgeProbe().fit(X, y.astype(float)).predict(X[:, :3])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k,class_weight", [(2, None), (2, "balanced"), (4, None)])
+def test_layer_sweep_equals_one_probe_per_layer(dtype, k, class_weight):
+    # The sweep reads the layers in place in the core; it must give what fitting
+    # LogisticProbe on each layer's training rows gives.
+    rng = np.random.default_rng(11)
+    n, d, layers = 500, 12, 3
+    y = rng.choice(k, n, p=None if k > 2 else [0.7, 0.3])
+    X = rng.standard_normal((layers, n, d)) + np.arange(layers)[:, None, None] * 0.4 * y[None, :, None]
+    X[:, :, 0] = X[:, :, 0] * 30 + 5  # a large, offset feature: standardization matters
+    X = X.astype(dtype)
+    table = A.layer_sweep(X, y, C=0.5, class_weight=class_weight)
+    train, test = A.train_test_split_indices(n, 0.2, 0)
+    for layer in range(layers):
+        probe = A.LogisticProbe(C=0.5, class_weight=class_weight).fit(X[layer][train], y[train])
+        assert abs(table["train"][layer] - probe.score(X[layer][train], y[train])) <= 1 / len(train)
+        assert abs(table["test"][layer] - probe.score(X[layer][test], y[test])) <= 1 / len(test)
+    assert table["test"][-1] > table["test"][0]
+
+
+def test_layer_sweep_bad_input():
+    X = np.zeros((2, 10, 3), np.float32)
+    y = np.array([0, 1] * 5)
+    X[1, 4, 2] = np.nan
+    with pytest.raises(errors.DataError, match="layer 1"):
+        A.layer_sweep(X, y)
+    with pytest.raises(errors.DataError, match="single class"):
+        A.layer_sweep(np.ones((1, 10, 3)), np.zeros(10))
+    with pytest.raises(errors.ShapeError):
+        A.layer_sweep(np.ones((1, 10, 3)), y, control_labels=y[:5])
