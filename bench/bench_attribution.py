@@ -76,7 +76,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=16, help="variants per batch in the shared-prefix engine")
+    ap.add_argument("--batch", type=int, default=64, help="most variants per packed run in the shared-prefix engine")
     ap.add_argument("--hf-python", default=sys.executable,
                     help="a Python with torch + transformers (e.g. a separate virtualenv's), for the comparison")
     args = ap.parse_args()

@@ -98,12 +98,14 @@ class Model:
         replace_id: int | None = None,
         batch_size: int = 64,
         naive: bool = False,
-        rows_per_batch: int = 512,
+        rows_per_batch: int = 2048,
     ) -> tuple[float, list[float]]:
         """``(log p(target | prompt), [log p(target | prompt with span i ablated)])``, target
         log-probs summed over its tokens. ``kind``: ``"delete"``, ``"replace"`` (each token by
         ``replace_id``), ``"zero"`` or ``"mean"`` (input embedding). Spans are token ranges
-        ``[start, end)``. ``naive`` runs one full forward per variant (the reference)."""
+        ``[start, end)``. Variants run packed, at most ``batch_size`` variants and about
+        ``rows_per_batch`` recomputed positions per run; ``naive`` runs one full forward per
+        variant instead (the reference)."""
 
 def supported_architectures() -> list[str]:
     """Architectures with a forward pass (GGUF ``general.architecture`` values)."""

@@ -340,7 +340,7 @@ impl Model {
     /// Log-probability of `target_ids` after `prompt_ids`, clean and with each token span
     /// ablated (`kind`: "delete", "replace" (with `replace_id`), "zero", "mean"). `naive` runs
     /// one full forward per variant instead of sharing the clean prefix (for checking).
-    #[pyo3(signature = (prompt_ids, target_ids, spans, kind, replace_id=None, batch_size=64, naive=false, rows_per_batch=512))]
+    #[pyo3(signature = (prompt_ids, target_ids, spans, kind, replace_id=None, batch_size=64, naive=false, rows_per_batch=2048))]
     #[allow(clippy::too_many_arguments)]
     fn ablation_scores(
         &self,

@@ -2,14 +2,14 @@
 //! when input tokens are removed or masked.
 //!
 //! Every ablated variant agrees with the clean prompt before the first ablated position, so
-//! the clean run's keys and values for that prefix are computed once and shared. Variants are
-//! grouped (sorted by where they start to differ) into batches that reuse the prefix up to
-//! the earliest start in the batch, and only the rows that predict target tokens go through
-//! the final norm and the LM head.
+//! the clean run's keys and values for that prefix are computed once and shared. Each variant
+//! recomputes only its own suffix; the suffixes of many variants run packed as one matrix of
+//! rows (`decoder::packed`), and only the rows that predict target tokens go through the
+//! final norm and the LM head.
 
 use candle_core::{Device, Tensor, D};
 
-use super::{KvCache, LanguageModel};
+use super::{KvCache, LanguageModel, Segment};
 use crate::error::{MsError, Result};
 use crate::hooks::HookContext;
 
@@ -43,46 +43,38 @@ struct Variant {
     start: usize,
 }
 
-/// First position a batch must recompute: its earliest change, or earlier if a variant's first
-/// scored row (the one predicting the first target token) lies before it.
-fn recompute_from(batch: &[&Variant], m: usize) -> usize {
-    batch
-        .iter()
-        .map(|v| v.start.min(v.ids.len() - m))
-        .min()
-        .unwrap_or(0)
+/// First position a variant must recompute: where it starts to differ, or earlier if its
+/// first scored row (the one predicting the first target token) lies before that.
+fn recompute_from(v: &Variant, m: usize) -> usize {
+    v.start.min(v.ids.len() - m)
 }
 
-/// Group variants (in `order`, sorted by where they start to differ) into batches of at most
-/// `max_variants`, closing a batch once it would recompute more than `max_rows` positions.
-/// Early variants recompute long suffixes and go in small batches, late ones in large
-/// batches, so every batch keeps the matmuls about equally large.
-fn plan_batches(
+/// Split variants (in `order`) into packs of at most `max_variants` variants and about
+/// `max_rows` recomputed rows (a pack always takes at least one variant), which bounds the
+/// memory of one packed run.
+fn plan_packs(
     order: &[usize],
     variants: &[Variant],
     m: usize,
     max_variants: usize,
     max_rows: usize,
 ) -> Vec<Vec<usize>> {
-    let mut batches: Vec<Vec<usize>> = Vec::new();
-    let mut current: Vec<usize> = Vec::new();
+    let mut packs: Vec<Vec<usize>> = Vec::new();
+    let (mut current, mut rows) = (Vec::new(), 0);
     for &i in order {
-        current.push(i);
-        let refs: Vec<&Variant> = current.iter().map(|&j| &variants[j]).collect();
-        let from = recompute_from(&refs, m);
-        let width = refs.iter().map(|v| v.ids.len() - from).max().unwrap_or(0);
-        if current.len() > 1
-            && (current.len() > max_variants.max(1) || current.len() * width > max_rows)
-        {
-            current.pop();
-            batches.push(std::mem::take(&mut current));
-            current.push(i);
+        let v = &variants[i];
+        let r = v.ids.len() - recompute_from(v, m);
+        if !current.is_empty() && (current.len() >= max_variants.max(1) || rows + r > max_rows) {
+            packs.push(std::mem::take(&mut current));
+            rows = 0;
         }
+        current.push(i);
+        rows += r;
     }
     if !current.is_empty() {
-        batches.push(current);
+        packs.push(current);
     }
-    batches
+    packs
 }
 
 impl LanguageModel {
@@ -203,8 +195,8 @@ impl LanguageModel {
     }
 
     /// Log-probability of `target` after `prompt`, clean and with each of `spans` (token
-    /// ranges of the prompt) ablated. Batches (at most `batch_size` variants and about
-    /// `rows_per_batch` recomputed positions each) share the clean prefix.
+    /// ranges of the prompt) ablated. Variants run packed (at most `batch_size` variants and about
+    /// `rows_per_batch` recomputed positions per run), each continuing the clean prefix.
     pub fn ablation_scores(
         &self,
         prompt: &[u32],
@@ -245,22 +237,24 @@ impl LanguageModel {
             .map(|&sp| Self::variant(&seq, sp, ablation))
             .collect();
         let mut ablated = vec![0.0; spans.len()];
-        for chunk in plan_batches(&order, &variants, m, batch_size, rows_per_batch) {
-            let batch: Vec<&Variant> = chunk.iter().map(|&i| &variants[i]).collect();
-            let from = recompute_from(&batch, m);
-            let (x, lengths) = self.variant_embeddings(&batch, from, ablation, mean.as_ref())?;
-            let mut kv = clean_kv.shared_prefix(from, batch.len())?;
-            let mut ctx = HookContext::inactive(hooks, &lengths);
-            let hidden = decoder.run_blocks(x, &mut ctx, n_layers, Some(&mut kv))?;
-            let (b, t, d) = hidden.dims3()?;
-            let idx: Vec<u32> = lengths
-                .iter()
-                .enumerate()
-                .flat_map(|(j, &len)| (len - m..len).map(move |r| (j * t + r) as u32))
-                .collect();
-            let idx = Tensor::from_vec(idx, b * m, &Device::Cpu)?;
-            let rows = hidden.reshape((b * t, d))?.index_select(&idx, 0)?;
-            for (&i, score) in chunk.iter().zip(self.target_logprobs(&rows, target)?) {
+        for pack in plan_packs(&order, &variants, m, batch_size, rows_per_batch) {
+            let mut segments = Vec::with_capacity(pack.len());
+            let mut inputs = Vec::with_capacity(pack.len());
+            let mut keep = Vec::with_capacity(pack.len() * m);
+            let mut row0 = 0;
+            for &i in &pack {
+                let v = &variants[i];
+                let from = recompute_from(v, m);
+                let (x, _) = self.variant_embeddings(&[v], from, ablation, mean.as_ref())?;
+                let rows = v.ids.len() - from;
+                inputs.push(x.squeeze(0)?);
+                segments.push(Segment { prefix: from, rows });
+                keep.extend(row0 + rows - m..row0 + rows);
+                row0 += rows;
+            }
+            let x = Tensor::cat(&inputs, 0)?;
+            let final_rows = decoder.run_packed(x, &segments, &clean_kv, &keep)?;
+            for (&i, score) in pack.iter().zip(self.target_logprobs(&final_rows, target)?) {
                 ablated[i] = score;
             }
         }
@@ -318,27 +312,28 @@ mod tests {
     }
 
     #[test]
-    fn batches_respect_row_budget_and_order() {
+    fn packs_respect_the_row_budget_and_keep_the_order() {
         // 32 single-token deletions of a 32-token prompt (variants have 31 tokens).
         let variants: Vec<Variant> = (0..32).map(|s| variant(31, s)).collect();
         let order: Vec<usize> = (0..32).collect();
-        let batches = plan_batches(&order, &variants, 1, 64, 256);
-        assert_eq!(batches.concat(), order);
-        for b in &batches {
-            let refs: Vec<&Variant> = b.iter().map(|&i| &variants[i]).collect();
-            let from = recompute_from(&refs, 1);
-            assert!(b.len() == 1 || b.len() * (31 - from) <= 256);
-        }
-        // Later batches recompute shorter suffixes, so they hold more variants.
-        assert!(batches.last().unwrap().len() > batches[0].len());
+        let packs = plan_packs(&order, &variants, 1, 64, 256);
+        assert_eq!(packs.concat(), order);
+        let rows = |p: &Vec<usize>| -> usize {
+            p.iter()
+                .map(|&i| 31 - recompute_from(&variants[i], 1))
+                .sum()
+        };
+        assert!(packs.iter().all(|p| p.len() == 1 || rows(p) <= 256));
+        // Every variant recomputes only its own suffix: 31 + 30 + ... + 1, and 1 for the last.
+        assert_eq!(packs.iter().map(rows).sum::<usize>(), 31 * 32 / 2 + 1);
+        assert_eq!(plan_packs(&order, &variants, 1, 10, 10_000).len(), 4);
     }
 
     #[test]
     fn recompute_starts_early_enough_to_score_the_target() {
         // Deleting the last prompt token: the first target token is predicted from position 3.
-        let v = variant(5, 4);
-        assert_eq!(recompute_from(&[&v], 2), 3);
-        assert_eq!(recompute_from(&[&variant(9, 2)], 2), 2);
+        assert_eq!(recompute_from(&variant(5, 4), 2), 3);
+        assert_eq!(recompute_from(&variant(9, 2), 2), 2);
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! after it, so positions stay `0..len` and no padding mask is needed; padded rows are garbage
 //! that the caller never reads (captures zero them).
 
+mod packed;
+
 use candle_core::{Device, Tensor};
 
 use super::config::{Family, ModelConfig};
@@ -16,6 +18,7 @@ use super::layers::{
 use super::weights::{present, ShapedReader, TensorSource};
 use crate::error::{MsError, Result};
 use crate::hooks::{CapturedArray, HookContext, HookKind, HookPoint, HookRegistry, LogitsMode};
+pub use packed::Segment;
 
 /// Weights of one block in the `[out, in]` layout; projections multiply by the transposed
 /// view (the matmul reads strides, so no transposed copy is kept in memory). Optional parts

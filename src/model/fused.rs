@@ -174,7 +174,7 @@ unsafe fn softmax_body_avx2(row: &mut [f32]) {
     softmax_body(row)
 }
 
-fn softmax_row(row: &mut [f32]) {
+pub(super) fn softmax_row(row: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features the function was compiled for.

@@ -146,7 +146,7 @@ def attribution(
     replace_with: str = " ",
     unit: str = "token",
     window: int = 2,
-    batch_size: int = 16,
+    batch_size: int = 64,
 ) -> AttributionResult:
     """Input-ablation attribution of ``target`` (default: the model's top next token) after
     ``prompt``.
@@ -154,8 +154,9 @@ def attribution(
     ``ablation``: ``"delete"`` the span, ``"replace"`` each of its tokens with the single token
     ``replace_with``, or set its input embeddings to ``"zero"`` or the vocabulary ``"mean"``.
     ``unit``: single tokens, whitespace-delimited ``"word"``s, or sliding ``"window"``s of
-    ``window`` tokens. All variants run in batches that share the unchanged prefix's keys and
-    values; only rows that predict the target reach the LM head.
+    ``window`` tokens. Each variant recomputes only the positions after its first change
+    (reusing the clean prompt's keys and values before it); up to ``batch_size`` variants
+    run packed together, and only rows that predict the target reach the LM head.
     """
     if ablation not in ABLATIONS:
         raise InvalidArgumentError(f"ablation '{ablation}' is not known; allowed: {', '.join(ABLATIONS)}")
