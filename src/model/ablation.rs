@@ -9,7 +9,7 @@
 
 use candle_core::{Device, Tensor, D};
 
-use super::{KvCache, LanguageModel, Segment};
+use super::{KvCache, LanguageModel, Prefix, Segment};
 use crate::error::{MsError, Result};
 use crate::hooks::HookContext;
 
@@ -209,25 +209,10 @@ impl LanguageModel {
         self.check_ablation(prompt, target, spans, ablation)?;
         let m = target.len();
         let seq = [prompt, &target[..m - 1]].concat();
-        let hooks = self.hooks();
-        let n_layers = self.config().n_layers;
 
-        // Clean run: keys/values of every position, and the clean score.
-        let mut clean_kv = KvCache::default();
-        let ids = Tensor::from_vec(seq.clone(), (1, seq.len()), &Device::Cpu)?;
-        let mut ctx = HookContext::inactive(hooks, &[seq.len()]);
         let decoder = self.decoder("run ablations against next-token log-probabilities")?;
-        let hidden = decoder.run_blocks(
-            decoder.embed_ids(&ids)?,
-            &mut ctx,
-            n_layers,
-            Some(&mut clean_kv),
-        )?;
-        let clean_rows = hidden.squeeze(0)?.narrow(0, seq.len() - m, m)?;
-        let clean = self.target_logprobs(&clean_rows, target)?[0];
-
         let mean = match ablation {
-            Ablation::MeanEmbedding => Some(self.decoder("ablate")?.mean_input_embedding()?),
+            Ablation::MeanEmbedding => Some(decoder.mean_input_embedding()?),
             _ => None,
         };
         let mut order: Vec<usize> = (0..spans.len()).collect();
@@ -236,29 +221,90 @@ impl LanguageModel {
             .iter()
             .map(|&sp| Self::variant(&seq, sp, ablation))
             .collect();
+        let clean_variant = Variant {
+            ids: seq.clone(),
+            masked: 0..0,
+            start: 0,
+        };
+        let packs = plan_packs(&order, &variants, m, batch_size, rows_per_batch);
         let mut ablated = vec![0.0; spans.len()];
-        for pack in plan_packs(&order, &variants, m, batch_size, rows_per_batch) {
-            let mut segments = Vec::with_capacity(pack.len());
-            let mut inputs = Vec::with_capacity(pack.len());
-            let mut keep = Vec::with_capacity(pack.len() * m);
-            let mut row0 = 0;
-            for &i in &pack {
-                let v = &variants[i];
-                let from = recompute_from(v, m);
-                let (x, _) = self.variant_embeddings(&[v], from, ablation, mean.as_ref())?;
-                let rows = v.ids.len() - from;
-                inputs.push(x.squeeze(0)?);
-                segments.push(Segment { prefix: from, rows });
-                keep.extend(row0 + rows - m..row0 + rows);
-                row0 += rows;
+        if let [pack] = packs.as_slice() {
+            // One run: the clean sequence is the first segment, whose rows give every variant
+            // its prefix keys and values as the layers go.
+            let members: Vec<&Variant> = std::iter::once(&clean_variant)
+                .chain(pack.iter().map(|&i| &variants[i]))
+                .collect();
+            let scores = self.run_pack(
+                &members,
+                m,
+                ablation,
+                mean.as_ref(),
+                Prefix::FirstSegment,
+                target,
+            )?;
+            for (&i, &score) in pack.iter().zip(&scores[1..]) {
+                ablated[i] = score;
             }
-            let x = Tensor::cat(&inputs, 0)?;
-            let final_rows = decoder.run_packed(x, &segments, &clean_kv, &keep)?;
-            for (&i, score) in pack.iter().zip(self.target_logprobs(&final_rows, target)?) {
+            return Ok(AblationScores {
+                clean: scores[0],
+                ablated,
+            });
+        }
+        // Several runs: the clean run fills a cache that every pack continues.
+        let mut clean_kv = KvCache::default();
+        let ids = Tensor::from_vec(seq.clone(), (1, seq.len()), &Device::Cpu)?;
+        let mut ctx = HookContext::inactive(self.hooks(), &[seq.len()]);
+        let hidden = decoder.run_blocks(
+            decoder.embed_ids(&ids)?,
+            &mut ctx,
+            self.config().n_layers,
+            Some(&mut clean_kv),
+        )?;
+        let clean_rows = hidden.squeeze(0)?.narrow(0, seq.len() - m, m)?;
+        let clean = self.target_logprobs(&clean_rows, target)?[0];
+        for pack in packs {
+            let members: Vec<&Variant> = pack.iter().map(|&i| &variants[i]).collect();
+            let scores = self.run_pack(
+                &members,
+                m,
+                ablation,
+                mean.as_ref(),
+                Prefix::Cache(&clean_kv),
+                target,
+            )?;
+            for (&i, score) in pack.iter().zip(scores) {
                 ablated[i] = score;
             }
         }
         Ok(AblationScores { clean, ablated })
+    }
+
+    /// Target scores of variants run as one pack, each recomputing from its first change.
+    fn run_pack(
+        &self,
+        members: &[&Variant],
+        m: usize,
+        ablation: Ablation,
+        mean: Option<&Tensor>,
+        prefix: Prefix,
+        target: &[u32],
+    ) -> Result<Vec<f64>> {
+        let mut segments = Vec::with_capacity(members.len());
+        let mut inputs = Vec::with_capacity(members.len());
+        let mut keep = Vec::with_capacity(members.len() * m);
+        let mut row0 = 0;
+        for v in members {
+            let from = recompute_from(v, m);
+            let (x, _) = self.variant_embeddings(&[v], from, ablation, mean)?;
+            let rows = v.ids.len() - from;
+            inputs.push(x.squeeze(0)?);
+            segments.push(Segment { prefix: from, rows });
+            keep.extend(row0 + rows - m..row0 + rows);
+            row0 += rows;
+        }
+        let decoder = self.decoder("ablate")?;
+        let final_rows = decoder.run_packed(Tensor::cat(&inputs, 0)?, &segments, prefix, &keep)?;
+        self.target_logprobs(&final_rows, target)
     }
 
     /// The same numbers by brute force: one full forward pass per variant, no sharing. The

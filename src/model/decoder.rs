@@ -18,7 +18,7 @@ use super::layers::{
 use super::weights::{present, ShapedReader, TensorSource};
 use crate::error::{MsError, Result};
 use crate::hooks::{CapturedArray, HookContext, HookKind, HookPoint, HookRegistry, LogitsMode};
-pub use packed::Segment;
+pub use packed::{Prefix, Segment};
 
 /// Weights of one block in the `[out, in]` layout; projections multiply by the transposed
 /// view (the matmul reads strides, so no transposed copy is kept in memory). Optional parts

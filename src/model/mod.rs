@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 pub use ablation::{Ablation, AblationScores};
 pub use config::{Family, ModelConfig, SUPPORTED_ARCHITECTURES, SUPPORTED_MODEL_TYPES};
-pub use decoder::{Decoder, KvCache, Segment, WeightLayout};
+pub use decoder::{Decoder, KvCache, Prefix, Segment, WeightLayout};
 pub use encoder::Encoder;
 pub use generate::{Generation, SamplingParams};
 pub use run::RunOutput;

@@ -179,14 +179,16 @@ def test_lie_detector_fit_score_save_load(model, tmp_path):
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 
+@pytest.mark.parametrize("batch_size", [5, 64])
 @pytest.mark.parametrize("ablation", ["delete", "replace", "zero", "mean"])
-def test_ablation_equals_naive_forward_passes(model, ablation):
-    """Prefix reuse + batching must give the numbers of one full forward per variant."""
+def test_ablation_equals_naive_forward_passes(model, ablation, batch_size):
+    """Prefix reuse + packing must give the numbers of one full forward per variant, whether
+    the variants run in several packs after a cached clean run (5) or in one pack with it (64)."""
     ids = model.to_tokens(PROMPT)
     target = model.to_tokens(" Mary and")
     spans = [(i, i + 1) for i in range(len(ids))] + [(2, 5), (0, 3)]
     rep = model.token_id(" ") if ablation == "replace" else None
-    fast = model._native.ablation_scores(ids, target, spans, ablation, rep, 5, False)
+    fast = model._native.ablation_scores(ids, target, spans, ablation, rep, batch_size, False)
     slow = model._native.ablation_scores(ids, target, spans, ablation, rep, 5, True)
     assert abs(fast[0] - slow[0]) < 1e-4
     # Both are f32 forwards whose matmuls sum in different orders (different row counts); the

@@ -2,6 +2,11 @@
 //! first `prefix` positions of a sequence already in a [`KvCache`] (e.g. ablated variants of
 //! one prompt, which agree with it up to the ablated token) run as a single matrix of rows.
 //!
+//! The shared prefix comes either from a [`KvCache`] filled by an earlier run, or from the
+//! first packed segment itself (`Prefix::FirstSegment`): a segment that starts at position 0
+//! computes, layer by layer, exactly the keys and values the others continue, so one packed
+//! run can hold the clean sequence and all its variants.
+//!
 //! A right-padded batch would pad every variant to the longest suffix in it and repeat the
 //! prefix's keys per variant; packed, the linear layers see exactly the rows that must be
 //! recomputed, and attention reads the shared prefix's keys and values in place. No hooks
@@ -21,6 +26,15 @@ use crate::model::layers::{linear, rope_tables, rope_to_heads};
 pub struct Segment {
     pub prefix: usize,
     pub rows: usize,
+}
+
+/// Where the segments' shared prefix keys and values come from.
+#[derive(Clone, Copy)]
+pub enum Prefix<'a> {
+    /// Positions cached by an earlier run of the shared sequence (batch of one).
+    Cache(&'a KvCache),
+    /// The first segment's own rows (it must start at position 0 and be the longest prefix).
+    FirstSegment,
 }
 
 /// Attention geometry shared by every (segment, head) task.
@@ -132,14 +146,15 @@ fn f32_data(t: &Tensor) -> Result<Vec<f32>> {
 
 impl Decoder {
     /// Run all blocks on packed input embeddings `x [total, d_model]` (segment after
-    /// segment), each segment continuing the first `prefix` positions cached in `cache`.
+    /// segment), each segment continuing the first `prefix` positions of the shared sequence
+    /// held by `source`.
     /// Returns the final residual stream at `keep` (row indices into `x`): `[keep, d_model]`.
     /// The last block computes its attention output and MLP only for those rows.
     pub fn run_packed(
         &self,
         x: Tensor,
         segments: &[Segment],
-        cache: &KvCache,
+        source: Prefix,
         keep: &[usize],
     ) -> Result<Tensor> {
         let cfg = &self.cfg;
@@ -150,11 +165,17 @@ impl Decoder {
                 segments.iter().map(|s| s.rows).sum::<usize>()
             )));
         }
-        if let Some(s) = segments.iter().find(|s| s.prefix > cache.len()) {
+        let available = match source {
+            Prefix::Cache(cache) => cache.len(),
+            Prefix::FirstSegment if segments.first().is_some_and(|s| s.prefix == 0) => {
+                segments[0].rows
+            }
+            Prefix::FirstSegment => 0,
+        };
+        if let Some(s) = segments.iter().find(|s| s.prefix > available) {
             return Err(MsError::invalid(format!(
-                "a segment continues {} cached positions, the cache holds {}",
-                s.prefix,
-                cache.len()
+                "a segment continues {} shared positions, only {available} are available",
+                s.prefix
             )));
         }
         let end = segments
@@ -205,28 +226,33 @@ impl Decoder {
             let q = rope_to_heads(&q, cos, sin)?;
             let k = rope_to_heads(&k, cos, sin)?;
             let v = v.transpose(1, 2)?;
-            let (pk, pv) = match cache.layers.get(layer).and_then(|s| s.as_ref()) {
-                Some((pk, pv)) => (f32_data(pk)?, f32_data(pv)?),
-                None => (Vec::new(), Vec::new()),
+            let (k, v) = (f32_data(&k)?, f32_data(&v)?);
+            let cached = match source {
+                Prefix::Cache(cache) => match cache.layers.get(layer).and_then(|s| s.as_ref()) {
+                    Some((pk, pv)) if pk.dim(0)? == 1 => Some((f32_data(pk)?, f32_data(pv)?)),
+                    Some(_) => {
+                        return Err(MsError::invalid(
+                            "packed segments continue a cache of one sequence, not a batch",
+                        ))
+                    }
+                    None => Some((Vec::new(), Vec::new())),
+                },
+                Prefix::FirstSegment => None,
+            };
+            let (pk, pv, n_shared) = match &cached {
+                Some((pk, pv)) => (pk.as_slice(), pv.as_slice(), available),
+                None => (k.as_slice(), v.as_slice(), total),
             };
             let geometry = Geometry {
                 heads: h,
                 kv_heads: kvh,
                 d_head: dh,
                 total,
-                cached: cache.len(),
+                cached: n_shared,
                 scale: cfg.attn_scale as f32,
                 window,
             };
-            let z = packed_attention(
-                &f32_data(&q)?,
-                &f32_data(&k)?,
-                &f32_data(&v)?,
-                &pk,
-                &pv,
-                segments,
-                &geometry,
-            );
+            let z = packed_attention(&f32_data(&q)?, &k, &v, pk, pv, segments, &geometry);
             let mut z = Tensor::from_vec(z, (total, h * dh), &Device::Cpu)?;
             if layer + 1 == cfg.n_layers {
                 // Only the kept rows are read after the last block.
