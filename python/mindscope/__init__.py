@@ -11,7 +11,7 @@ package is its thin Python face. Start with::
 
 from __future__ import annotations
 
-from . import analysis, datasets, errors, experiments, plotting, storage
+from . import analysis, backend, datasets, errors, experiments, plotting, storage
 from ._native import __version__
 from .errors import *  # noqa: F401,F403  (typed exceptions at the top level)
 from .hooks import ActivationCache, Intervention, PerPrompt
@@ -31,6 +31,7 @@ from .storage import Dump, load_dump
 __all__ = [
     "__version__",
     "analysis",
+    "backend",
     "datasets",
     "errors",
     "experiments",

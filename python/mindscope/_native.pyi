@@ -107,6 +107,11 @@ class Model:
         ``rows_per_batch`` recomputed positions per run; ``naive`` runs one full forward per
         variant instead (the reference)."""
 
+def use_blas(path: str) -> str:
+    """Multiply with ``cblas_sgemm`` from the shared library at ``path`` (once per process);
+    returns the library in use."""
+def blas_library() -> str | None:
+    """The BLAS library in use, or None for the built-in ``gemm`` kernels."""
 def supported_architectures() -> list[str]:
     """Architectures with a forward pass (GGUF ``general.architecture`` values)."""
 

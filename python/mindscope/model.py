@@ -10,6 +10,7 @@ from typing import Any, Union
 import numpy as np
 
 from . import _native
+from .backend import enable_default_blas
 from .errors import InvalidArgumentError
 from .hooks import (
     ActivationCache,
@@ -309,6 +310,7 @@ def load_model(name_or_path: str | os.PathLike[str] = "smollm2-135m") -> HookedM
     ``list_models()``), from a GGUF file, or from a Hugging Face folder (config.json,
     *.safetensors, tokenizer.json)."""
     paths = resolve_model_paths(name_or_path)
+    enable_default_blas()
     if len(paths) == 1:
         native = _native.Model.load(str(paths[0]))
     else:

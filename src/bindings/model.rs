@@ -449,8 +449,23 @@ fn supported_architectures() -> Vec<&'static str> {
     all
 }
 
+/// Use the `cblas_sgemm` of the shared library at `path` for the models' matrix products
+/// (once per process). Returns the library in use.
+#[pyfunction]
+fn use_blas(path: &str) -> PyResult<String> {
+    crate::model::blas::load(path).py_err()
+}
+
+/// The BLAS library the matrix products use, or None for the built-in `gemm` kernels.
+#[pyfunction]
+fn blas_library() -> Option<String> {
+    crate::model::blas::active()
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Model>()?;
+    m.add_function(wrap_pyfunction!(use_blas, m)?)?;
+    m.add_function(wrap_pyfunction!(blas_library, m)?)?;
     m.add_function(wrap_pyfunction!(supported_architectures, m)?)?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use candle_core::{Device, Tensor, D};
 
-use super::fused;
+use super::{blas, fused};
 use crate::error::Result;
 use crate::hooks::{HookContext, HookKind, HookPoint};
 
@@ -12,14 +12,35 @@ use crate::hooks::{HookContext, HookKind, HookPoint};
 /// ties at 256.
 const SMALL_BATCH_ROWS: usize = 192;
 
+/// `x [rows, k] @ w^T` through the BLAS loaded at run time (see `blas.rs`), for contiguous
+/// f32 CPU tensors; `None` when there is no BLAS or the tensors do not qualify.
+fn blas_matmul(x: &Tensor, w: &Tensor) -> Option<Vec<f32>> {
+    if !blas::is_loaded() {
+        return None;
+    }
+    let (rows, k) = x.dims2().ok()?;
+    let (n, k_w) = w.dims2().ok()?;
+    if k != k_w {
+        return None;
+    }
+    fused::with_f32(x, |xs| {
+        fused::with_f32(w, |ws| blas::sgemm_xwt(xs, ws, rows, n, k))
+    })
+    .flatten()
+    .flatten()
+}
+
 /// `x [..., in] @ w^T (+ b)` for a weight `w [out, in]`.
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let rows: usize = dims[..dims.len() - 1].iter().product();
     let x2 = x.reshape((rows, dims[dims.len() - 1]))?;
+    let n = w.dim(0)?;
     // With few rows, gemm's cost is packing the whole weight matrix; multiplying the other
     // way round (W x^T) streams the weights once instead.
-    let out = if rows <= SMALL_BATCH_ROWS {
+    let out = if let Some(data) = blas_matmul(&x2, w) {
+        Tensor::from_vec(data, (rows, n), &Device::Cpu)?
+    } else if rows <= SMALL_BATCH_ROWS {
         w.matmul(&x2.t()?)?.t()?.contiguous()?
     } else {
         x2.matmul(&w.t()?)?
@@ -41,6 +62,9 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
 pub fn linear_owned(x: &Tensor, w: &Tensor) -> Result<Vec<f32>> {
     let k = x.dim(D::Minus1)?;
     let rows = x.elem_count() / k.max(1);
+    if let Some(out) = blas_matmul(&x.reshape((rows, k))?, w) {
+        return Ok(out);
+    }
     let (n, k_w) = w.dims2()?;
     let direct = (k == k_w)
         .then(|| {

@@ -1,6 +1,7 @@
 //! Language models: loading, tokenization, batched runs with hooks, and generation.
 
 mod ablation;
+pub mod blas;
 pub mod config;
 pub mod decoder;
 pub mod encoder;

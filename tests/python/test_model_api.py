@@ -269,3 +269,25 @@ def test_unsupported_architecture(tmp_path):
     path.write_bytes(header)
     with pytest.raises(errors.UnsupportedArchitectureError, match="'mamba'.*llama"):
         ms.load_model(path)
+
+
+def test_matrix_products_use_numpy_openblas_and_agree_with_gemm(model, tmp_path):
+    """load_model hands the core numpy's bundled OpenBLAS; the built-in gemm kernels
+    (MINDSCOPE_BLAS=0, in a fresh process) must give the same logits."""
+    import os
+    import subprocess
+    import sys
+
+    expected = ms.backend.numpy_blas_path() if os.environ.get("MINDSCOPE_BLAS", "") == "" else None
+    if expected is not None:
+        assert ms.backend.blas_library() == expected
+    prompt = "The capital of France is"
+    with_blas = model.run(prompt, return_logits="last")[0]
+    script = ("import sys, numpy as np, mindscope as ms; m = ms.load_model('smollm2-135m');"
+              "assert ms.backend.blas_library() is None;"
+              f"np.save(sys.argv[1], m.run({prompt!r}, return_logits='last')[0])")
+    out = tmp_path / "gemm_logits.npy"
+    subprocess.run([sys.executable, "-c", script, str(out)], check=True, env=dict(os.environ, MINDSCOPE_BLAS="0"))
+    np.testing.assert_allclose(np.load(out), with_blas, atol=1e-3)
+    with pytest.raises(errors.InvalidArgumentError):
+        ms.backend.use_blas("/nonexistent/libopenblas.so")
