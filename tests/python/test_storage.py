@@ -171,8 +171,9 @@ def test_parquet_dump_round_trip_and_readers(model, tmp_path):
     d = model.dump(TEXTS, tmp_path / "p", names=HOOKS, dtype="float32", part_size=10, quiet=True, format="parquet")
     assert [f.suffix for f in d.part_files()] == [".parquet"] * 3 and d.metadata["file_format"] == "parquet"
     for h in HOOKS:
-        # Parts of 10 run in other batches (other padding) than the reference: f32 rounding only.
-        np.testing.assert_allclose(d[h], ref[h], rtol=0, atol=1e-4)
+        # Parts of 10 run in other batches (other padding, other matmul blocking) than the
+        # reference: f32 rounding only, a few ulps of the residual's massive activations (~160).
+        np.testing.assert_allclose(d[h], ref[h], rtol=2e-6, atol=1e-4)
     np.testing.assert_array_equal(d.prompt_id, np.arange(len(TEXTS)))
     assert list(d["token_text"][:1]) == model.to_str_tokens(ref.tokens[0])[-1:]
     # Every reader sees the same numbers, DuckDB straight from the files.
