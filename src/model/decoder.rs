@@ -50,30 +50,6 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// The first `len` cached positions, repeated for a batch of `batch` sequences that share
-    /// them (e.g. ablated variants of one prompt that agree up to `len`).
-    pub fn shared_prefix(&self, len: usize, batch: usize) -> Result<KvCache> {
-        if len > self.len {
-            return Err(MsError::invalid(format!(
-                "a prefix of {len} positions is longer than the {} cached",
-                self.len
-            )));
-        }
-        let repeat = |t: &Tensor| -> Result<Tensor> {
-            let t = t.narrow(2, 0, len)?;
-            Ok(Tensor::cat(&vec![&t; batch], 0)?)
-        };
-        let layers = self
-            .layers
-            .iter()
-            .map(|slot| match slot {
-                Some((k, v)) if len > 0 => Ok(Some((repeat(k)?, repeat(v)?))),
-                _ => Ok(None),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(KvCache { layers, len })
-    }
-
     pub fn len(&self) -> usize {
         self.len
     }

@@ -36,11 +36,11 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let rows: usize = dims[..dims.len() - 1].iter().product();
     let x2 = x.reshape((rows, dims[dims.len() - 1]))?;
     let n = w.dim(0)?;
-    // With few rows, gemm's cost is packing the whole weight matrix; multiplying the other
-    // way round (W x^T) streams the weights once instead.
     let out = if let Some(data) = blas_matmul(&x2, w) {
         Tensor::from_vec(data, (rows, n), &Device::Cpu)?
     } else if rows <= SMALL_BATCH_ROWS {
+        // With few rows, gemm's cost is packing the whole weight matrix; multiplying the
+        // other way round (W x^T) streams the weights once instead.
         w.matmul(&x2.t()?)?.t()?.contiguous()?
     } else {
         x2.matmul(&w.t()?)?
