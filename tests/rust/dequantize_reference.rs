@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use candle_core::Tensor;
 use mindscope::model::gguf::GgufFile;
 
+mod common;
+
 fn shared() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/smollm2")
+    common::shared_dir().join("reference/smollm2")
 }
 
 fn smollm2_gguf() -> PathBuf {

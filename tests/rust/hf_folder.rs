@@ -11,6 +11,8 @@ use mindscope::hooks::{CaptureSpec, LogitsMode, Positions};
 use mindscope::model::gguf::GgufFile;
 use mindscope::model::LanguageModel;
 
+mod common;
+
 fn python_path(expr: &str) -> Vec<PathBuf> {
     let out = std::process::Command::new("python3")
         .args([
@@ -153,11 +155,10 @@ fn llama_hf_folder_matches_the_gguf() {
 
 #[test]
 fn gemma3_hf_folder_matches_the_gguf() {
+    let meta_path = common::shared_dir().join("reference/gemma3/meta.json");
     let meta: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/gemma3/meta.json"),
-        )
-        .expect("../shared/reference/gemma3/meta.json"),
+        &std::fs::read_to_string(&meta_path)
+            .unwrap_or_else(|e| panic!("{}: {e}", meta_path.display())),
     )
     .unwrap();
     // transformers' own config of this model (layer types, RoPE bases, query scale).
