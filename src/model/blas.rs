@@ -147,26 +147,50 @@ pub fn is_loaded() -> bool {
 }
 
 /// `x [m, k] @ w^T` for row-major `x` and `w [n, k]`, as a fresh row-major `[m, n]` `Vec`, if
-/// a BLAS is loaded and the sizes fit its integers.
-///
+/// a BLAS is loaded and takes the product (see [`sgemm_xwt_into`]).
+pub fn sgemm_xwt(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Option<Vec<f32>> {
+    let mut out = Vec::<f32>::with_capacity(m * n);
+    // SAFETY: `out` has room for [m, n]; on success every element was written (beta = 0
+    // writes C without reading it; OpenBLAS zero-fills in its beta step).
+    unsafe {
+        if !sgemm_xwt_ptr(x, w, m, n, k, out.as_mut_ptr()) {
+            return None;
+        }
+        out.set_len(m * n);
+    }
+    Some(out)
+}
+
+/// `out [m, n] = x [m, k] @ w^T` for row-major `x` and `w [n, k]`; false (nothing written)
+/// if no BLAS is loaded, the product is too small for it (see below) or the sizes do not fit
+/// its integers.
+pub fn sgemm_xwt_into(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, out: &mut [f32]) -> bool {
+    // SAFETY: `out` is an exclusive [m, n] block.
+    out.len() == m * n && unsafe { sgemm_xwt_ptr(x, w, m, n, k, out.as_mut_ptr()) }
+}
+
 /// With OpenBLAS, the rows are split across the rayon pool and each worker multiplies its
 /// block single-threaded: OpenBLAS's own worker threads spin after every call (12 % of a
 /// forward's samples in `blas_thread_server`), stealing the cores from the rayon kernels
 /// that run between the matrix products; split this way, capture went from 452-481 to
-/// 513-569 tokens/s (32 x 64). Products of fewer rows than 16 per worker return `None`
+/// 513-569 tokens/s (32 x 64). Products of fewer rows than 16 per worker return false
 /// (the caller's gemm path): one-token steps of generation stream the weights, where gemm's
 /// weights-first product on every core is the faster choice.
-pub fn sgemm_xwt(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Option<Vec<f32>> {
-    let blas = BLAS.get()?;
+///
+/// # Safety
+/// `out` must point to room for `[m, n]` floats that nothing else accesses during the call.
+unsafe fn sgemm_xwt_ptr(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, out: *mut f32) -> bool {
+    let Some(blas) = BLAS.get() else {
+        return false;
+    };
     if x.len() != m * k || w.len() != n * k || m == 0 || n == 0 || k == 0 {
-        return None;
+        return false;
     }
-    let mut out = Vec::<f32>::with_capacity(m * n);
-    let c = SendPtr(out.as_mut_ptr());
+    let c = SendPtr(out);
     let threads = rayon::current_num_threads();
-    let ok = match blas.set_threads_local {
+    match blas.set_threads_local {
         // Few rows (token-by-token generation): the gemm path's weights-first product wins.
-        Some(_) if m < MIN_ROWS_PER_THREAD * threads => return None,
+        Some(_) if m < MIN_ROWS_PER_THREAD * threads => false,
         // Always inside the rayon pool, even with one block, so that RAYON_NUM_THREADS holds.
         Some(set_local) => {
             // Split the longer side: rows of x for the block's projections, output columns
@@ -190,7 +214,7 @@ pub fn sgemm_xwt(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Option<V
                         }
                     });
                     // SAFETY: each task writes a disjoint block (rows a..b, or columns a..b
-                    // with the full row stride n) of `out`'s [m, n] capacity.
+                    // with the full row stride n) of the caller's [m, n] block.
                     unsafe {
                         if by_rows {
                             let xs = &x[a * k..b * k];
@@ -204,14 +228,7 @@ pub fn sgemm_xwt(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Option<V
                 .all(|ok| ok)
         }
         _ => unsafe { sgemm_raw(blas, x, w, c.at(0), m, n, k, n) },
-    };
-    if !ok {
-        return None;
     }
-    // SAFETY: every element of [m, n] was written (beta = 0 writes C without reading it;
-    // OpenBLAS zero-fills in its beta step).
-    unsafe { out.set_len(m * n) };
-    Some(out)
 }
 
 /// Rows per rayon worker below which `linear` keeps the gemm path.

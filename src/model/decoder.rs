@@ -13,7 +13,7 @@ use candle_core::{Device, Tensor};
 
 use super::config::{Family, ModelConfig};
 use super::layers::{
-    attend, causal_mask, linear, linear_owned, rms_norm, rope_tables, rope_to_heads,
+    attend, causal_mask, linear, linear_into, rms_norm, rope_tables, rope_to_heads,
 };
 use super::weights::{present, ShapedReader, TensorSource};
 use crate::error::{MsError, Result};
@@ -393,6 +393,26 @@ impl Decoder {
         self.logits(&x, lengths, ctx, logits)
     }
 
+    /// All blocks, then the logits at every position `[batch, pos, vocab]` written into `out`
+    /// (a slice of a larger batch's buffer, so that chunks need no copy into it).
+    pub fn forward_logits_into(
+        &self,
+        ids: &Tensor,
+        ctx: &mut HookContext,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let x = self.run_blocks(self.embed_ids(ids)?, ctx, self.cfg.n_layers, None)?;
+        self.all_logits_into(&x, ctx, out)
+    }
+
+    /// The final norm (with its `ln_final.hook_normalized` hook) and the LM head at every
+    /// position of `x [batch, pos, d_model]`, into `out` (`[batch, pos, vocab]` floats).
+    fn all_logits_into(&self, x: &Tensor, ctx: &mut HookContext, out: &mut [f32]) -> Result<()> {
+        let normed = self.norm(x, &self.final_norm)?;
+        let normed = ctx.visit(HookPoint::global(HookKind::LnFinal), normed)?;
+        linear_into(&normed, &self.lm_head, out)
+    }
+
     /// Blocks `0..n_blocks` on input embeddings `x [batch, pos, d_model]` (the `hook_embed`
     /// site), returning the residual stream after the last block run. With a KV cache, `x`
     /// holds new positions appended after the cached ones.
@@ -476,16 +496,18 @@ impl Decoder {
                 t.flatten_all()?.to_vec1()?,
             ))
         };
-        if ctx.wants(ln_final) || logits == LogitsMode::All {
+        if logits == LogitsMode::All {
+            let (b, t, _) = x.dims3()?;
+            // Zeroed by calloc as fresh pages: no pass over the buffer before the matmul's.
+            let mut data = vec![0f32; b * t * vocab];
+            self.all_logits_into(x, ctx, &mut data)?;
+            return Ok(Some(CapturedArray::new(vec![b, t, vocab], data)));
+        }
+        if ctx.wants(ln_final) {
             let normed = self.norm(x, &self.final_norm)?;
             let normed = ctx.visit(ln_final, normed)?;
             return match logits {
-                LogitsMode::None => Ok(None),
-                LogitsMode::All => {
-                    let (b, t, _) = normed.dims3()?;
-                    let data = linear_owned(&normed, &self.lm_head)?;
-                    Ok(Some(CapturedArray::new(vec![b, t, vocab], data)))
-                }
+                LogitsMode::None | LogitsMode::All => Ok(None),
                 LogitsMode::Last => {
                     let last = last_rows(&normed, lengths)?;
                     Ok(Some(owned(linear(&last, &self.lm_head, None)?)?))

@@ -2,6 +2,8 @@
 //! into the caller's order.
 
 use candle_core::{Device, Tensor};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use super::encoder::mean_pool_normalized;
 use super::{Backbone, LanguageModel};
@@ -100,12 +102,30 @@ impl LanguageModel {
             order.sort_by_key(|&i| lengths[i]);
         }
         let n_blocks = self.blocks_needed(spec);
-        let batch_size = batch_size.max(1);
         let pad = self.tokenizer.pad_id.or(self.tokenizer.eos_id).unwrap_or(0);
-
-        let mut chunk_caches = Vec::new();
-        let mut chunk_logits = Vec::new();
-        for rows in order.chunks(batch_size) {
+        let chunking = Chunking::new(batch_size, n, interventions);
+        let chunks: Vec<&[usize]> = order.chunks(chunking.size).collect();
+        // Logits at every position go straight into one buffer, each chunk into its own rows
+        // (full width, so `order` is the identity and a chunk's rows are contiguous).
+        let vocab = self.config().vocab_size;
+        let logits_in_place = spec.logits == LogitsMode::All
+            && n_blocks == self.config().n_layers
+            && matches!(self.backbone, Backbone::Decoder(_));
+        let mut all_logits = if logits_in_place {
+            vec![0f32; n * t_max * vocab] // calloc'd fresh pages: written once, by the matmul
+        } else {
+            Vec::new()
+        };
+        let mut outs: Vec<Option<&mut [f32]>> = if logits_in_place {
+            all_logits
+                .chunks_mut(chunking.size * t_max * vocab)
+                .map(Some)
+                .collect()
+        } else {
+            chunks.iter().map(|_| None).collect()
+        };
+        let items: Vec<_> = chunks.into_iter().zip(outs.drain(..)).collect();
+        let run_chunk = |(rows, out): (&[usize], Option<&mut [f32]>)| -> Result<(Option<CapturedArray>, ActivationCache)> {
             let chunk_lengths: Vec<usize> = rows.iter().map(|&r| lengths[r]).collect();
             let width = if full_width {
                 t_max
@@ -128,21 +148,31 @@ impl LanguageModel {
                 .collect::<Result<Vec<_>>>()?;
             let mut ctx =
                 HookContext::new(self.hooks(), Some(&chunk_spec), &chunk_ivs, &chunk_lengths)?;
-            let logits = match &self.backbone {
-                Backbone::Decoder(d) => {
+            let logits = match (&self.backbone, out) {
+                (Backbone::Decoder(d), Some(out)) => {
+                    d.forward_logits_into(&ids, &mut ctx, out)?;
+                    None
+                }
+                (Backbone::Decoder(d), None) => {
                     d.forward(&ids, &chunk_lengths, &mut ctx, n_blocks, spec.logits, None)?
                 }
-                Backbone::Encoder(e) => {
+                (Backbone::Encoder(e), _) => {
                     e.forward(&ids, &chunk_lengths, &mut ctx, n_blocks)?;
                     None
                 }
             };
-            if let Some(l) = logits {
-                chunk_logits.push(l);
-            }
-            chunk_caches.push(ctx.cache);
+            Ok((logits, ctx.cache))
+        };
+        let outputs = chunking.map(items, run_chunk)?;
+        let mut chunk_caches = Vec::with_capacity(outputs.len());
+        let mut chunk_logits = Vec::new();
+        for (logits, cache) in outputs {
+            chunk_logits.extend(logits);
+            chunk_caches.push(cache);
         }
-        let logits = if chunk_logits.is_empty() {
+        let logits = if logits_in_place {
+            Some(CapturedArray::new(vec![n, t_max, vocab], all_logits))
+        } else if chunk_logits.is_empty() {
             None
         } else {
             Some(unsort(concat_batch(chunk_logits), &order))
@@ -243,6 +273,98 @@ impl LanguageModel {
         }
         need
     }
+}
+
+/// How a run's prompts are split into chunks, and whether chunks run concurrently.
+///
+/// With `threads` rayon workers, a batch of `batch_size` prompts runs as `threads` chunks at
+/// once, each on a core of its own with single-threaded kernels: one forward per core needs
+/// no hand-off between the cores at every operation. Measured on SmolLM2 (2 threads,
+/// 32 x 64 tokens): two single-threaded halves ran the capture 1.3x and the full forward 1.27x
+/// faster than one two-threaded batch. Peak memory stays that of `batch_size` prompts.
+/// Interventions whose result depends on the chunk (a mean over "this batch") or that call
+/// back into Python keep one chunk at a time, with the kernels parallel inside it.
+struct Chunking {
+    size: usize,
+    workers: usize,
+}
+
+impl Chunking {
+    fn new(batch_size: usize, n_prompts: usize, interventions: &[Intervention]) -> Self {
+        let batch_size = batch_size.max(1);
+        let threads = rayon::current_num_threads();
+        let chunk_local = interventions
+            .iter()
+            .all(|iv| !matches!(iv.action, Action::Mean(None) | Action::Custom(_)));
+        if threads < 2 || !chunk_local || n_prompts < 2 {
+            return Chunking {
+                size: batch_size,
+                workers: 1,
+            };
+        }
+        // A multiple of `threads` chunks, so that no core idles through a last, lone chunk.
+        let n_chunks = n_prompts.div_ceil(batch_size) * threads;
+        Chunking {
+            size: n_prompts.div_ceil(n_chunks).max(1),
+            workers: threads,
+        }
+    }
+
+    /// `f` on each chunk's work item, results in chunk order.
+    fn map<T: Send, R: Send>(
+        &self,
+        items: Vec<T>,
+        f: impl Fn(T) -> Result<R> + Sync,
+    ) -> Result<Vec<R>> {
+        if self.workers < 2 || items.len() < 2 {
+            return items.into_iter().map(f).collect();
+        }
+        let n_items = items.len();
+        // Handed out in order, one at a time, to whichever worker is free.
+        let queue = Mutex::new(items.into_iter().enumerate());
+        let pools = single_thread_pools(self.workers)?;
+        let done: Mutex<Vec<(usize, Result<R>)>> = Mutex::new(Vec::with_capacity(n_items));
+        let failed = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            for pool in pools.iter().take(n_items) {
+                scope.spawn(|| {
+                    pool.install(|| loop {
+                        if failed.load(Ordering::Relaxed) {
+                            break; // the first error is returned; skip the rest
+                        }
+                        let next = queue.lock().expect("no panics while held").next();
+                        let Some((i, item)) = next else { break };
+                        let out = f(item);
+                        failed.fetch_or(out.is_err(), Ordering::Relaxed);
+                        done.lock().expect("no panics while held").push((i, out));
+                    })
+                });
+            }
+        });
+        let mut done = done.into_inner().expect("no panics while held");
+        done.sort_by_key(|(i, _)| *i);
+        done.into_iter().map(|(_, r)| r).collect()
+    }
+}
+
+/// `n` rayon pools of one thread each, made once: inside one, the kernels' parallel loops
+/// run on that thread alone.
+fn single_thread_pools(n: usize) -> Result<&'static [rayon::ThreadPool]> {
+    static POOLS: OnceLock<Vec<rayon::ThreadPool>> = OnceLock::new();
+    if let Some(p) = POOLS.get() {
+        return Ok(&p[..n.min(p.len())]);
+    }
+    let pools = (0..n)
+        .map(|i| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .thread_name(move |_| format!("mindscope-chunk-{i}"))
+                .build()
+                .map_err(|e| MsError::invalid(format!("cannot start a worker thread: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let p = POOLS.get_or_init(|| pools);
+    Ok(&p[..n.min(p.len())])
 }
 
 fn concat_batch(mut parts: Vec<CapturedArray>) -> CapturedArray {
