@@ -9,6 +9,7 @@ mod fused;
 mod generate;
 pub mod gguf;
 pub mod layers;
+mod per_core;
 mod run;
 pub mod tokenizer;
 pub mod weights;

@@ -2,10 +2,9 @@
 //! into the caller's order.
 
 use candle_core::{Device, Tensor};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
 
 use super::encoder::mean_pool_normalized;
+use super::per_core;
 use super::{Backbone, LanguageModel};
 use crate::error::{MsError, Result};
 use crate::hooks::{
@@ -277,13 +276,10 @@ impl LanguageModel {
 
 /// How a run's prompts are split into chunks, and whether chunks run concurrently.
 ///
-/// With `threads` rayon workers, a batch of `batch_size` prompts runs as `threads` chunks at
-/// once, each on a core of its own with single-threaded kernels: one forward per core needs
-/// no hand-off between the cores at every operation. Measured on SmolLM2 (2 threads,
-/// 32 x 64 tokens): two single-threaded halves ran the capture 1.3x and the full forward 1.27x
-/// faster than one two-threaded batch. Peak memory stays that of `batch_size` prompts.
-/// Interventions whose result depends on the chunk (a mean over "this batch") or that call
-/// back into Python keep one chunk at a time, with the kernels parallel inside it.
+/// With several rayon workers, a batch of `batch_size` prompts runs as one chunk per core
+/// ([`per_core`]); peak memory stays that of `batch_size` prompts. Interventions whose result
+/// depends on the chunk (a mean over "this batch") or that call back into Python keep one
+/// chunk at a time, with the kernels parallel inside it.
 struct Chunking {
     size: usize,
     workers: usize,
@@ -292,7 +288,7 @@ struct Chunking {
 impl Chunking {
     fn new(batch_size: usize, n_prompts: usize, interventions: &[Intervention]) -> Self {
         let batch_size = batch_size.max(1);
-        let threads = rayon::current_num_threads();
+        let threads = per_core::workers();
         let chunk_local = interventions
             .iter()
             .all(|iv| !matches!(iv.action, Action::Mean(None) | Action::Custom(_)));
@@ -316,55 +312,8 @@ impl Chunking {
         items: Vec<T>,
         f: impl Fn(T) -> Result<R> + Sync,
     ) -> Result<Vec<R>> {
-        if self.workers < 2 || items.len() < 2 {
-            return items.into_iter().map(f).collect();
-        }
-        let n_items = items.len();
-        // Handed out in order, one at a time, to whichever worker is free.
-        let queue = Mutex::new(items.into_iter().enumerate());
-        let pools = single_thread_pools(self.workers)?;
-        let done: Mutex<Vec<(usize, Result<R>)>> = Mutex::new(Vec::with_capacity(n_items));
-        let failed = AtomicBool::new(false);
-        std::thread::scope(|scope| {
-            for pool in pools.iter().take(n_items) {
-                scope.spawn(|| {
-                    pool.install(|| loop {
-                        if failed.load(Ordering::Relaxed) {
-                            break; // the first error is returned; skip the rest
-                        }
-                        let next = queue.lock().expect("no panics while held").next();
-                        let Some((i, item)) = next else { break };
-                        let out = f(item);
-                        failed.fetch_or(out.is_err(), Ordering::Relaxed);
-                        done.lock().expect("no panics while held").push((i, out));
-                    })
-                });
-            }
-        });
-        let mut done = done.into_inner().expect("no panics while held");
-        done.sort_by_key(|(i, _)| *i);
-        done.into_iter().map(|(_, r)| r).collect()
+        per_core::map(items, self.workers, f)
     }
-}
-
-/// `n` rayon pools of one thread each, made once: inside one, the kernels' parallel loops
-/// run on that thread alone.
-fn single_thread_pools(n: usize) -> Result<&'static [rayon::ThreadPool]> {
-    static POOLS: OnceLock<Vec<rayon::ThreadPool>> = OnceLock::new();
-    if let Some(p) = POOLS.get() {
-        return Ok(&p[..n.min(p.len())]);
-    }
-    let pools = (0..n)
-        .map(|i| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(1)
-                .thread_name(move |_| format!("mindscope-chunk-{i}"))
-                .build()
-                .map_err(|e| MsError::invalid(format!("cannot start a worker thread: {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let p = POOLS.get_or_init(|| pools);
-    Ok(&p[..n.min(p.len())])
 }
 
 fn concat_batch(mut parts: Vec<CapturedArray>) -> CapturedArray {
