@@ -135,7 +135,9 @@ class HookedModel:
                 ``False``, ``"last"`` ``[batch, vocab]`` or ``"all"`` ``[batch, pos, vocab]``.
                 Without logits, layers after the last captured one are not computed.
             interventions: ``(name, action)`` pairs or :class:`Intervention` objects.
-            batch_size: prompts per forward pass.
+            batch_size: prompts in memory at once (bounds peak memory). With several threads
+                (``RAYON_NUM_THREADS``) they run as one chunk per core, each core a forward of
+                its own; interventions with a callable or a batch mean run one batch at a time.
 
         Returns:
             ``(logits or None, cache)``; ``cache[name]`` is a float32 numpy array.

@@ -75,6 +75,28 @@ def test_batching_and_order_do_not_change_results(model):
     np.testing.assert_allclose(one["blocks.7.hook_resid_post"], many["blocks.7.hook_resid_post"], atol=2e-4, rtol=1e-4)
 
 
+def test_chunks_on_several_cores_equal_one_core(model, tmp_path):
+    """With several threads a batch runs as one chunk per core (logits written in place into
+    one buffer); a single-threaded process runs it as one chunk. Same numbers either way."""
+    import os
+    import subprocess
+    import sys
+
+    prompts = ["a", "The quick brown fox jumps over", "Paris is in", "1 2 3 4 5 6 7 8 9", "Hello"]
+    script = ("import sys, numpy as np, mindscope as ms; m = ms.load_model('smollm2-135m');"
+              f"l, c = m.run_with_cache({prompts!r}, names='blocks.*.hook_resid_post', positions='last',"
+              " return_logits='all', batch_size=4);"
+              "np.savez(sys.argv[1], logits=l, resid=c.stack('hook_resid_post'))")
+    out = tmp_path / "one_core.npz"
+    subprocess.run([sys.executable, "-c", script, str(out)], check=True, env=dict(os.environ, RAYON_NUM_THREADS="1"))
+    one = np.load(out)
+    logits, cache = model.run_with_cache(prompts, names="blocks.*.hook_resid_post", positions="last",
+                                         return_logits="all", batch_size=4)
+    assert logits.shape == one["logits"].shape
+    np.testing.assert_allclose(logits, one["logits"], atol=1e-3)
+    np.testing.assert_allclose(cache.stack("hook_resid_post"), one["resid"], atol=2e-4, rtol=1e-4)
+
+
 def test_stop_at_layer_and_no_logits(model):
     logits, cache = model.run_with_cache(PROMPTS, names="blocks.2.hook_resid_post", positions="last", stop_at_layer=3)
     assert logits is None
