@@ -104,8 +104,8 @@ class Model:
         log-probs summed over its tokens. ``kind``: ``"delete"``, ``"replace"`` (each token by
         ``replace_id``), ``"zero"`` or ``"mean"`` (input embedding). Spans are token ranges
         ``[start, end)``. Variants run packed, at most ``batch_size`` variants and about
-        ``rows_per_batch`` recomputed positions in memory at once (split into one pack per
-        core); ``naive`` runs one full forward per variant instead (the reference)."""
+        ``rows_per_batch`` recomputed positions per packed run (when several runs are needed,
+        one runs per core); ``naive`` runs one full forward per variant instead (the reference)."""
 
 def use_blas(path: str) -> str:
     """Multiply with ``cblas_sgemm`` from the shared library at ``path`` (once per process);

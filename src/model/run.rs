@@ -115,7 +115,7 @@ impl LanguageModel {
         } else {
             Vec::new()
         };
-        let mut outs: Vec<Option<&mut [f32]>> = if logits_in_place {
+        let outs: Vec<Option<&mut [f32]>> = if logits_in_place {
             all_logits
                 .chunks_mut(chunking.size * t_max * vocab)
                 .map(Some)
@@ -123,8 +123,8 @@ impl LanguageModel {
         } else {
             chunks.iter().map(|_| None).collect()
         };
-        let items: Vec<_> = chunks.into_iter().zip(outs.drain(..)).collect();
-        let run_chunk = |(rows, out): (&[usize], Option<&mut [f32]>)| -> Result<(Option<CapturedArray>, ActivationCache)> {
+        let items: Vec<_> = chunks.into_iter().zip(outs).collect();
+        let run_chunk = |(rows, out): (&[usize], Option<&mut [f32]>)| -> Result<ChunkOutput> {
             let chunk_lengths: Vec<usize> = rows.iter().map(|&r| lengths[r]).collect();
             let width = if full_width {
                 t_max
@@ -162,7 +162,7 @@ impl LanguageModel {
             };
             Ok((logits, ctx.cache))
         };
-        let outputs = chunking.map(items, run_chunk)?;
+        let outputs = per_core::map(items, chunking.workers, run_chunk)?;
         let mut chunk_caches = Vec::with_capacity(outputs.len());
         let mut chunk_logits = Vec::new();
         for (logits, cache) in outputs {
@@ -274,6 +274,9 @@ impl LanguageModel {
     }
 }
 
+/// What one chunk of a run returns: its logits unless written in place, and its captures.
+type ChunkOutput = (Option<CapturedArray>, ActivationCache);
+
 /// How a run's prompts are split into chunks, and whether chunks run concurrently.
 ///
 /// With several rayon workers, a batch of `batch_size` prompts runs as one chunk per core
@@ -304,15 +307,6 @@ impl Chunking {
             size: n_prompts.div_ceil(n_chunks).max(1),
             workers: threads,
         }
-    }
-
-    /// `f` on each chunk's work item, results in chunk order.
-    fn map<T: Send, R: Send>(
-        &self,
-        items: Vec<T>,
-        f: impl Fn(T) -> Result<R> + Sync,
-    ) -> Result<Vec<R>> {
-        per_core::map(items, self.workers, f)
     }
 }
 
