@@ -313,3 +313,27 @@ def test_matrix_products_use_numpy_openblas_and_agree_with_gemm(model, tmp_path)
     np.testing.assert_allclose(np.load(out), with_blas, atol=1e-3)
     with pytest.raises(errors.InvalidArgumentError):
         ms.backend.use_blas("/nonexistent/libopenblas.so")
+
+
+def test_mkl_choice_loads_mkl_or_names_the_missing_package(model, tmp_path):
+    """MINDSCOPE_BLAS=mkl loads libmkl_rt from the `mkl` package: with it installed the logits
+    agree with the default kernels; without it (as in CI) load_model says what to install
+    instead of silently multiplying with something else."""
+    import os
+    import subprocess
+    import sys
+
+    prompt = "The capital of France is"
+    script = ("import sys, numpy as np, mindscope as ms; m = ms.load_model('smollm2-135m');"
+              "print(ms.backend.blas_library());"
+              f"np.save(sys.argv[1], m.run({prompt!r}, return_logits='last')[0])")
+    out = tmp_path / "mkl_logits.npy"
+    res = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True,
+                         env=dict(os.environ, MINDSCOPE_BLAS="mkl"))
+    if ms.backend.mkl_path() is None:
+        assert res.returncode != 0
+        assert "InvalidArgumentError" in res.stderr and "pip install mkl" in res.stderr
+    else:
+        assert res.returncode == 0, res.stderr
+        assert "libmkl_rt" in res.stdout
+        np.testing.assert_allclose(np.load(out), model.run(prompt, return_logits="last")[0], atol=1e-3)
