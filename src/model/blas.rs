@@ -9,8 +9,9 @@
 //! run time. Without it (Rust tests, another numpy build) `linear` stays on `gemm`.
 //!
 //! Any library exporting `cblas_sgemm` can be chosen instead (`MINDSCOPE_BLAS=/path`); MKL's
-//! `libmkl_rt` (PyPI package `mkl`) runs this model 5-10 % faster than OpenBLAS on an Intel
-//! Xeon (measured alternately, SmolLM2 32 x 64 capture and forward). Libraries with a
+//! `libmkl_rt` (PyPI package `mkl`), measured alternately with OpenBLAS on an Intel Xeon
+//! (SmolLM2): capture of 32 x 64 tokens 6-12 % faster, the full forward within ±6 %, one
+//! 64-token prompt 0.12 s instead of 0.15 s. Libraries with a
 //! per-thread thread count (OpenBLAS, MKL) get the row split below; others are called once.
 
 use std::ffi::{c_void, CString};

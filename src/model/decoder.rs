@@ -507,6 +507,7 @@ impl Decoder {
             let normed = self.norm(x, &self.final_norm)?;
             let normed = ctx.visit(ln_final, normed)?;
             return match logits {
+                // (All was returned above.)
                 LogitsMode::None | LogitsMode::All => Ok(None),
                 LogitsMode::Last => {
                     let last = last_rows(&normed, lengths)?;
