@@ -43,6 +43,7 @@ JOB = textwrap.dedent(
         import mindscope as ms
         model = ms.load_model(name)
         out["load_s"] = time.perf_counter() - t0
+        out["blas"] = os.path.basename(ms.backend.blas_library() or "candle gemm")
         def forward():
             if encoder:
                 model.embed(ids, batch_size=batch)
@@ -148,7 +149,8 @@ def main() -> None:
         results: dict[tuple[str, str], dict[str, float]] = {}
         for job, impl in pairs:
             hf = impl == "transformers"
-            med = {k: statistics.median(r[k] for r in runs[(job, impl)]) for k in runs[(job, impl)][0]}
+            med = {k: statistics.median(r[k] for r in runs[(job, impl)])
+                   for k in runs[(job, impl)][0] if k != "blas"}
             results[(job, impl)] = med
             tps = tokens / med["run_s"]
             gflops = "-"
@@ -159,6 +161,7 @@ def main() -> None:
                 gflops = f"{flop * tps / 1e9:.1f}"
             print(f"{model:13s} {job:11s} {impl:13s} {med['load_s']:7.2f} {tps:8.0f} {gflops:>8s} "
                   f"{med['peak_rss_mib']:9.0f}", flush=True)
+        print(f"  {model}: mindscope multiplied with {runs[('forward', 'mindscope')][0]['blas']}")
         if "transformers" in impls:
             for job, hf_job in (("forward", "forward"), ("capture", "capture"), ("capture", "capture_all")):
                 a, b = results[(job, "mindscope")], results[(hf_job, "transformers")]

@@ -1,12 +1,15 @@
 """Which matrix-multiply kernels the Rust core uses.
 
-The core multiplies with candle's built-in ``gemm`` kernels unless it is given a BLAS. numpy's
-Linux and macOS wheels ship OpenBLAS (``scipy-openblas``), which ran this project's linear
-shapes 10-25 % faster than ``gemm`` on a 2-core AMD EPYC; ``load_model`` therefore hands the
-core numpy's copy the first time it runs. Set ``MINDSCOPE_BLAS=0`` to keep ``gemm``,
-``MINDSCOPE_BLAS=mkl`` for Intel MKL from the PyPI package ``mkl`` (on an Intel Xeon: batched
-captures 6-12 % faster than OpenBLAS, single prompts 20 %), or ``MINDSCOPE_BLAS=/path/to/libopenblas.so`` for another library exporting
-``cblas_sgemm``.
+The core multiplies with candle's built-in ``gemm`` kernels unless it is given a BLAS. The
+first ``load_model`` hands it one, chosen by ``MINDSCOPE_BLAS``:
+
+- unset: Intel MKL if the PyPI package ``mkl`` is installed (``pip install "mindscope[mkl]"``;
+  on a 2-core Intel Xeon, batched captures 7-12 % faster than OpenBLAS, single prompts 20 %),
+  otherwise the OpenBLAS that numpy's Linux and macOS wheels ship (``scipy-openblas``, which
+  ran this project's linear shapes 10-25 % faster than ``gemm`` on a 2-core AMD EPYC);
+- ``openblas``: numpy's OpenBLAS even when MKL is installed; ``mkl``: MKL or an error saying
+  what to install; ``0`` (or ``off``, ``gemm``): candle's ``gemm``;
+- a path: any library exporting ``cblas_sgemm``.
 """
 
 from __future__ import annotations
@@ -54,20 +57,36 @@ def blas_library() -> str | None:
 
 
 def enable_default_blas() -> None:
-    """Pick the BLAS per ``MINDSCOPE_BLAS`` (unset: numpy's own); quietly keep ``gemm`` when
-    numpy has none. Called by ``load_model``."""
+    """Pick the BLAS per ``MINDSCOPE_BLAS`` (see the module docstring); quietly keep ``gemm``
+    when neither MKL nor numpy's OpenBLAS is there. Called by ``load_model``."""
     if blas_library() is not None:
         return
     choice = os.environ.get("MINDSCOPE_BLAS", "").strip()
-    if choice.lower() in ("0", "off", "false", "no", "gemm"):
+    key = choice.lower()
+    if key in ("0", "off", "false", "no", "gemm"):
         return
-    if choice.lower() == "mkl":
+    if key == "mkl":
         path = mkl_path()
         if path is None:
             raise InvalidArgumentError(
                 "MINDSCOPE_BLAS=mkl, but MKL is not installed in this environment "
                 f"(no libmkl_rt in {os.path.join(sys.prefix, 'lib')}): pip install mkl")
+    elif key == "openblas":
+        path = numpy_blas_path()
+        if path is None:
+            raise InvalidArgumentError(
+                "MINDSCOPE_BLAS=openblas, but the installed numpy bundles no OpenBLAS; "
+                "allowed: unset, mkl, openblas, 0, or the path of a library with cblas_sgemm")
+    elif key == "":
+        path = mkl_path() or numpy_blas_path()
     else:
-        path = choice or numpy_blas_path()
+        try:
+            use_blas(choice)
+        except InvalidArgumentError as e:
+            raise InvalidArgumentError(
+                f"MINDSCOPE_BLAS={choice!r}: {e}; allowed: unset (MKL if installed, else "
+                "numpy's OpenBLAS), mkl, openblas, 0 (candle's gemm), or the path of a library "
+                "exporting cblas_sgemm") from None
+        return
     if path:
         use_blas(path)

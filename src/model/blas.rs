@@ -8,11 +8,12 @@
 //! the Python layer hands us the path of numpy's copy and we resolve `cblas_sgemm` in it at
 //! run time. Without it (Rust tests, another numpy build) `linear` stays on `gemm`.
 //!
-//! Any library exporting `cblas_sgemm` can be chosen instead (`MINDSCOPE_BLAS=/path`); MKL's
-//! `libmkl_rt` (PyPI package `mkl`), measured alternately with OpenBLAS on an Intel Xeon
-//! (SmolLM2): capture of 32 x 64 tokens 6-12 % faster, the full forward within ±6 %, one
-//! 64-token prompt 0.12 s instead of 0.15 s. Libraries with a
-//! per-thread thread count (OpenBLAS, MKL) get the row split below; others are called once.
+//! Any library exporting `cblas_sgemm` can be loaded instead; the Python layer prefers MKL's
+//! `libmkl_rt` when the PyPI package `mkl` is installed (measured alternately with OpenBLAS on
+//! a 2-core Intel Xeon, SmolLM2: capture of 32 x 64 tokens 7-16 % faster, one 64-token prompt
+//! 0.12 s instead of 0.15 s; it runs in its sequential layer, see [`use_sequential_mkl`]).
+//! Libraries with a per-thread thread count (OpenBLAS, MKL) get the row split below; others
+//! are called once.
 
 use std::ffi::{c_void, CString};
 use std::sync::OnceLock;
@@ -60,9 +61,9 @@ type SgemmLp64 = unsafe extern "C" fn(
     *mut f32,
     i32,
 );
-/// `int f(int)`: the number of threads this thread's calls may use (OpenBLAS's
-/// `openblas_set_num_threads_local`, MKL's `MKL_Set_Num_Threads_Local`).
-type SetThreadsLocal = unsafe extern "C" fn(i32) -> i32;
+/// `int f(int)`: the setters used here, e.g. the number of threads this thread's calls may
+/// use (OpenBLAS's `openblas_set_num_threads_local`, MKL's `MKL_Set_Num_Threads_Local`).
+type IntSetter = unsafe extern "C" fn(i32) -> i32;
 
 /// Per-thread thread-count setters tried, in order.
 const THREADS_LOCAL_SYMBOLS: [&str; 2] = [
@@ -80,7 +81,7 @@ enum Sgemm {
 struct Blas {
     path: String,
     sgemm: Sgemm,
-    set_threads_local: Option<SetThreadsLocal>,
+    set_threads_local: Option<IntSetter>,
 }
 
 static BLAS: OnceLock<Blas> = OnceLock::new();
@@ -117,6 +118,7 @@ pub fn load(path: &str) -> Result<String> {
             "cannot load a BLAS library from {path}"
         )));
     }
+    use_sequential_mkl(handle);
     for (name, ilp64) in SYMBOLS {
         let c_name = CString::new(name).expect("static symbol name");
         let sym: *mut c_void = unsafe { libc::dlsym(handle, c_name.as_ptr()) };
@@ -135,8 +137,7 @@ pub fn load(path: &str) -> Result<String> {
             let c_name = CString::new(*name).expect("static symbol name");
             let sym: *mut c_void = unsafe { libc::dlsym(handle, c_name.as_ptr()) };
             // SAFETY: both symbols are `int f(int)`.
-            (!sym.is_null())
-                .then(|| unsafe { std::mem::transmute::<*mut c_void, SetThreadsLocal>(sym) })
+            (!sym.is_null()).then(|| unsafe { std::mem::transmute::<*mut c_void, IntSetter>(sym) })
         });
         let blas = BLAS.get_or_init(|| Blas {
             path: path.to_string(),
@@ -149,6 +150,26 @@ pub fn load(path: &str) -> Result<String> {
         "{path} has no cblas_sgemm (looked for {})",
         SYMBOLS.map(|s| s.0).join(", ")
     )))
+}
+
+/// MKL's `MKL_THREADING_SEQUENTIAL`.
+const MKL_THREADING_SEQUENTIAL: i32 = 1;
+
+/// If the library is MKL's `libmkl_rt`, select its sequential layer before the first call:
+/// every product runs single-threaded on a rayon worker anyway (see [`sgemm_xwt_ptr`]), and
+/// the sequential layer loads no OpenMP runtime (Intel's `libiomp5` beside torch's or
+/// numpy's would be a second thread pool in the process). A no-op for other libraries, and
+/// for an MKL that has already run (it keeps the layer it started with).
+fn use_sequential_mkl(handle: *mut c_void) {
+    let name = CString::new("MKL_Set_Threading_Layer").expect("static symbol name");
+    // SAFETY: dlsym on a live handle; the symbol, when present, is `int f(int)`.
+    unsafe {
+        let sym = libc::dlsym(handle, name.as_ptr());
+        if !sym.is_null() {
+            let set_layer = std::mem::transmute::<*mut c_void, IntSetter>(sym);
+            set_layer(MKL_THREADING_SEQUENTIAL);
+        }
+    }
 }
 
 /// The path of the BLAS library in use, if any.

@@ -13,7 +13,7 @@ use candle_core::{Device, Tensor};
 
 use super::config::{Family, ModelConfig};
 use super::layers::{
-    attend, causal_mask, linear, linear_into, rms_norm, rope_tables, rope_to_heads,
+    attend, causal_mask, linear, linear_into, residual_add, rms_norm, rope_tables, rope_to_heads,
 };
 use super::weights::{present, ShapedReader, TensorSource};
 use crate::error::{MsError, Result};
@@ -464,14 +464,14 @@ impl Decoder {
                 attn = self.norm(&attn, w)?;
             }
             let attn = ctx.visit(hp(HookKind::AttnOut), attn)?;
-            let mid = ctx.visit(hp(HookKind::ResidMid), (x + attn)?)?;
+            let mid = ctx.visit(hp(HookKind::ResidMid), residual_add(&x, &attn)?)?;
             let normed = self.norm(&mid, &blk.mlp_norm)?;
             let mut mlp = self.mlp(layer, &normed, ctx)?;
             if let Some(w) = &blk.post_mlp_norm {
                 mlp = self.norm(&mlp, w)?;
             }
             let mlp = ctx.visit(hp(HookKind::MlpOut), mlp)?;
-            x = ctx.visit(hp(HookKind::ResidPost), (mid + mlp)?)?;
+            x = ctx.visit(hp(HookKind::ResidPost), residual_add(&mid, &mlp)?)?;
         }
         if let Some(cache) = kv {
             cache.len += t;

@@ -9,7 +9,7 @@
 use candle_core::{Device, Tensor};
 
 use super::config::ModelConfig;
-use super::layers::{attend, layer_norm, linear, padding_mask};
+use super::layers::{attend, layer_norm, linear, padding_mask, residual_add};
 use super::weights::{ShapedReader, TensorSource};
 use crate::error::{MsError, Result};
 use crate::hooks::{HookContext, HookKind, HookPoint, HookRegistry};
@@ -193,7 +193,7 @@ impl Encoder {
             let [q, k, v] = [q, k, v].map(|a| a.transpose(1, 2).and_then(|a| a.contiguous()));
             let z = attend(layer, &q?, &k?, &v?, &mask, self.cfg.attn_scale, ctx)?;
             let attn = ctx.visit(hp(HookKind::AttnOut), blk.attn_out.apply(&z)?)?;
-            let mid = self.layer_norm(&(x + attn)?, &blk.attn_norm)?;
+            let mid = self.layer_norm(&residual_add(&x, &attn)?, &blk.attn_norm)?;
             let mid = ctx.visit(hp(HookKind::ResidMid), mid)?;
             let act = self
                 .cfg
@@ -204,7 +204,7 @@ impl Encoder {
             let mlp = ctx.visit(hp(HookKind::MlpOut), blk.mlp_out.apply(&post)?)?;
             x = ctx.visit(
                 hp(HookKind::ResidPost),
-                self.layer_norm(&(mid + mlp)?, &blk.mlp_norm)?,
+                self.layer_norm(&residual_add(&mid, &mlp)?, &blk.mlp_norm)?,
             )?;
         }
         Ok(x)

@@ -66,6 +66,32 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Option<Tensor>>
         .transpose()
 }
 
+/// `a + b` for two tensors of one shape (the residual stream's adds).
+///
+/// candle's add runs on a thread pool of its own beside rayon's; this one runs on the
+/// caller's rayon pool, so a chunk running on one core stays on that core.
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
+    if a.dims() != b.dims() {
+        return Ok(None);
+    }
+    let out = with_f32(a, |xs| {
+        with_f32(b, |ys| {
+            let mut out = vec![0f32; xs.len()];
+            out.par_chunks_mut(TASK_ELEMS)
+                .zip(xs.par_chunks(TASK_ELEMS).zip(ys.par_chunks(TASK_ELEMS)))
+                .for_each(|(o, (x, y))| {
+                    for ((o, x), y) in o.iter_mut().zip(x).zip(y) {
+                        *o = x + y;
+                    }
+                });
+            out
+        })
+    })
+    .flatten();
+    out.map(|o| Ok(Tensor::from_vec(o, a.shape(), &Device::Cpu)?))
+        .transpose()
+}
+
 /// `e^x` to within 2 ulp, in a form the compiler vectorizes: libm's `expf` is a call per
 /// element, which made the GLU 3x slower. Cephes' polynomial on `x - n ln 2` (with FMAs),
 /// scaled by `2^n` through the exponent bits; `-inf` and underflow give 0.
@@ -365,6 +391,21 @@ mod tests {
         assert!(glu(Gate::Silu, &g, &randn(&[5, 33, 99], 1.0))
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn add_equals_candle_add_exactly() {
+        let a = randn(&[3, 70, 576], 50.0);
+        let b = randn(&[3, 70, 576], 1.0);
+        let ours = add(&a, &b).unwrap().unwrap();
+        assert_eq!(ours.dims(), a.dims());
+        assert_eq!(max_abs_diff(&ours, &(&a + &b).unwrap()), 0.0);
+        assert!(add(&a, &randn(&[3, 70, 575], 1.0)).unwrap().is_none());
+        assert!(
+            add(&a.transpose(1, 2).unwrap(), &b.transpose(1, 2).unwrap())
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

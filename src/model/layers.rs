@@ -120,6 +120,14 @@ pub fn linear_into(x: &Tensor, w: &Tensor, out: &mut [f32]) -> Result<()> {
     Ok(())
 }
 
+/// `a + b` for two tensors of one shape: the residual stream's adds (see [`fused::add`]).
+pub fn residual_add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    match fused::add(a, b)? {
+        Some(out) => Ok(out),
+        None => Ok((a + b)?),
+    }
+}
+
 /// RMSNorm over the last axis: `x / sqrt(mean(x²) + eps) * weight`.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     match fused::rms_norm(x, weight, eps)? {

@@ -293,16 +293,16 @@ def test_unsupported_architecture(tmp_path):
         ms.load_model(path)
 
 
-def test_matrix_products_use_numpy_openblas_and_agree_with_gemm(model, tmp_path):
-    """load_model hands the core numpy's bundled OpenBLAS; the built-in gemm kernels
-    (MINDSCOPE_BLAS=0, in a fresh process) must give the same logits."""
+def test_matrix_products_use_the_default_blas_and_agree_with_gemm(model, tmp_path):
+    """load_model hands the core MKL when the `mkl` package is installed, else numpy's
+    bundled OpenBLAS; the built-in gemm kernels (MINDSCOPE_BLAS=0, in a fresh process) must
+    give the same logits."""
     import os
     import subprocess
     import sys
 
-    expected = ms.backend.numpy_blas_path() if os.environ.get("MINDSCOPE_BLAS", "") == "" else None
-    if expected is not None:
-        assert ms.backend.blas_library() == expected
+    if os.environ.get("MINDSCOPE_BLAS", "") == "":
+        assert ms.backend.blas_library() == (ms.backend.mkl_path() or ms.backend.numpy_blas_path())
     prompt = "The capital of France is"
     with_blas = model.run(prompt, return_logits="last")[0]
     script = ("import sys, numpy as np, mindscope as ms; m = ms.load_model('smollm2-135m');"
@@ -313,6 +313,24 @@ def test_matrix_products_use_numpy_openblas_and_agree_with_gemm(model, tmp_path)
     np.testing.assert_allclose(np.load(out), with_blas, atol=1e-3)
     with pytest.raises(errors.InvalidArgumentError):
         ms.backend.use_blas("/nonexistent/libopenblas.so")
+
+
+def test_openblas_choice_loads_numpy_openblas_even_beside_mkl():
+    """MINDSCOPE_BLAS=openblas picks numpy's OpenBLAS whether or not MKL is installed, and an
+    unknown word is an error naming the allowed values, not a silent fallback."""
+    import os
+    import subprocess
+    import sys
+
+    script = "import mindscope as ms; ms.load_model('smollm2-135m'); print(ms.backend.blas_library())"
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=dict(os.environ, MINDSCOPE_BLAS="openblas"))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == ms.backend.numpy_blas_path()
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=dict(os.environ, MINDSCOPE_BLAS="fastest"))
+    assert res.returncode != 0
+    assert "InvalidArgumentError" in res.stderr and "fastest" in res.stderr
 
 
 def test_mkl_choice_loads_mkl_or_names_the_missing_package(model, tmp_path):

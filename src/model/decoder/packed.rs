@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use super::{Decoder, KvCache};
 use crate::error::{MsError, Result};
 use crate::model::fused::{softmax_row, with_f32};
-use crate::model::layers::{linear, rope_tables, rope_to_heads};
+use crate::model::layers::{linear, residual_add, rope_tables, rope_to_heads};
 
 /// One packed sequence: `rows` new positions continuing the cached sequence's first `prefix`
 /// positions (so its rows sit at positions `prefix..prefix + rows`).
@@ -263,7 +263,7 @@ impl Decoder {
             if let Some(w) = &blk.post_attn_norm {
                 attn = self.norm(&attn, w)?;
             }
-            let mid = (x + attn)?;
+            let mid = residual_add(&x, &attn)?;
             let normed = self.norm(&mid, &blk.mlp_norm)?;
             let gate = linear(&normed, &blk.w_gate, None)?;
             let up = linear(&normed, &blk.w_up, None)?;
@@ -272,7 +272,7 @@ impl Decoder {
             if let Some(w) = &blk.post_mlp_norm {
                 mlp = self.norm(&mlp, w)?;
             }
-            x = (mid + mlp)?;
+            x = residual_add(&mid, &mlp)?;
         }
         Ok(x)
     }
