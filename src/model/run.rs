@@ -131,12 +131,7 @@ impl LanguageModel {
             } else {
                 *chunk_lengths.iter().max().unwrap_or(&1)
             };
-            let mut ids = Vec::with_capacity(rows.len() * width);
-            for &r in rows {
-                ids.extend_from_slice(&tokens[r]);
-                ids.extend(std::iter::repeat_n(pad, width - tokens[r].len()));
-            }
-            let ids = Tensor::from_vec(ids, (rows.len(), width), &Device::Cpu)?;
+            let ids = padded_ids(&tokens, rows, width, pad)?;
             let chunk_spec = CaptureSpec {
                 positions: select_positions(&spec.positions, rows),
                 ..spec.clone()
@@ -230,24 +225,20 @@ impl LanguageModel {
         let mut order: Vec<usize> = (0..tokens.len()).collect();
         order.sort_by_key(|&i| tokens[i].len());
         let pad = self.tokenizer.pad_id.unwrap_or(0);
-        let mut parts = Vec::new();
-        for rows in order.chunks(batch_size.max(1)) {
+        let chunking = Chunking::new(batch_size, tokens.len(), &[]);
+        let chunks: Vec<&[usize]> = order.chunks(chunking.size).collect();
+        let parts = per_core::map(chunks, chunking.workers, |rows| {
             let lengths: Vec<usize> = rows.iter().map(|&r| tokens[r].len()).collect();
             let width = *lengths.iter().max().unwrap_or(&1);
-            let mut ids = Vec::with_capacity(rows.len() * width);
-            for &r in rows {
-                ids.extend_from_slice(&tokens[r]);
-                ids.extend(std::iter::repeat_n(pad, width - tokens[r].len()));
-            }
-            let ids = Tensor::from_vec(ids, (rows.len(), width), &Device::Cpu)?;
+            let ids = padded_ids(tokens, rows, width, pad)?;
             let mut ctx = HookContext::inactive(self.hooks(), &lengths);
             let hidden = encoder.forward(&ids, &lengths, &mut ctx, self.config().n_layers)?;
             let pooled = mean_pool_normalized(&hidden, &lengths)?;
-            parts.push(CapturedArray::new(
+            Ok(CapturedArray::new(
                 pooled.dims().to_vec(),
                 pooled.flatten_all()?.to_vec1()?,
-            ));
-        }
+            ))
+        })?;
         Ok(unsort(concat_batch(parts), &order))
     }
 
@@ -308,6 +299,16 @@ impl Chunking {
             workers: threads,
         }
     }
+}
+
+/// Token ids of the prompts `rows`, right-padded with `pad` to `width`: `[rows, width]`.
+fn padded_ids(tokens: &[Vec<u32>], rows: &[usize], width: usize, pad: u32) -> Result<Tensor> {
+    let mut ids = Vec::with_capacity(rows.len() * width);
+    for &r in rows {
+        ids.extend_from_slice(&tokens[r]);
+        ids.extend(std::iter::repeat_n(pad, width - tokens[r].len()));
+    }
+    Ok(Tensor::from_vec(ids, (rows.len(), width), &Device::Cpu)?)
 }
 
 fn concat_batch(mut parts: Vec<CapturedArray>) -> CapturedArray {

@@ -161,6 +161,19 @@ def test_minilm_sentence_embeddings_in_a_padded_batch(minilm, minilm_reference):
     assert a @ b > a @ c + 0.3
 
 
+def test_no_candle_thread_pool_beside_the_cores_chunks(minilm):
+    """Importing mindscope keeps candle's own element-wise thread pool empty (the encoder's
+    LayerNorm and bias adds are candle ops), so that chunks running one per core do not queue
+    for it; the threads' names are read from /proc (Linux)."""
+    import os
+
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("thread names are read from /proc (Linux)")
+    minilm.embed(["The quick brown fox jumps over the lazy dog. " * 20] * 4, batch_size=4)
+    names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+    assert not [n for n in names if n.startswith("candle-bp")], names
+
+
 def test_encoder_refuses_decoder_only_operations(minilm, model):
     with pytest.raises(InvalidArgumentError, match="encoder"):
         minilm.generate("hello")
