@@ -4,8 +4,8 @@
 use candle_core::Tensor;
 
 use super::{
-    Action, ActivationCache, CaptureSpec, CapturedArray, HookPoint, HookRegistry, HookSet,
-    Intervention, Positions,
+    Action, ActivationCache, CaptureSpec, CapturedArray, HookKind, HookPoint, HookRegistry,
+    HookSet, Intervention, Positions,
 };
 use crate::error::{MsError, Result};
 
@@ -283,6 +283,53 @@ impl<'a> HookContext<'a> {
             .is_some_and(|i| self.capture.contains(i) || self.intervene.contains(i))
     }
 
+    /// The positions of each prompt that are read after block `layer` when it is the last
+    /// block run and nothing but the capture reads its output: then the block's attention
+    /// output and MLP are needed at those rows only. `None` when any hook from the attention
+    /// pattern on (in that block) is captured or intervened on, or when all positions are
+    /// captured. (q, k and v come before the cut and are computed at every position.)
+    pub fn rows_read_after(&self, layer: usize) -> Option<&[Vec<usize>]> {
+        let sel = self
+            .capture_sel
+            .as_deref()
+            .filter(|s| s.first().is_some_and(|p| !p.is_empty()))?;
+        let after_cut = [
+            HookKind::AttnPattern,
+            HookKind::AttnOut,
+            HookKind::ResidMid,
+            HookKind::MlpPost,
+            HookKind::MlpOut,
+        ];
+        if after_cut
+            .iter()
+            .any(|&k| self.wants(HookPoint::block(layer, k)))
+        {
+            return None;
+        }
+        let post = self
+            .registry
+            .index(HookPoint::block(layer, HookKind::ResidPost))?;
+        (!self.intervene.contains(post)).then_some(sel)
+    }
+
+    /// Capture `t [batch, n_selected, ...]`, an activation computed at the
+    /// [`rows_read_after`](Self::rows_read_after) positions only (the selection is already
+    /// made); returns it unchanged.
+    pub fn visit_selected(&mut self, point: HookPoint, t: Tensor) -> Result<Tensor> {
+        let captured = self
+            .registry
+            .index(point)
+            .is_some_and(|i| self.capture.contains(i));
+        if captured {
+            let mut act = to_array(&t)?;
+            if !self.keep_pos_axis {
+                act.shape.remove(point.kind.pos_axis());
+            }
+            self.cache.insert(point.name(), act);
+        }
+        Ok(t)
+    }
+
     /// Hand a hook site's tensor over; returns the (possibly modified) tensor to continue with.
     pub fn visit(&mut self, point: HookPoint, t: Tensor) -> Result<Tensor> {
         let Some(idx) = self.registry.index(point) else {
@@ -330,7 +377,7 @@ impl<'a> HookContext<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hooks::{HookKind, LogitsMode};
+    use crate::hooks::LogitsMode;
 
     fn arange(shape: &[usize]) -> CapturedArray {
         let n = shape.iter().product();

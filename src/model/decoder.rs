@@ -310,6 +310,9 @@ impl Decoder {
         rms_norm(x, weight, self.cfg.norm_eps)
     }
 
+    /// Attention of block `layer` on `x [batch, pos, d_model]`: `[batch, pos, d_model]`, or
+    /// `[batch, n, d_model]` for the `queries` positions only (keys and values still come
+    /// from every position).
     fn attention(
         &self,
         layer: usize,
@@ -317,6 +320,7 @@ impl Decoder {
         ctx: &mut HookContext,
         tables: &AttentionTables,
         kv: Option<&mut Option<(Tensor, Tensor)>>,
+        queries: Option<&[Vec<usize>]>,
     ) -> Result<Tensor> {
         let blk = &self.blocks[layer];
         let cfg = &self.cfg;
@@ -347,7 +351,14 @@ impl Decoder {
             }
             None => (k, v),
         };
-        let z = attend(layer, &q, &k, &v, &tables.mask, cfg.attn_scale, ctx)?;
+        let (q, mask) = match queries {
+            Some(sel) => (
+                pick_positions(&q, 2, sel)?,
+                pick_mask_rows(&tables.mask, sel)?,
+            ),
+            None => (q, tables.mask.clone()),
+        };
+        let z = attend(layer, &q, &k, &v, &mask, cfg.attn_scale, ctx)?;
         linear(&z, &blk.wo, None)
     }
 
@@ -386,8 +397,20 @@ impl Decoder {
         logits: LogitsMode,
         kv: Option<&mut KvCache>,
     ) -> Result<Option<CapturedArray>> {
-        let x = self.run_blocks(self.embed_ids(ids)?, ctx, n_blocks, kv)?;
-        if n_blocks < self.cfg.n_layers {
+        let n_run = n_blocks.min(self.cfg.n_layers);
+        let stops_early = n_run < self.cfg.n_layers;
+        // When only captured rows of the last block are read (no logits, no final norm),
+        // that block's attention output and MLP run on those rows alone.
+        let unread_tail = kv.is_none()
+            && (stops_early
+                || (logits == LogitsMode::None
+                    && !ctx.wants(HookPoint::global(HookKind::LnFinal))));
+        let out_rows = match n_run.checked_sub(1) {
+            Some(last) if unread_tail => ctx.rows_read_after(last).map(<[_]>::to_vec),
+            _ => None,
+        };
+        let x = self.run_blocks_to(self.embed_ids(ids)?, ctx, n_run, kv, out_rows.as_deref())?;
+        if stops_early || out_rows.is_some() {
             return Ok(None);
         }
         self.logits(&x, lengths, ctx, logits)
@@ -421,7 +444,21 @@ impl Decoder {
         x: Tensor,
         ctx: &mut HookContext,
         n_blocks: usize,
+        kv: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        self.run_blocks_to(x, ctx, n_blocks, kv, None)
+    }
+
+    /// [`run_blocks`](Self::run_blocks); with `out_rows`, the last block runs past its
+    /// q/k/v at those positions only and returns `[batch, n, d_model]` (see
+    /// [`HookContext::rows_read_after`]).
+    fn run_blocks_to(
+        &self,
+        x: Tensor,
+        ctx: &mut HookContext,
+        n_blocks: usize,
         mut kv: Option<&mut KvCache>,
+        out_rows: Option<&[Vec<usize>]>,
     ) -> Result<Tensor> {
         let t = x.dim(1)?;
         let offset = kv.as_ref().map_or(0, |c| c.len);
@@ -437,9 +474,8 @@ impl Decoder {
             cache.layers.resize_with(self.cfg.n_layers, || None);
         }
         let mut tables: Vec<AttentionTables> = Vec::new();
-        for layer in 0..n_blocks.min(self.cfg.n_layers) {
-            let hp = |kind| HookPoint::block(layer, kind);
-            let blk = &self.blocks[layer];
+        let n_run = n_blocks.min(self.cfg.n_layers);
+        for layer in 0..n_run {
             let (theta, window) = self.cfg.layer_attention(layer);
             let key = (theta.to_bits(), window);
             let k = match tables.iter().position(|tb| tb.key == key) {
@@ -456,27 +492,52 @@ impl Decoder {
                     tables.len() - 1
                 }
             };
-            x = ctx.visit(hp(HookKind::ResidPre), x)?;
-            let normed = self.norm(&x, &blk.attn_norm)?;
             let slot = kv.as_deref_mut().map(|c| &mut c.layers[layer]);
-            let mut attn = self.attention(layer, &normed, ctx, &tables[k], slot)?;
-            if let Some(w) = &blk.post_attn_norm {
-                attn = self.norm(&attn, w)?;
-            }
-            let attn = ctx.visit(hp(HookKind::AttnOut), attn)?;
-            let mid = ctx.visit(hp(HookKind::ResidMid), residual_add(&x, &attn)?)?;
-            let normed = self.norm(&mid, &blk.mlp_norm)?;
-            let mut mlp = self.mlp(layer, &normed, ctx)?;
-            if let Some(w) = &blk.post_mlp_norm {
-                mlp = self.norm(&mlp, w)?;
-            }
-            let mlp = ctx.visit(hp(HookKind::MlpOut), mlp)?;
-            x = ctx.visit(hp(HookKind::ResidPost), residual_add(&mid, &mlp)?)?;
+            let rows = out_rows.filter(|_| layer + 1 == n_run);
+            x = self.block(layer, x, ctx, &tables[k], slot, rows)?;
         }
         if let Some(cache) = kv {
             cache.len += t;
         }
         Ok(x)
+    }
+
+    /// Block `layer` on the residual stream `x [batch, pos, d_model]`; with `rows`, from the
+    /// attention output on at those positions only (`[batch, n, d_model]` out).
+    fn block(
+        &self,
+        layer: usize,
+        x: Tensor,
+        ctx: &mut HookContext,
+        tables: &AttentionTables,
+        kv: Option<&mut Option<(Tensor, Tensor)>>,
+        rows: Option<&[Vec<usize>]>,
+    ) -> Result<Tensor> {
+        let hp = |kind| HookPoint::block(layer, kind);
+        let blk = &self.blocks[layer];
+        let x = ctx.visit(hp(HookKind::ResidPre), x)?;
+        let normed = self.norm(&x, &blk.attn_norm)?;
+        let mut attn = self.attention(layer, &normed, ctx, tables, kv, rows)?;
+        let x = match rows {
+            Some(sel) => pick_positions(&x, 1, sel)?,
+            None => x,
+        };
+        if let Some(w) = &blk.post_attn_norm {
+            attn = self.norm(&attn, w)?;
+        }
+        let attn = ctx.visit(hp(HookKind::AttnOut), attn)?;
+        let mid = ctx.visit(hp(HookKind::ResidMid), residual_add(&x, &attn)?)?;
+        let normed = self.norm(&mid, &blk.mlp_norm)?;
+        let mut mlp = self.mlp(layer, &normed, ctx)?;
+        if let Some(w) = &blk.post_mlp_norm {
+            mlp = self.norm(&mlp, w)?;
+        }
+        let mlp = ctx.visit(hp(HookKind::MlpOut), mlp)?;
+        let post = residual_add(&mid, &mlp)?;
+        match rows {
+            Some(_) => ctx.visit_selected(hp(HookKind::ResidPost), post),
+            None => ctx.visit(hp(HookKind::ResidPost), post),
+        }
     }
 
     /// Logits from the final residual stream `x [batch, pos, d_model]`, with the
@@ -530,6 +591,39 @@ impl Decoder {
         let normed = self.norm(resid, &self.final_norm)?;
         linear(&normed, &self.lm_head, None)
     }
+}
+
+/// `x [batch, ..., pos, ...]` at positions `sel[b]` of each prompt (`pos_axis` is the
+/// position axis): the same shape with `pos` replaced by the number of positions selected.
+fn pick_positions(x: &Tensor, pos_axis: usize, sel: &[Vec<usize>]) -> Result<Tensor> {
+    let dims = x.dims();
+    let (b, t) = (dims[0], dims[pos_axis]);
+    let pre: usize = dims[1..pos_axis].iter().product();
+    let post: usize = dims[pos_axis + 1..].iter().product();
+    let n = sel.first().map_or(0, Vec::len);
+    let idx: Vec<u32> = sel
+        .iter()
+        .enumerate()
+        .flat_map(|(bi, ps)| {
+            (0..pre).flat_map(move |p| ps.iter().map(move |&pos| ((bi * pre + p) * t + pos) as u32))
+        })
+        .collect();
+    let idx = Tensor::from_vec(idx, b * pre * n, &Device::Cpu)?;
+    let mut shape = dims.to_vec();
+    shape[pos_axis] = n;
+    Ok(x.reshape((b * pre * t, post))?
+        .index_select(&idx, 0)?
+        .reshape(shape)?)
+}
+
+/// Rows of a mask `[q_pos, k_pos]` shared by the batch at each prompt's selected query
+/// positions: `[batch, 1, n, k_pos]`.
+fn pick_mask_rows(mask: &Tensor, sel: &[Vec<usize>]) -> Result<Tensor> {
+    let tk = mask.dim(1)?;
+    let n = sel.first().map_or(0, Vec::len);
+    let idx: Vec<u32> = sel.iter().flatten().map(|&p| p as u32).collect();
+    let idx = Tensor::from_vec(idx, sel.len() * n, &Device::Cpu)?;
+    Ok(mask.index_select(&idx, 0)?.reshape((sel.len(), 1, n, tk))?)
 }
 
 /// Rows `x[b, lengths[b] - 1]` of `[batch, pos, d]`, as `[batch, d]`.

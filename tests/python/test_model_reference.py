@@ -81,6 +81,43 @@ def test_attention_patterns_match(mode, single, batched, smollm2_reference):
         assert diff <= 1e-4, f"prompt {i}: max |dpattern| = {diff}"
 
 
+@pytest.mark.parametrize("positions", ["last", "per_prompt", "indices"])
+@pytest.mark.parametrize("last_block", [29, 12])
+def test_probe_captures_match_reference(model, smollm2_reference, positions, last_block):
+    """A capture at chosen positions without logits (what probes ask for): the last block run
+    computes its attention output and MLP at the captured rows only, which must not change
+    a number. Batched, every layer up to `last_block`, the same bounds as above."""
+    import mindscope as ms
+
+    texts = [t for t, _ in smollm2_reference]
+    lengths = [len(ref["input_ids"]) for _, ref in smollm2_reference]
+    picked = {
+        "last": [[n - 1] for n in lengths],
+        "per_prompt": [[1], [0], [n - 2 for n in lengths][2:]],
+        "indices": [[0, 2]] * len(texts),
+    }[positions]
+    spec = {
+        "last": "last",
+        "per_prompt": ms.PerPrompt([p[0] for p in picked]),
+        "indices": [0, 2],
+    }[positions]
+    logits, cache = model.run_with_cache(
+        texts,
+        names=[f"blocks.{i}.hook_resid_post" for i in range(last_block + 1)],
+        positions=spec,
+        return_logits=False,
+    )
+    assert logits is None
+    for i, (_, ref) in enumerate(smollm2_reference):
+        want = ref["resid_post"][: last_block + 1, picked[i]]
+        ours = cache.stack("hook_resid_post")[:, i].reshape(want.shape)
+        vec_rel = np.linalg.norm(ours - want, axis=-1) / np.linalg.norm(want, axis=-1)
+        assert vec_rel.max() <= 1e-4, f"prompt {i}: worst vector relative error {vec_rel.max()}"
+        elem = np.abs(ours - want) / np.maximum(1.0, np.abs(want))
+        assert elem[:18].max() <= 1e-4, f"prompt {i}: {elem[:18].max()}"
+        assert elem.max() <= 2e-3, f"prompt {i}: worst element relative error {elem.max()}"
+
+
 def test_padded_positions_are_zero(batched, smollm2_reference):
     _, cache = batched
     n0 = len(smollm2_reference[0][1]["input_ids"])
