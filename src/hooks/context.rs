@@ -283,16 +283,11 @@ impl<'a> HookContext<'a> {
             .is_some_and(|i| self.capture.contains(i) || self.intervene.contains(i))
     }
 
-    /// The positions of each prompt that are read after block `layer` when it is the last
-    /// block run and nothing but the capture reads its output: then the block's attention
-    /// output and MLP are needed at those rows only. `None` when any hook from the attention
-    /// pattern on (in that block) is captured or intervened on, or when all positions are
-    /// captured. (q, k and v come before the cut and are computed at every position.)
-    pub fn rows_read_after(&self, layer: usize) -> Option<&[Vec<usize>]> {
-        let sel = self
-            .capture_sel
-            .as_deref()
-            .filter(|s| s.first().is_some_and(|p| !p.is_empty()))?;
+    /// Whether block `layer`'s output is all that is read of it from the attention pattern
+    /// on: nothing there is captured or intervened on, except a capture of `hook_resid_post`.
+    /// When `layer` is the last block run, its attention output and MLP are then needed only
+    /// at the rows read afterwards (q, k and v come before that cut, at every position).
+    pub fn tail_unhooked(&self, layer: usize) -> bool {
         let after_cut = [
             HookKind::AttnPattern,
             HookKind::AttnOut,
@@ -300,27 +295,36 @@ impl<'a> HookContext<'a> {
             HookKind::MlpPost,
             HookKind::MlpOut,
         ];
-        if after_cut
+        let intervened = |k| {
+            self.registry
+                .index(HookPoint::block(layer, k))
+                .is_some_and(|i| self.intervene.contains(i))
+        };
+        !after_cut
             .iter()
             .any(|&k| self.wants(HookPoint::block(layer, k)))
-        {
-            return None;
-        }
-        let post = self
-            .registry
-            .index(HookPoint::block(layer, HookKind::ResidPost))?;
-        (!self.intervene.contains(post)).then_some(sel)
+            && !intervened(HookKind::ResidPost)
+    }
+
+    /// The captured positions of each prompt, unless all positions are captured (or none).
+    pub fn capture_rows(&self) -> Option<&[Vec<usize>]> {
+        self.capture_sel
+            .as_deref()
+            .filter(|s| s.first().is_some_and(|p| !p.is_empty()))
+    }
+
+    /// Whether `point` is captured.
+    pub fn captures(&self, point: HookPoint) -> bool {
+        self.registry
+            .index(point)
+            .is_some_and(|i| self.capture.contains(i))
     }
 
     /// Capture `t [batch, n_selected, ...]`, an activation computed at the
-    /// [`rows_read_after`](Self::rows_read_after) positions only (the selection is already
-    /// made); returns it unchanged.
+    /// [`capture_rows`](Self::capture_rows) positions only (the selection is already made);
+    /// returns it unchanged.
     pub fn visit_selected(&mut self, point: HookPoint, t: Tensor) -> Result<Tensor> {
-        let captured = self
-            .registry
-            .index(point)
-            .is_some_and(|i| self.capture.contains(i));
-        if captured {
+        if self.captures(point) {
             let mut act = to_array(&t)?;
             if !self.keep_pos_axis {
                 act.shape.remove(point.kind.pos_axis());

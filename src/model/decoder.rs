@@ -399,21 +399,48 @@ impl Decoder {
     ) -> Result<Option<CapturedArray>> {
         let n_run = n_blocks.min(self.cfg.n_layers);
         let stops_early = n_run < self.cfg.n_layers;
-        // When only captured rows of the last block are read (no logits, no final norm),
-        // that block's attention output and MLP run on those rows alone.
-        let unread_tail = kv.is_none()
-            && (stops_early
-                || (logits == LogitsMode::None
-                    && !ctx.wants(HookPoint::global(HookKind::LnFinal))));
-        let out_rows = match n_run.checked_sub(1) {
-            Some(last) if unread_tail => ctx.rows_read_after(last).map(<[_]>::to_vec),
-            _ => None,
-        };
+        let out_rows = self.rows_read_after_blocks(ctx, n_run, lengths, logits, kv.is_some());
         let x = self.run_blocks_to(self.embed_ids(ids)?, ctx, n_run, kv, out_rows.as_deref())?;
-        if stops_early || out_rows.is_some() {
+        if stops_early {
             return Ok(None);
         }
-        self.logits(&x, lengths, ctx, logits)
+        match (&out_rows, logits) {
+            (Some(_), LogitsMode::Last) => {
+                // One row per prompt: its last token.
+                let (b, _, d) = x.dims3()?;
+                Ok(Some(to_captured(&self.unembed(&x.reshape((b, d))?)?)?))
+            }
+            (Some(_), _) => Ok(None),
+            (None, _) => self.logits(&x, lengths, ctx, logits),
+        }
+    }
+
+    /// The rows of each prompt that anything reads after the last block run (`n_run` blocks),
+    /// when that is not every row: the captured positions of a run without logits, or the
+    /// last tokens when only their logits are wanted. That block's attention output and MLP
+    /// then run at those rows alone (one block of 30 in SmolLM2: 3 % of a probing capture).
+    fn rows_read_after_blocks(
+        &self,
+        ctx: &HookContext,
+        n_run: usize,
+        lengths: &[usize],
+        logits: LogitsMode,
+        kv_cached: bool,
+    ) -> Option<Vec<Vec<usize>>> {
+        let last = n_run.checked_sub(1)?;
+        if kv_cached || !ctx.tail_unhooked(last) {
+            return None;
+        }
+        let stops_early = n_run < self.cfg.n_layers;
+        if !stops_early && ctx.wants(HookPoint::global(HookKind::LnFinal)) {
+            return None;
+        }
+        if stops_early || logits == LogitsMode::None {
+            return ctx.capture_rows().map(<[_]>::to_vec);
+        }
+        let post_captured = ctx.captures(HookPoint::block(last, HookKind::ResidPost));
+        (logits == LogitsMode::Last && !post_captured)
+            .then(|| lengths.iter().map(|&l| vec![l.saturating_sub(1)]).collect())
     }
 
     /// All blocks, then the logits at every position `[batch, pos, vocab]` written into `out`
@@ -551,12 +578,6 @@ impl Decoder {
     ) -> Result<Option<CapturedArray>> {
         let ln_final = HookPoint::global(HookKind::LnFinal);
         let vocab = self.lm_head.dim(0)?;
-        let owned = |t: Tensor| -> Result<CapturedArray> {
-            Ok(CapturedArray::new(
-                t.dims().to_vec(),
-                t.flatten_all()?.to_vec1()?,
-            ))
-        };
         if logits == LogitsMode::All {
             let (b, t, _) = x.dims3()?;
             // Zeroed by calloc as fresh pages: no pass over the buffer before the matmul's.
@@ -572,14 +593,14 @@ impl Decoder {
                 LogitsMode::None | LogitsMode::All => Ok(None),
                 LogitsMode::Last => {
                     let last = last_rows(&normed, lengths)?;
-                    Ok(Some(owned(linear(&last, &self.lm_head, None)?)?))
+                    Ok(Some(to_captured(&linear(&last, &self.lm_head, None)?)?))
                 }
             };
         }
         match logits {
             LogitsMode::Last => {
                 // Only the last real row of each prompt goes through the norm and LM head.
-                Ok(Some(owned(self.unembed(&last_rows(x, lengths)?)?)?))
+                Ok(Some(to_captured(&self.unembed(&last_rows(x, lengths)?)?)?))
             }
             _ => Ok(None),
         }
@@ -624,6 +645,13 @@ fn pick_mask_rows(mask: &Tensor, sel: &[Vec<usize>]) -> Result<Tensor> {
     let idx: Vec<u32> = sel.iter().flatten().map(|&p| p as u32).collect();
     let idx = Tensor::from_vec(idx, sel.len() * n, &Device::Cpu)?;
     Ok(mask.index_select(&idx, 0)?.reshape((sel.len(), 1, n, tk))?)
+}
+
+fn to_captured(t: &Tensor) -> Result<CapturedArray> {
+    Ok(CapturedArray::new(
+        t.dims().to_vec(),
+        t.flatten_all()?.to_vec1()?,
+    ))
 }
 
 /// Rows `x[b, lengths[b] - 1]` of `[batch, pos, d]`, as `[batch, d]`.

@@ -101,7 +101,10 @@ def test_stop_at_layer_and_no_logits(model):
     logits, cache = model.run_with_cache(PROMPTS, names="blocks.2.hook_resid_post", positions="last", stop_at_layer=3)
     assert logits is None
     _, full = model.run_with_cache(PROMPTS, names="blocks.2.hook_resid_post", positions="last")
-    np.testing.assert_array_equal(cache["blocks.2.hook_resid_post"], full["blocks.2.hook_resid_post"])
+    # Not bit-identical: with stop_at_layer, block 2 is the last one run and multiplies only
+    # the captured rows past its attention (fewer rows, another rounding order).
+    np.testing.assert_allclose(cache["blocks.2.hook_resid_post"], full["blocks.2.hook_resid_post"],
+                               rtol=1e-5, atol=1e-5)
     with pytest.raises(errors.InvalidArgumentError, match="stop_at_layer"):
         model.run_with_cache(PROMPTS, names="blocks.5.hook_resid_post", stop_at_layer=3)
 

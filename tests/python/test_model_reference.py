@@ -134,6 +134,16 @@ def test_last_position_logprobs(model, smollm2_reference):
     assert model.to_str_tokens([int(np.argmax(logits))]) == [" Paris"]
 
 
+def test_last_logits_of_a_padded_batch_match_reference(model, smollm2_reference):
+    """Only last-token logits wanted: the last block runs at those rows only."""
+    texts = [t for t, _ in smollm2_reference]
+    logits = model.run(texts, return_logits="last")
+    assert logits.shape == (len(texts), 49152)
+    for i, (_, ref) in enumerate(smollm2_reference):
+        diff = np.abs(logits[i] - ref["logits"][-1]).max()
+        assert diff <= 1e-3, f"prompt {i}: max |dlogit| = {diff}"
+
+
 def test_greedy_continuation_follows_reference_logits(model, smollm2_reference):
     text, ref = smollm2_reference[0]
     gen = model.generate(text, max_new_tokens=5, temperature=0.0, return_details=True)
