@@ -439,8 +439,7 @@ impl Decoder {
             return ctx.capture_rows().map(<[_]>::to_vec);
         }
         let post_captured = ctx.captures(HookPoint::block(last, HookKind::ResidPost));
-        (logits == LogitsMode::Last && !post_captured)
-            .then(|| lengths.iter().map(|&l| vec![l.saturating_sub(1)]).collect())
+        (logits == LogitsMode::Last && !post_captured).then(|| last_positions(lengths))
     }
 
     /// All blocks, then the logits at every position `[batch, pos, vocab]` written into `out`
@@ -478,7 +477,7 @@ impl Decoder {
 
     /// [`run_blocks`](Self::run_blocks); with `out_rows`, the last block runs past its
     /// q/k/v at those positions only and returns `[batch, n, d_model]` (see
-    /// [`HookContext::rows_read_after`]).
+    /// [`rows_read_after_blocks`](Self::rows_read_after_blocks)).
     fn run_blocks_to(
         &self,
         x: Tensor,
@@ -656,12 +655,11 @@ fn to_captured(t: &Tensor) -> Result<CapturedArray> {
 
 /// Rows `x[b, lengths[b] - 1]` of `[batch, pos, d]`, as `[batch, d]`.
 fn last_rows(x: &Tensor, lengths: &[usize]) -> Result<Tensor> {
-    let (b, t, d) = x.dims3()?;
-    let idx: Vec<u32> = lengths
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| (i * t + l - 1) as u32)
-        .collect();
-    let idx = Tensor::from_vec(idx, b, &Device::Cpu)?;
-    Ok(x.reshape((b * t, d))?.index_select(&idx, 0)?)
+    let (b, _, d) = x.dims3()?;
+    Ok(pick_positions(x, 1, &last_positions(lengths))?.reshape((b, d))?)
+}
+
+/// Each prompt's last real position, as a one-position selection per prompt.
+fn last_positions(lengths: &[usize]) -> Vec<Vec<usize>> {
+    lengths.iter().map(|&l| vec![l.saturating_sub(1)]).collect()
 }
