@@ -39,7 +39,7 @@ JOB = textwrap.dedent(
     encoder = name == "minilm-l6"
     out = {}
     t0 = time.perf_counter()
-    if impl == "mindscope":
+    if impl in ("mindscope", "baseline"):
         import mindscope as ms
         model = ms.load_model(name)
         out["load_s"] = time.perf_counter() - t0
@@ -128,8 +128,12 @@ def main() -> None:
     ap.add_argument("--models", default="smollm2-135m,gemma3-270m,minilm-l6")
     ap.add_argument("--hf-python", default=sys.executable,
                     help="a Python with torch + transformers (e.g. a separate virtualenv's), for the comparison")
+    ap.add_argument("--baseline-python", default=None,
+                    help="a Python with another mindscope build installed (e.g. the previous commit's, in "
+                         "its own virtualenv): run as 'baseline', interleaved, for a before/after comparison")
     args = ap.parse_args()
-    impls = ["mindscope"] + (["transformers"] if have_transformers(args.hf_python) else [])
+    impls = (["mindscope"] + (["baseline"] if args.baseline_python else [])
+             + (["transformers"] if have_transformers(args.hf_python) else []))
     tokens = args.batch * args.seq
     print(f"batch {args.batch} x {args.seq} tokens, {args.threads} threads, median of {args.repeats} "
           f"(load average {os.getloadavg()[0]:.2f})")
@@ -143,7 +147,7 @@ def main() -> None:
         for _ in range(args.repeats):
             for job, impl in pairs:
                 hf = impl == "transformers"
-                python = args.hf_python if hf else sys.executable
+                python = {"transformers": args.hf_python, "baseline": args.baseline_python}.get(impl, sys.executable)
                 runs[(job, impl)].append(run_job(job, impl, args.batch, args.seq, args.threads, model,
                                                  weights_path(model, hf), python))
         results: dict[tuple[str, str], dict[str, float]] = {}
@@ -162,6 +166,11 @@ def main() -> None:
             print(f"{model:13s} {job:11s} {impl:13s} {med['load_s']:7.2f} {tps:8.0f} {gflops:>8s} "
                   f"{med['peak_rss_mib']:9.0f}", flush=True)
         print(f"  {model}: mindscope multiplied with {runs[('forward', 'mindscope')][0]['blas']}")
+        if "baseline" in impls:
+            for job in ("forward", "capture"):
+                a, b = results[(job, "mindscope")], results[(job, "baseline")]
+                print(f"  {model} {job} vs baseline: throughput ratio {b['run_s'] / a['run_s']:.2f}x, "
+                      f"peak {a['peak_rss_mib']:.0f} vs {b['peak_rss_mib']:.0f} MiB")
         if "transformers" in impls:
             for job, hf_job in (("forward", "forward"), ("capture", "capture"), ("capture", "capture_all")):
                 a, b = results[(job, "mindscope")], results[(hf_job, "transformers")]

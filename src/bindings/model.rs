@@ -208,13 +208,41 @@ impl Model {
         let c = self.inner.config();
         let d = PyDict::new(py);
         d.set_item("architecture", &c.architecture)?;
-        d.set_item("family", format!("{:?}", c.family).to_lowercase())?;
+        d.set_item("family", c.family.name())?;
         d.set_item("is_encoder", self.inner.is_encoder())?;
-        d.set_item("activation", c.family.activation().name())?;
-        d.set_item("rope_local_theta", c.rope_local_theta)?;
-        d.set_item("sliding_window", c.sliding_window)?;
-        d.set_item("sliding_layers", c.sliding_layers.clone())?;
-        d.set_item("attn_scale", c.attn_scale)?;
+        d.set_item("activation", c.activation.name())?;
+        d.set_item("norm", format!("{:?}", c.norm).to_lowercase())?;
+        d.set_item(
+            "residual",
+            match c.residual {
+                crate::model::config::Residual::Sequential => "sequential",
+                crate::model::config::Residual::Parallel => "parallel",
+                crate::model::config::Residual::PostNorm => "post_norm",
+            },
+        )?;
+        d.set_item("mlp", format!("{:?}", c.mlp).to_lowercase())?;
+        d.set_item(
+            "positions",
+            if c.learned_positions {
+                "learned"
+            } else {
+                "rope"
+            },
+        )?;
+        let rope = |k: usize| c.ropes.get(k);
+        d.set_item("rope_theta", rope(0).map(|r| r.theta))?;
+        d.set_item("rope_local_theta", rope(1).or(rope(0)).map(|r| r.theta))?;
+        d.set_item("rotary_dim", rope(0).map(|r| r.rotary_dim))?;
+        d.set_item("rope_scaling", rope(0).map(|r| format!("{:?}", r.scaling)))?;
+        d.set_item("sliding_window", c.sliding_window())?;
+        d.set_item(
+            "sliding_layers",
+            c.layers
+                .iter()
+                .map(|l| l.window.is_some())
+                .collect::<Vec<_>>(),
+        )?;
+        d.set_item("attn_scale", c.layers[0].scale)?;
         d.set_item("n_layers", c.n_layers)?;
         d.set_item("d_model", c.d_model)?;
         d.set_item("n_heads", c.n_heads)?;
@@ -223,7 +251,6 @@ impl Model {
         d.set_item("d_mlp", c.d_mlp)?;
         d.set_item("vocab_size", c.vocab_size)?;
         d.set_item("context_length", c.context_length)?;
-        d.set_item("rope_theta", c.rope_theta)?;
         d.set_item("norm_eps", c.norm_eps)?;
         d.set_item("tie_embeddings", c.tie_embeddings)?;
         d.set_item("bos_token_id", self.inner.tokenizer.bos_id)?;
@@ -453,13 +480,13 @@ fn supported_architectures() -> Vec<&'static str> {
 /// (once per process). Returns the library in use.
 #[pyfunction]
 fn use_blas(path: &str) -> PyResult<String> {
-    crate::model::blas::load(path).py_err()
+    crate::kernels::blas::load(path).py_err()
 }
 
 /// The BLAS library the matrix products use, or None for the built-in `gemm` kernels.
 #[pyfunction]
 fn blas_library() -> Option<String> {
-    crate::model::blas::active()
+    crate::kernels::blas::active()
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -4,8 +4,8 @@
 use candle_core::Tensor;
 
 use super::{
-    Action, ActivationCache, CaptureSpec, CapturedArray, HookKind, HookPoint, HookRegistry,
-    HookSet, Intervention, Positions,
+    Action, ActivationCache, CaptureSpec, CapturedArray, HookPoint, HookRegistry, HookSet,
+    Intervention, Positions,
 };
 use crate::error::{MsError, Result};
 
@@ -283,31 +283,15 @@ impl<'a> HookContext<'a> {
             .is_some_and(|i| self.capture.contains(i) || self.intervene.contains(i))
     }
 
-    /// Whether block `layer`'s output is all that is read of it from the attention pattern
-    /// on: nothing there is captured or intervened on, except a capture of `hook_resid_post`.
-    /// When `layer` is the last block run, its attention output and MLP are then needed only
-    /// at the rows read afterwards (q, k and v come before that cut, at every position).
-    pub fn tail_unhooked(&self, layer: usize) -> bool {
-        let after_cut = [
-            HookKind::AttnPattern,
-            HookKind::AttnOut,
-            HookKind::ResidMid,
-            HookKind::MlpPost,
-            HookKind::MlpOut,
-        ];
-        let intervened = |k| {
-            self.registry
-                .index(HookPoint::block(layer, k))
-                .is_some_and(|i| self.intervene.contains(i))
-        };
-        !after_cut
-            .iter()
-            .any(|&k| self.wants(HookPoint::block(layer, k)))
-            && !intervened(HookKind::ResidPost)
+    /// Whether an intervention is registered at `point`.
+    pub fn intervenes(&self, point: HookPoint) -> bool {
+        self.registry
+            .index(point)
+            .is_some_and(|i| self.intervene.contains(i))
     }
 
     /// The captured positions of each prompt, unless all positions are captured (or none).
-    pub fn capture_rows(&self) -> Option<&[Vec<usize>]> {
+    pub fn capture_positions(&self) -> Option<&[Vec<usize>]> {
         self.capture_sel
             .as_deref()
             .filter(|s| s.first().is_some_and(|p| !p.is_empty()))
@@ -321,7 +305,7 @@ impl<'a> HookContext<'a> {
     }
 
     /// Capture `t [batch, n_selected, ...]`, an activation computed at the
-    /// [`capture_rows`](Self::capture_rows) positions only (the selection is already made);
+    /// [`capture_positions`](Self::capture_positions) only (the selection is already made);
     /// returns it unchanged.
     pub fn visit_selected(&mut self, point: HookPoint, t: Tensor) -> Result<Tensor> {
         if self.captures(point) {
@@ -381,7 +365,7 @@ impl<'a> HookContext<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hooks::LogitsMode;
+    use crate::hooks::{HookKind, LogitsMode};
 
     fn arange(shape: &[usize]) -> CapturedArray {
         let n = shape.iter().product();
@@ -438,7 +422,7 @@ mod tests {
 
     #[test]
     fn visit_captures_only_requested_points() {
-        let reg = HookRegistry::new(2, &HookKind::PER_BLOCK, true);
+        let reg = HookRegistry::new(2, &HookKind::PER_BLOCK, false, true);
         let spec = CaptureSpec::new(
             &reg,
             &["blocks.1.hook_resid_post".to_string()],

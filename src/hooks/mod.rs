@@ -14,7 +14,7 @@ mod spec;
 pub use cache::{ActivationCache, CapturedArray};
 pub use context::HookContext;
 pub use intervention::{Action, HookFn, Intervention};
-pub use names::{glob_match, suggest_names};
+pub use names::{glob_match, is_glob, suggest_names};
 pub use spec::{CaptureSpec, LogitsMode, Positions};
 
 use crate::error::{MsError, Result};
@@ -23,11 +23,13 @@ use crate::error::{MsError, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum HookKind {
     Embed,
+    PosEmbed,
     ResidPre,
     AttnQ,
     AttnK,
     AttnV,
     AttnPattern,
+    AttnZ,
     AttnOut,
     ResidMid,
     MlpPost,
@@ -38,12 +40,13 @@ pub enum HookKind {
 
 impl HookKind {
     /// Kinds that exist once per block, in forward order.
-    pub const PER_BLOCK: [HookKind; 10] = [
+    pub const PER_BLOCK: [HookKind; 11] = [
         HookKind::ResidPre,
         HookKind::AttnQ,
         HookKind::AttnK,
         HookKind::AttnV,
         HookKind::AttnPattern,
+        HookKind::AttnZ,
         HookKind::AttnOut,
         HookKind::ResidMid,
         HookKind::MlpPost,
@@ -54,11 +57,13 @@ impl HookKind {
     fn suffix(self) -> &'static str {
         match self {
             HookKind::Embed => "hook_embed",
+            HookKind::PosEmbed => "hook_pos_embed",
             HookKind::ResidPre => "hook_resid_pre",
             HookKind::AttnQ => "attn.hook_q",
             HookKind::AttnK => "attn.hook_k",
             HookKind::AttnV => "attn.hook_v",
             HookKind::AttnPattern => "attn.hook_pattern",
+            HookKind::AttnZ => "attn.hook_z",
             HookKind::AttnOut => "hook_attn_out",
             HookKind::ResidMid => "hook_resid_mid",
             HookKind::MlpPost => "mlp.hook_post",
@@ -71,7 +76,9 @@ impl HookKind {
     /// The axes of the activation at this kind of hook (for all positions).
     pub fn shape_doc(self) -> &'static str {
         match self {
-            HookKind::AttnQ | HookKind::AttnK | HookKind::AttnV => "[batch, pos, head, d_head]",
+            HookKind::AttnQ | HookKind::AttnK | HookKind::AttnV | HookKind::AttnZ => {
+                "[batch, pos, head, d_head]"
+            }
             HookKind::AttnPattern => "[batch, head, q_pos, k_pos]",
             HookKind::MlpPost => "[batch, pos, d_mlp]",
             _ => "[batch, pos, d_model]",
@@ -119,14 +126,26 @@ pub struct HookRegistry {
     points: Vec<HookPoint>,
     names: Vec<String>,
     n_layers: usize,
+    /// The model-wide points before the blocks (`hook_embed`, `hook_pos_embed`).
+    n_before: usize,
     block_kinds: Vec<HookKind>,
 }
 
 impl HookRegistry {
-    /// A registry for a model with `n_layers` blocks having the given per-block kinds, and a
-    /// final norm (`ln_final.hook_normalized`) if `final_norm`.
-    pub fn new(n_layers: usize, block_kinds: &[HookKind], final_norm: bool) -> Self {
+    /// A registry for a model with `n_layers` blocks having the given per-block kinds, learned
+    /// position embeddings (`hook_pos_embed`) if `pos_embed`, and a final norm
+    /// (`ln_final.hook_normalized`) if `final_norm`.
+    pub fn new(
+        n_layers: usize,
+        block_kinds: &[HookKind],
+        pos_embed: bool,
+        final_norm: bool,
+    ) -> Self {
         let mut points = vec![HookPoint::global(HookKind::Embed)];
+        if pos_embed {
+            points.push(HookPoint::global(HookKind::PosEmbed));
+        }
+        let n_before = points.len();
         for layer in 0..n_layers {
             for &kind in block_kinds {
                 points.push(HookPoint::block(layer, kind));
@@ -140,6 +159,7 @@ impl HookRegistry {
             points,
             names,
             n_layers,
+            n_before,
             block_kinds: block_kinds.to_vec(),
         }
     }
@@ -164,15 +184,16 @@ impl HookRegistry {
     pub fn index(&self, point: HookPoint) -> Option<usize> {
         match point.layer {
             None => match point.kind {
-                HookKind::Embed => Some(0),
                 HookKind::LnFinal if self.points.last()?.kind == HookKind::LnFinal => {
                     Some(self.points.len() - 1)
                 }
-                _ => None,
+                kind => self.points[..self.n_before]
+                    .iter()
+                    .position(|p| p.kind == kind),
             },
             Some(layer) if layer < self.n_layers => {
                 let k = self.block_kinds.iter().position(|&k| k == point.kind)?;
-                Some(1 + layer * self.block_kinds.len() + k)
+                Some(self.n_before + layer * self.block_kinds.len() + k)
             }
             Some(_) => None,
         }
@@ -191,10 +212,10 @@ impl HookRegistry {
         }
     }
 
-    /// Every point whose name matches a glob (`*` any run of characters, `?` one character).
-    /// A pattern without wildcards must name an existing hook.
+    /// Every point whose name matches a glob ([`glob_match`]'s syntax). A pattern without
+    /// wildcards must name an existing hook.
     pub fn resolve_pattern(&self, pattern: &str) -> Result<Vec<HookPoint>> {
-        if !pattern.contains(['*', '?']) {
+        if !is_glob(pattern) {
             return Ok(vec![self.resolve(pattern)?]);
         }
         let found: Vec<HookPoint> = self
@@ -248,7 +269,7 @@ mod tests {
     use super::*;
 
     fn registry() -> HookRegistry {
-        HookRegistry::new(3, &HookKind::PER_BLOCK, true)
+        HookRegistry::new(3, &HookKind::PER_BLOCK, false, true)
     }
 
     #[test]

@@ -9,9 +9,10 @@
 
 use candle_core::{Device, Tensor, D};
 
-use super::{per_core, KvCache, LanguageModel, Prefix, Segment};
+use super::{KvCache, LanguageModel, Prefix, RunPlan, Segment};
 use crate::error::{MsError, Result};
-use crate::hooks::HookContext;
+use crate::hooks::{HookContext, LogitsMode};
+use crate::kernels::per_core;
 
 /// How an input span is ablated.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -178,7 +179,8 @@ impl LanguageModel {
             let n = ids.len();
             let mut x = self
                 .decoder("ablate")?
-                .embed_ids(&Tensor::from_vec(ids, (1, n), &Device::Cpu)?)?
+                .embed
+                .tokens(&Tensor::from_vec(ids, (1, n), &Device::Cpu)?)?
                 .squeeze(0)?;
             if !v.masked.is_empty() {
                 let (s, e) = (v.masked.start - from, v.masked.end - from);
@@ -212,7 +214,7 @@ impl LanguageModel {
 
         let decoder = self.decoder("run ablations against next-token log-probabilities")?;
         let mean = match ablation {
-            Ablation::MeanEmbedding => Some(decoder.mean_input_embedding()?),
+            Ablation::MeanEmbedding => Some(decoder.embed.mean_token()?),
             _ => None,
         };
         let mut order: Vec<usize> = (0..spans.len()).collect();
@@ -259,10 +261,12 @@ impl LanguageModel {
         let mut clean_kv = KvCache::default();
         let ids = Tensor::from_vec(seq.clone(), (1, seq.len()), &Device::Cpu)?;
         let mut ctx = HookContext::inactive(self.hooks(), &[seq.len()]);
+        let plan = RunPlan::full(decoder, LogitsMode::None);
         let hidden = decoder.run_blocks(
-            decoder.embed_ids(&ids)?,
+            decoder.embed.tokens(&ids)?,
+            &[seq.len()],
             &mut ctx,
-            self.config().n_layers,
+            &plan,
             Some(&mut clean_kv),
         )?;
         let clean_rows = hidden.squeeze(0)?.narrow(0, seq.len() - m, m)?;
@@ -328,15 +332,15 @@ impl LanguageModel {
         let m = target.len();
         let seq = [prompt, &target[..m - 1]].concat();
         let mean = match ablation {
-            Ablation::MeanEmbedding => Some(self.decoder("ablate")?.mean_input_embedding()?),
+            Ablation::MeanEmbedding => Some(self.decoder("ablate")?.embed.mean_token()?),
             _ => None,
         };
         let score = |v: &Variant| -> Result<f64> {
             let (x, lengths) = self.variant_embeddings(&[v], 0, ablation, mean.as_ref())?;
             let mut ctx = HookContext::inactive(self.hooks(), &lengths);
-            let hidden =
-                self.decoder("ablate")?
-                    .run_blocks(x, &mut ctx, self.config().n_layers, None)?;
+            let net = self.decoder("ablate")?;
+            let plan = RunPlan::full(net, LogitsMode::None);
+            let hidden = net.run_blocks(x, &lengths, &mut ctx, &plan, None)?;
             let rows = hidden.squeeze(0)?.narrow(0, lengths[0] - m, m)?;
             Ok(self.target_logprobs(&rows, target)?[0])
         };

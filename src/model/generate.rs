@@ -4,7 +4,7 @@ use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{KvCache, LanguageModel};
+use super::{KvCache, LanguageModel, RunPlan};
 use crate::error::{MsError, Result};
 use crate::hooks::{HookContext, Intervention, LogitsMode};
 
@@ -145,20 +145,21 @@ impl LanguageModel {
         let mut input = prompt_ids.clone();
         let mut new_ids = Vec::new();
         let mut logprobs = Vec::new();
-        let decoder = self.decoder("generate text")?;
+        let net = self.decoder("generate text")?;
         for _ in 0..params.max_new_tokens {
             let ids = Tensor::from_vec(input.clone(), (1, input.len()), &Device::Cpu)?;
             let lengths = [input.len()];
             let mut ctx = HookContext::new(self.hooks(), None, interventions, &lengths)?;
-            let logits = decoder
-                .forward(
-                    &ids,
-                    &lengths,
-                    &mut ctx,
-                    self.config().n_layers,
-                    LogitsMode::Last,
-                    Some(&mut cache),
-                )?
+            let plan = RunPlan::new(
+                net,
+                &ctx,
+                &lengths,
+                net.cfg.n_layers,
+                LogitsMode::Last,
+                true,
+            );
+            let logits = net
+                .forward(&ids, &lengths, &mut ctx, &plan, Some(&mut cache), None)?
                 .ok_or_else(|| MsError::Compute("forward returned no logits".into()))?;
             let logits = logits.data;
             let next = pick_token(&logits, params, &mut rng);

@@ -1,47 +1,42 @@
-//! Language models: loading, tokenization, batched runs with hooks, and generation.
+//! Language models: a family's mapping loads the shared parts (`families/`, `parts/`), one
+//! forward runs them (`transformer.rs`, planned by `plan.rs`), and batched runs, generation
+//! and input-ablation attribution are built on it.
 
 mod ablation;
-pub mod blas;
 pub mod config;
-pub mod decoder;
-pub mod encoder;
-mod fused;
+pub mod families;
 mod generate;
-pub mod gguf;
-pub mod layers;
-mod per_core;
+pub mod parts;
+pub mod plan;
 mod run;
-pub mod tokenizer;
-pub mod weights;
+pub mod transformer;
 
 use std::path::{Path, PathBuf};
 
 pub use ablation::{Ablation, AblationScores};
-pub use config::{Family, ModelConfig, SUPPORTED_ARCHITECTURES, SUPPORTED_MODEL_TYPES};
-pub use decoder::{Decoder, KvCache, Prefix, Segment, WeightLayout};
-pub use encoder::Encoder;
+pub use config::ModelConfig;
+pub use families::{Family, SUPPORTED_ARCHITECTURES, SUPPORTED_MODEL_TYPES};
 pub use generate::{Generation, SamplingParams};
+pub use parts::{Prefix, Segment};
+pub use plan::RunPlan;
 pub use run::RunOutput;
-pub use tokenizer::{Encoded, TextTokenizer};
+pub use transformer::{KvCache, Transformer};
 
 use crate::error::{MsError, Result};
+use crate::formats::gguf::GgufFile;
+use crate::formats::hf_config::HfConfig;
+use crate::formats::tokenizer::TextTokenizer;
 use crate::hooks::HookRegistry;
 
-/// The network of a model: a decoder (next-token prediction) or an encoder (BERT).
-pub enum Backbone {
-    Decoder(Decoder),
-    Encoder(Encoder),
-}
-
-/// A loaded language model: weights, tokenizer and hook registry.
+/// A loaded language model: the network and its tokenizer.
 pub struct LanguageModel {
     pub name: String,
     pub source: String,
-    pub backbone: Backbone,
+    pub net: Transformer,
     pub tokenizer: TextTokenizer,
 }
 
-/// The files a Hugging Face model folder must have.
+/// The files a Hugging Face model folder must have besides its weights.
 const HF_FOLDER_FILES: [&str; 2] = ["config.json", "tokenizer.json"];
 
 impl LanguageModel {
@@ -65,10 +60,9 @@ impl LanguageModel {
                 ));
             }
         }
-        let gguf = gguf::GgufFile::open_parts(parts)?;
-        let cfg = ModelConfig::from_gguf(&gguf)?;
+        let gguf = GgufFile::open_parts(parts)?;
+        let net = families::load_gguf(&gguf)?;
         let tokenizer = TextTokenizer::from_gguf(&gguf)?;
-        let decoder = Decoder::load(&gguf, cfg, WeightLayout::Gguf)?;
         let path = &parts[0];
         let name = gguf
             .get_str("general.name")
@@ -77,12 +71,7 @@ impl LanguageModel {
                 path.file_stem()
                     .map_or_else(String::new, |s| s.to_string_lossy().into_owned())
             });
-        Ok(LanguageModel {
-            name,
-            source: path.display().to_string(),
-            backbone: Backbone::Decoder(decoder),
-            tokenizer,
-        })
+        Self::assemble(name, path.display().to_string(), net, tokenizer)
     }
 
     fn load_hf_folder(folder: &Path) -> Result<Self> {
@@ -99,67 +88,76 @@ impl LanguageModel {
                 missing.join(" and no ")
             )));
         }
-        let config_path = folder.join("config.json");
-        let text = std::fs::read_to_string(&config_path)
-            .map_err(|e| MsError::io(format!("cannot read {}", config_path.display()), e))?;
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-            MsError::ModelFormat(format!("{}: not valid JSON: {e}", config_path.display()))
-        })?;
-        let cfg = ModelConfig::from_hf_config(&json, &config_path.display().to_string())?;
-        let weights = weights::SafetensorsFolder::open(folder)?;
-        let tokenizer = TextTokenizer::from_file(&folder.join("tokenizer.json"), &json)?;
-        let backbone = match cfg.family {
-            Family::Bert => Backbone::Encoder(Encoder::load(&weights, cfg)?),
-            _ => Backbone::Decoder(Decoder::load(&weights, cfg, WeightLayout::HuggingFace)?),
-        };
+        let config = HfConfig::read(&folder.join("config.json"))?;
+        if config.get("quantization_config").is_some() {
+            return Err(config.unsupported(
+                "quantization_config",
+                "(a quantized Hugging Face checkpoint) is not implemented; load the \
+                 unquantized folder, or a GGUF file",
+            ));
+        }
+        let net = families::load_hf(folder, &config)?;
+        let tokenizer = TextTokenizer::from_file(&folder.join("tokenizer.json"), &config)?;
         let name = folder
             .file_name()
             .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+        Self::assemble(name, folder.display().to_string(), net, tokenizer)
+    }
+
+    /// The network and tokenizer together, once they are known to agree.
+    fn assemble(
+        name: String,
+        source: String,
+        net: Transformer,
+        tokenizer: TextTokenizer,
+    ) -> Result<Self> {
+        let vocab = net.cfg.vocab_size;
+        for (what, id) in [
+            ("bos", tokenizer.bos_id),
+            ("eos", tokenizer.eos_id),
+            ("pad", tokenizer.pad_id),
+        ] {
+            if let Some(id) = id.filter(|&id| id as usize >= vocab) {
+                return Err(MsError::ModelFormat(format!(
+                    "{source}: the {what} token id {id} is outside the vocabulary of {vocab}"
+                )));
+            }
+        }
         Ok(LanguageModel {
             name,
-            source: folder.display().to_string(),
-            backbone,
+            source,
+            net,
             tokenizer,
         })
     }
 
-    /// The decoder, or a clear error for an encoder asked to do what only decoders can.
-    pub fn decoder(&self, what: &str) -> Result<&Decoder> {
-        match &self.backbone {
-            Backbone::Decoder(d) => Ok(d),
-            Backbone::Encoder(_) => Err(MsError::invalid(format!(
-                "{} is an encoder ({}): it has no next-token head, so it cannot {what}; \
-                 use embed(), run_with_cache() and the probing methods instead",
-                self.name,
-                self.config().architecture
-            ))),
+    /// The network, or a clear error for an encoder asked to do what only decoders can.
+    pub fn decoder(&self, what: &str) -> Result<&Transformer> {
+        if self.net.lm_head.is_some() {
+            return Ok(&self.net);
         }
+        Err(MsError::invalid(format!(
+            "{} is an encoder ({}): it has no next-token head, so it cannot {what}; use \
+             embed(), run_with_cache() and the probing methods instead",
+            self.name, self.net.cfg.architecture
+        )))
     }
 
     pub fn is_encoder(&self) -> bool {
-        matches!(self.backbone, Backbone::Encoder(_))
+        self.net.lm_head.is_none()
     }
 
     /// The token embedding matrix `[vocab, d_model]`.
     pub fn embedding(&self) -> &candle_core::Tensor {
-        match &self.backbone {
-            Backbone::Decoder(d) => d.embedding(),
-            Backbone::Encoder(e) => e.embedding(),
-        }
+        self.net.embedding()
     }
 
     pub fn config(&self) -> &ModelConfig {
-        match &self.backbone {
-            Backbone::Decoder(d) => &d.cfg,
-            Backbone::Encoder(e) => &e.cfg,
-        }
+        &self.net.cfg
     }
 
     pub fn hooks(&self) -> &HookRegistry {
-        match &self.backbone {
-            Backbone::Decoder(d) => &d.hooks,
-            Backbone::Encoder(e) => &e.hooks,
-        }
+        &self.net.hooks
     }
 
     /// Tokenize prompts for a run, rejecting what a forward cannot take.
@@ -191,6 +189,13 @@ impl LanguageModel {
                 ids.len()
             )));
         }
-        self.tokenizer.check_ids(ids)
+        self.tokenizer.check_ids(ids)?;
+        let vocab = self.config().vocab_size;
+        match ids.iter().find(|&&i| i as usize >= vocab) {
+            Some(bad) => Err(MsError::invalid(format!(
+                "token id {bad} is out of range (vocabulary size {vocab})"
+            ))),
+            None => Ok(()),
+        }
     }
 }

@@ -3,14 +3,13 @@
 
 use candle_core::{Device, Tensor};
 
-use super::encoder::mean_pool_normalized;
-use super::per_core;
-use super::{Backbone, LanguageModel};
+use super::{LanguageModel, RunPlan};
 use crate::error::{MsError, Result};
 use crate::hooks::{
     Action, ActivationCache, CaptureSpec, CapturedArray, HookContext, Intervention, LogitsMode,
     Positions,
 };
+use crate::kernels::per_core;
 
 /// What one run returns.
 pub struct RunOutput {
@@ -100,7 +99,7 @@ impl LanguageModel {
         if !full_width {
             order.sort_by_key(|&i| lengths[i]);
         }
-        let n_blocks = self.blocks_needed(spec);
+        let n_blocks = RunPlan::blocks_needed(self.config().n_layers, spec);
         let pad = self.tokenizer.pad_id.or(self.tokenizer.eos_id).unwrap_or(0);
         let chunking = Chunking::new(batch_size, n, interventions);
         let chunks: Vec<&[usize]> = order.chunks(chunking.size).collect();
@@ -109,7 +108,7 @@ impl LanguageModel {
         let vocab = self.config().vocab_size;
         let logits_in_place = spec.logits == LogitsMode::All
             && n_blocks == self.config().n_layers
-            && matches!(self.backbone, Backbone::Decoder(_));
+            && !self.is_encoder();
         let mut all_logits = if logits_in_place {
             vec![0f32; n * t_max * vocab] // calloc'd fresh pages: written once, by the matmul
         } else {
@@ -142,19 +141,17 @@ impl LanguageModel {
                 .collect::<Result<Vec<_>>>()?;
             let mut ctx =
                 HookContext::new(self.hooks(), Some(&chunk_spec), &chunk_ivs, &chunk_lengths)?;
-            let logits = match (&self.backbone, out) {
-                (Backbone::Decoder(d), Some(out)) => {
-                    d.forward_logits_into(&ids, &mut ctx, out)?;
-                    None
-                }
-                (Backbone::Decoder(d), None) => {
-                    d.forward(&ids, &chunk_lengths, &mut ctx, n_blocks, spec.logits, None)?
-                }
-                (Backbone::Encoder(e), _) => {
-                    e.forward(&ids, &chunk_lengths, &mut ctx, n_blocks)?;
-                    None
-                }
-            };
+            let plan = RunPlan::new(
+                &self.net,
+                &ctx,
+                &chunk_lengths,
+                n_blocks,
+                spec.logits,
+                false,
+            );
+            let logits = self
+                .net
+                .forward(&ids, &chunk_lengths, &mut ctx, &plan, None, out)?;
             Ok((logits, ctx.cache))
         };
         let outputs = per_core::map(items, chunking.workers, run_chunk)?;
@@ -209,13 +206,13 @@ impl LanguageModel {
     /// Sentence embeddings `[n, d_model]` of an encoder: mean over each prompt's real tokens
     /// of the last hidden state, L2-normalised (sentence-transformers' pooling).
     pub fn embed(&self, tokens: &[Vec<u32>], batch_size: usize) -> Result<CapturedArray> {
-        let Backbone::Encoder(encoder) = &self.backbone else {
+        if !self.is_encoder() {
             return Err(MsError::invalid(format!(
                 "{} is a decoder; embed() pools an encoder's hidden states (load an encoder \
                  such as \"minilm-l6\"), or capture hook_resid_post from this model instead",
                 self.name
             )));
-        };
+        }
         if tokens.is_empty() {
             return Err(MsError::invalid("the list of prompts is empty"));
         }
@@ -232,7 +229,9 @@ impl LanguageModel {
             let width = *lengths.iter().max().unwrap_or(&1);
             let ids = padded_ids(tokens, rows, width, pad)?;
             let mut ctx = HookContext::inactive(self.hooks(), &lengths);
-            let hidden = encoder.forward(&ids, &lengths, &mut ctx, self.config().n_layers)?;
+            let plan = RunPlan::full(&self.net, LogitsMode::None);
+            let x = self.net.embed.tokens(&ids)?;
+            let hidden = self.net.run_blocks(x, &lengths, &mut ctx, &plan, None)?;
             let pooled = mean_pool_normalized(&hidden, &lengths)?;
             Ok(CapturedArray::new(
                 pooled.dims().to_vec(),
@@ -240,28 +239,6 @@ impl LanguageModel {
             ))
         })?;
         Ok(unsort(concat_batch(parts), &order))
-    }
-
-    /// Blocks that must run: all of them when logits or the final norm are wanted, otherwise
-    /// up to the last block that is captured or intervened on (later blocks cannot change what
-    /// is returned).
-    fn blocks_needed(&self, spec: &CaptureSpec) -> usize {
-        let n = self.config().n_layers;
-        if let Some(stop) = spec.stop_at_layer {
-            return stop;
-        }
-        if spec.logits != LogitsMode::None {
-            return n;
-        }
-        let mut need = 0;
-        for p in &spec.points {
-            match p.layer {
-                Some(l) => need = need.max(l + 1),
-                None if p.name() == "hook_embed" => {}
-                None => need = n,
-            }
-        }
-        need
     }
 }
 
@@ -335,4 +312,18 @@ fn unsort(sorted: CapturedArray, order: &[usize]) -> CapturedArray {
         data[i * per..(i + 1) * per].copy_from_slice(&sorted.data[k * per..(k + 1) * per]);
     }
     CapturedArray::new(sorted.shape, data)
+}
+
+/// Sentence embeddings as sentence-transformers computes them: the mean of the final hidden
+/// states over each row's real tokens, L2-normalised. `hidden [batch, pos, d]` -> `[batch, d]`.
+fn mean_pool_normalized(hidden: &Tensor, lengths: &[usize]) -> Result<Tensor> {
+    let (b, t, _) = hidden.dims3()?;
+    let weights: Vec<f32> = lengths
+        .iter()
+        .flat_map(|&len| (0..t).map(move |j| if j < len { 1.0 / len as f32 } else { 0.0 }))
+        .collect();
+    let w = Tensor::from_vec(weights, (b, t, 1), &Device::Cpu)?;
+    let mean = hidden.broadcast_mul(&w)?.sum(1)?;
+    let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f32::MAX)?;
+    Ok(mean.broadcast_div(&norm)?)
 }

@@ -17,9 +17,9 @@ def test_hook_names_cover_every_layer(model):
     for i in (0, model.n_layers - 1):
         for kind in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out",
                      "hook_mlp_out", "attn.hook_q", "attn.hook_k", "attn.hook_v",
-                     "attn.hook_pattern", "mlp.hook_post"):
+                     "attn.hook_pattern", "attn.hook_z", "mlp.hook_post"):
             assert f"blocks.{i}.{kind}" in names
-    assert len(names) == 2 + 10 * model.n_layers
+    assert len(names) == 2 + 11 * model.n_layers
 
 
 def test_issue_example_shapes(model):

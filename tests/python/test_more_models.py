@@ -135,13 +135,14 @@ def test_minilm_tokens_hidden_states_and_patterns_match(minilm, minilm_reference
     mask = ref["attention_mask"].astype(bool)
     for i, s in enumerate(sentences):
         assert minilm.to_tokens(s) == [int(t) for t in ref["input_ids"][i][mask[i]]]
-    names = lambda n: n == "hook_embed" or n.endswith("hook_resid_post") or n.endswith("hook_pattern")  # noqa: E731
+    # HF's hidden_states[0] is the embedding stage's output (after its LayerNorm): block 0's input.
+    names = lambda n: n == "blocks.0.hook_resid_pre" or n.endswith("hook_resid_post") or n.endswith("hook_pattern")  # noqa: E731
     logits, cache = minilm.run_with_cache(sentences, names=names)
     assert logits is None
     for i in range(len(sentences)):
         n = int(mask[i].sum())
         for layer in range(7):
-            name = "hook_embed" if layer == 0 else f"blocks.{layer - 1}.hook_resid_post"
+            name = "blocks.0.hook_resid_pre" if layer == 0 else f"blocks.{layer - 1}.hook_resid_post"
             np.testing.assert_allclose(cache[name][i, :n], ref["hidden_states"][layer, i, :n], atol=1e-4)
         for layer in range(6):
             got = cache[f"blocks.{layer}.attn.hook_pattern"][i, :, :n, :n]
@@ -211,7 +212,7 @@ def test_unsupported_model_type_lists_the_supported_ones(minilm_copy):
     cfg = json.loads((minilm_copy / "config.json").read_text())
     (minilm_copy / "config.json").unlink()
     (minilm_copy / "config.json").write_text(json.dumps({**cfg, "model_type": "t5"}))
-    with pytest.raises(UnsupportedArchitectureError, match="t5.*supported: llama, qwen2, gemma3_text"):
+    with pytest.raises(UnsupportedArchitectureError, match="t5.*supported: llama, mistral, qwen2, qwen3, gemma3, gemma3_text, phi3, gpt2, gpt_neox, bert"):
         ms.load_model(minilm_copy)
 
 
@@ -268,7 +269,7 @@ def test_tensor_with_wrong_shape_or_dtype_is_named(minilm_copy):
 
     bad = dict(tensors, **{p + "output.dense.bias": np.zeros(d, np.int8)})
     _write_safetensors(minilm_copy / "model.safetensors", bad)
-    with pytest.raises(ModelFormatError, match="output.dense.bias' has dtype"):
+    with pytest.raises(ModelFormatError, match="output.dense.bias' is stored as I8; weights must be F32, F16, BF16 or F64"):
         ms.load_model(minilm_copy)
 
 

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use candle_core::Tensor;
-use mindscope::model::gguf::GgufFile;
+use mindscope::formats::gguf::GgufFile;
 
 mod common;
 

@@ -21,7 +21,7 @@ use crate::error::Result;
 const TASK_ELEMS: usize = 16 * 1024;
 
 /// Run `f` on the elements of a contiguous f32 CPU tensor (`None` for anything else).
-pub(super) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
     let (storage, layout) = t.storage_and_layout();
     let (start, end) = layout.contiguous_offsets()?;
     match &*storage {
@@ -85,6 +85,90 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Option<Tensor>>
                     })
             };
             // SAFETY: the rows of `d` (its length is a multiple of d) cover the output.
+            unsafe { written_by(xs.len(), fill) }
+        })
+    })
+    .flatten();
+    out.map(|o| Ok(Tensor::from_vec(o, x.shape(), &Device::Cpu)?))
+        .transpose()
+}
+
+/// `(x - mean(x)) / sqrt(var(x) + eps) * weight + bias` over the last axis (`bias` optional).
+pub fn layer_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Option<Tensor>> {
+    let d = x.dims().last().copied().unwrap_or(0);
+    if d == 0 || weight.elem_count() != d || bias.is_some_and(|b| b.elem_count() != d) {
+        return Ok(None);
+    }
+    let zeros;
+    let bias_data = match bias {
+        Some(b) => b,
+        None => {
+            zeros = Tensor::zeros(d, candle_core::DType::F32, &Device::Cpu)?;
+            &zeros
+        }
+    };
+    let out = with_f32(x, |xs| {
+        with_f32(weight, |w| {
+            with_f32(bias_data, |bs| {
+                let chunk = rows_per_task(d) * d;
+                let fill = |out: &mut [MaybeUninit<f32>]| {
+                    out.par_chunks_mut(chunk)
+                        .zip(xs.par_chunks(chunk))
+                        .for_each(|(o, x)| {
+                            for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                                // Two passes in f64: mean, then the centred second moment.
+                                let mean = x.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
+                                let var = x
+                                    .iter()
+                                    .map(|&v| (v as f64 - mean) * (v as f64 - mean))
+                                    .sum::<f64>()
+                                    / d as f64;
+                                let inv = (1.0 / (var + eps).sqrt()) as f32;
+                                let mean = mean as f32;
+                                for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(bs) {
+                                    o.write((x - mean) * inv * w + b);
+                                }
+                            }
+                        })
+                };
+                // SAFETY: the rows of `d` (its length is a multiple of d) cover the output.
+                unsafe { written_by(xs.len(), fill) }
+            })
+        })
+    })
+    .flatten()
+    .flatten();
+    out.map(|o| Ok(Tensor::from_vec(o, x.shape(), &Device::Cpu)?))
+        .transpose()
+}
+
+/// `x + row` with `row [n]` added to every row of `x [..., n]` (a linear layer's bias), on the
+/// caller's rayon pool like [`add`].
+pub fn add_row(x: &Tensor, row: &Tensor) -> Result<Option<Tensor>> {
+    let n = x.dims().last().copied().unwrap_or(0);
+    if n == 0 || row.elem_count() != n {
+        return Ok(None);
+    }
+    let out = with_f32(x, |xs| {
+        with_f32(row, |r| {
+            let chunk = rows_per_task(n) * n;
+            let fill = |out: &mut [MaybeUninit<f32>]| {
+                out.par_chunks_mut(chunk)
+                    .zip(xs.par_chunks(chunk))
+                    .for_each(|(o, x)| {
+                        for (o, x) in o.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
+                            for ((o, &x), &b) in o.iter_mut().zip(x).zip(r) {
+                                o.write(x + b);
+                            }
+                        }
+                    })
+            };
+            // SAFETY: rows of `n` cover the output.
             unsafe { written_by(xs.len(), fill) }
         })
     })
@@ -234,7 +318,7 @@ unsafe fn softmax_body_avx2(row: &mut [f32]) {
     softmax_body(row)
 }
 
-pub(super) fn softmax_row(row: &mut [f32]) {
+pub fn softmax_row(row: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features the function was compiled for.
@@ -311,13 +395,16 @@ pub fn masked_softmax(scores: &Tensor, scale: f64, mask: &Tensor) -> Result<Opti
 }
 
 /// RoPE (rotate-half layout) fused with the head transpose: `x [b, t, h, d_head]` to
-/// `[b, h, t, d_head]` with `x * cos + rotate_half(x) * sin`, tables `[t, d_head]`.
+/// `[b, h, t, d_head]` with `x * cos + rotate_half(x) * sin` on the first `r` dimensions of
+/// each head (tables `[t, r]`, `r` even and at most `d_head`; partial rotary when smaller) and
+/// the other dimensions passed through.
 pub fn rope_to_heads(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Tensor>> {
     let (b, t, h, dh) = x.dims4()?;
-    if cos.dims() != [t, dh] || sin.dims() != [t, dh] || dh % 2 != 0 {
+    let r = cos.dims().get(1).copied().unwrap_or(0);
+    if cos.dims() != [t, r] || sin.dims() != [t, r] || r % 2 != 0 || r > dh {
         return Ok(None);
     }
-    let half = dh / 2;
+    let half = r / 2;
     let out = with_f32(x, |xs| {
         with_f32(cos, |cos| {
             with_f32(sin, |sin| {
@@ -327,14 +414,17 @@ pub fn rope_to_heads(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Te
                         let (bi, hi) = (bh / h, bh % h);
                         for (p, o) in o.chunks_exact_mut(dh).enumerate() {
                             let src = &xs[((bi * t + p) * h + hi) * dh..][..dh];
-                            let (c, s) = (&cos[p * dh..][..dh], &sin[p * dh..][..dh]);
-                            for i in 0..dh {
+                            let (c, s) = (&cos[p * r..][..r], &sin[p * r..][..r]);
+                            for i in 0..r {
                                 let rotated = if i < half {
                                     -src[i + half]
                                 } else {
                                     src[i - half]
                                 };
                                 o[i].write(src[i] * c[i] + rotated * s[i]);
+                            }
+                            for i in r..dh {
+                                o[i].write(src[i]);
                             }
                         }
                     })
@@ -353,9 +443,7 @@ pub fn rope_to_heads(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Te
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::layers::{
-        apply_rope, causal_mask, padding_mask, rms_norm_composed, softmax_last,
-    };
+    use crate::kernels::composed;
     use candle_core::DType;
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -387,8 +475,8 @@ mod tests {
         let x = (x + spike).unwrap();
         let w = randn(&[576], 1.0);
         let fused = rms_norm(&x, &w, 1e-5).unwrap().unwrap();
-        let composed = rms_norm_composed(&x, &w, 1e-5).unwrap();
-        let exact = rms_norm_composed(
+        let composed = composed::rms_norm(&x, &w, 1e-5).unwrap();
+        let exact = composed::rms_norm(
             &x.to_dtype(DType::F64).unwrap(),
             &w.to_dtype(DType::F64).unwrap(),
             1e-5,
@@ -452,11 +540,29 @@ mod tests {
     #[test]
     fn masked_softmax_equals_composition_for_both_mask_kinds() {
         let scores = randn(&[2, 3, 7, 9], 4.0);
-        let causal = causal_mask(7, 2, Some(4)).unwrap();
-        let padding = padding_mask(&[9, 5], 9).unwrap();
+        let inf = f32::NEG_INFINITY;
+        // A causal mask with a window ([q, k]) and a padding mask ([b, 1, 1, k]).
+        let causal: Vec<f32> = (0..7)
+            .flat_map(|i| {
+                (0..9).map(move |j| {
+                    if j <= i + 2 && i + 2 - j.min(i + 2) < 4 {
+                        0.0
+                    } else {
+                        inf
+                    }
+                })
+            })
+            .collect();
+        let causal = Tensor::from_vec(causal, (7, 9), &Device::Cpu).unwrap();
+        let padding: Vec<f32> = [9usize, 5]
+            .iter()
+            .flat_map(|&l| (0..9).map(move |j| if j < l { 0.0 } else { inf }))
+            .collect();
+        let padding = Tensor::from_vec(padding, (2, 1, 1, 9), &Device::Cpu).unwrap();
         for mask in [causal, padding] {
             let composed =
-                softmax_last(&(&scores * 0.125).unwrap().broadcast_add(&mask).unwrap()).unwrap();
+                composed::softmax_last(&(&scores * 0.125).unwrap().broadcast_add(&mask).unwrap())
+                    .unwrap();
             let fused = masked_softmax(&scores, 0.125, &mask).unwrap().unwrap();
             assert!(max_abs_diff(&fused, &composed) < 1e-6);
         }
@@ -465,8 +571,8 @@ mod tests {
     #[test]
     fn rope_to_heads_equals_transpose_then_rope() {
         let x = randn(&[2, 5, 3, 8], 2.0);
-        let (cos, sin) = crate::model::layers::rope_tables(10000.0, 8, 3, 5).unwrap();
-        let composed = apply_rope(
+        let (cos, sin) = (randn(&[5, 8], 1.0), randn(&[5, 8], 1.0));
+        let composed = composed::rope(
             &x.transpose(1, 2).unwrap().contiguous().unwrap(),
             &cos,
             &sin,
@@ -474,6 +580,27 @@ mod tests {
         .unwrap();
         let fused = rope_to_heads(&x, &cos, &sin).unwrap().unwrap();
         assert!(max_abs_diff(&fused, &composed) < 1e-6);
+        // Partial rotary: the tables cover 4 of 8 dimensions, the other 4 pass through.
+        let (cos, sin) = (randn(&[5, 4], 1.0), randn(&[5, 4], 1.0));
+        let heads = x.transpose(1, 2).unwrap().contiguous().unwrap();
+        let composed = composed::rope(&heads, &cos, &sin).unwrap();
+        let fused = rope_to_heads(&x, &cos, &sin).unwrap().unwrap();
+        assert!(max_abs_diff(&fused, &composed) < 1e-6);
+        let pass = |t: &Tensor| t.narrow(3, 4, 4).unwrap();
+        assert_eq!(max_abs_diff(&pass(&fused), &pass(&heads)), 0.0);
+    }
+
+    #[test]
+    fn layer_norm_and_bias_add_equal_composition() {
+        let x = (randn(&[3, 11, 64], 2.0) + 5.0).unwrap();
+        let (w, b) = (randn(&[64], 1.0), randn(&[64], 1.0));
+        for bias in [Some(&b), None] {
+            let fused = layer_norm(&x, &w, bias, 1e-5).unwrap().unwrap();
+            let want = composed::layer_norm(&x, &w, bias, 1e-5).unwrap();
+            assert!(max_abs_diff(&fused, &want) < 1e-5);
+        }
+        let added = add_row(&x, &b).unwrap().unwrap();
+        assert_eq!(max_abs_diff(&added, &x.broadcast_add(&b).unwrap()), 0.0);
     }
 
     #[test]

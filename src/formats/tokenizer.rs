@@ -35,6 +35,7 @@ use tokenizers::DecoderWrapper;
 use tokenizers::{AddedToken, Tokenizer};
 
 use super::gguf::GgufFile;
+use super::hf_config::HfConfig;
 use crate::error::{MsError, Result};
 
 const NORMAL_TOKEN: i64 = 1;
@@ -99,7 +100,7 @@ impl TextTokenizer {
 
     /// A Hugging Face `tokenizer.json`; special-token ids come from the model's `config.json`
     /// where it has them, else from the tokenizer's own special tokens.
-    pub fn from_file(path: &Path, config: &serde_json::Value) -> Result<Self> {
+    pub fn from_file(path: &Path, config: &HfConfig) -> Result<Self> {
         let mut inner = Tokenizer::from_file(path).map_err(|e| {
             MsError::ModelFormat(format!(
                 "{}: not a readable tokenizer.json: {e}",
@@ -112,9 +113,7 @@ impl TextTokenizer {
             .map_err(|e| tok_err("cannot switch truncation off", e))?;
         let id = |key: &str, fallbacks: &[&str]| -> Option<u32> {
             config
-                .get(key)
-                .and_then(serde_json::Value::as_u64)
-                .map(|v| v as u32)
+                .token_id(key)
                 .or_else(|| fallbacks.iter().find_map(|t| inner.token_to_id(t)))
         };
         Ok(TextTokenizer {

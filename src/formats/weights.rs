@@ -1,0 +1,169 @@
+//! Where weights come from: a GGUF file or a Hugging Face folder of safetensors, behind one
+//! interface, so every family's loader reads both the same way.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use candle_core::Tensor;
+
+use super::gguf::GgufFile;
+use super::safetensors::SafetensorsFolder;
+use crate::error::{MsError, Result};
+
+/// A named collection of tensors, each handed out as f32.
+pub trait TensorSource: Sync {
+    /// What the tensors are read from (for error messages).
+    fn origin(&self) -> String;
+    fn has_tensor(&self, name: &str) -> bool;
+    /// The stored shape of a tensor (row-major), without reading it.
+    fn dims(&self, name: &str) -> Option<Vec<usize>>;
+    /// Every tensor's name.
+    fn names(&self) -> Vec<String>;
+    /// Several tensors as f32, in the order asked (missing ones are an error naming them).
+    fn tensors_f32(&self, names: &[String]) -> Result<Vec<Tensor>>;
+}
+
+impl TensorSource for GgufFile {
+    fn origin(&self) -> String {
+        self.path().display().to_string()
+    }
+    fn has_tensor(&self, name: &str) -> bool {
+        GgufFile::has_tensor(self, name)
+    }
+    fn dims(&self, name: &str) -> Option<Vec<usize>> {
+        self.tensor_infos().get(name).map(|t| t.dims.clone())
+    }
+    fn names(&self) -> Vec<String> {
+        self.tensor_infos().keys().cloned().collect()
+    }
+    fn tensors_f32(&self, names: &[String]) -> Result<Vec<Tensor>> {
+        GgufFile::tensors_f32(self, names)
+    }
+}
+
+impl TensorSource for SafetensorsFolder {
+    fn origin(&self) -> String {
+        SafetensorsFolder::origin(self)
+    }
+    fn has_tensor(&self, name: &str) -> bool {
+        SafetensorsFolder::has_tensor(self, name)
+    }
+    fn dims(&self, name: &str) -> Option<Vec<usize>> {
+        SafetensorsFolder::dims(self, name)
+    }
+    fn names(&self) -> Vec<String> {
+        SafetensorsFolder::names(self)
+    }
+    fn tensors_f32(&self, names: &[String]) -> Result<Vec<Tensor>> {
+        SafetensorsFolder::tensors_f32(self, names)
+    }
+}
+
+/// Reads tensors by name, checking each one's shape and remembering which were read, so that a
+/// loader can refuse a file with tensors it would silently ignore.
+pub struct WeightReader<'a> {
+    source: &'a dyn TensorSource,
+    used: Mutex<HashSet<String>>,
+}
+
+impl<'a> WeightReader<'a> {
+    pub fn new(source: &'a dyn TensorSource) -> Self {
+        WeightReader {
+            source,
+            used: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn origin(&self) -> String {
+        self.source.origin()
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.source.has_tensor(name)
+    }
+
+    /// How many tensors the file has.
+    pub fn tensor_count(&self) -> usize {
+        self.source.names().len()
+    }
+
+    pub fn dims(&self, name: &str) -> Option<Vec<usize>> {
+        self.source.dims(name)
+    }
+
+    fn missing(&self, name: &str) -> MsError {
+        MsError::ModelFormat(format!("{}: tensor '{name}' is missing", self.origin()))
+    }
+
+    /// The tensor `name` as f32, which must have shape `expect` (checked before reading).
+    pub fn tensor(&self, name: &str, expect: &[usize]) -> Result<Tensor> {
+        let dims = self.dims(name).ok_or_else(|| self.missing(name))?;
+        if dims != expect {
+            return Err(MsError::ModelFormat(format!(
+                "{}: tensor '{name}' has shape {dims:?}, expected {expect:?}",
+                self.origin()
+            )));
+        }
+        let t = self
+            .source
+            .tensors_f32(&[name.to_string()])?
+            .pop()
+            .ok_or_else(|| self.missing(name))?;
+        self.used
+            .lock()
+            .expect("no panics while held")
+            .insert(name.to_string());
+        Ok(t)
+    }
+
+    /// Like [`tensor`](Self::tensor), for a tensor that may be absent.
+    pub fn optional(&self, name: &str, expect: &[usize]) -> Result<Option<Tensor>> {
+        if self.has(name) {
+            Ok(Some(self.tensor(name, expect)?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// A matrix `[rows, cols]` with any number of rows (e.g. token-type embeddings).
+    pub fn rows(&self, name: &str, cols: usize) -> Result<Tensor> {
+        let rows = match self.dims(name) {
+            Some(d) if d.len() == 2 && d[0] > 0 => d[0],
+            _ => 1,
+        };
+        self.tensor(name, &[rows, cols])
+    }
+
+    /// Mark a tensor as accounted for without reading it (e.g. a tied LM head's copy).
+    pub fn skip(&self, name: &str) {
+        self.used
+            .lock()
+            .expect("no panics while held")
+            .insert(name.to_string());
+    }
+
+    /// Refuse the file if it has tensors no loader read, other than those `ignorable` names
+    /// (buffers a checkpoint may carry, heads mindscope does not run): a weight the forward
+    /// would skip means the forward computes something other than the model.
+    pub fn check_all_used(&self, ignorable: impl Fn(&str) -> bool) -> Result<()> {
+        let used = self.used.lock().expect("no panics while held");
+        let mut unused: Vec<String> = self
+            .source
+            .names()
+            .into_iter()
+            .filter(|n| !used.contains(n) && !ignorable(n))
+            .collect();
+        if unused.is_empty() {
+            return Ok(());
+        }
+        unused.sort();
+        let n = unused.len();
+        unused.truncate(5);
+        Err(MsError::UnsupportedArchitecture(format!(
+            "{}: {n} tensor(s) that this family's forward does not use, e.g. {}; mindscope \
+             refuses to run a model without all of its weights",
+            self.origin(),
+            unused.join(", ")
+        )))
+    }
+}

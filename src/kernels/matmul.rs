@@ -1,0 +1,117 @@
+//! `x @ w^T` for the linear layers: through the BLAS loaded at run time (see [`super::blas`])
+//! when there is one, else candle's matmul.
+
+use candle_core::{Device, Tensor, D};
+
+use super::{blas, fused};
+use crate::error::{MsError, Result};
+
+/// Row counts up to which candle's path multiplies weights-first (`W x^T`): with few rows,
+/// `gemm`'s cost is packing the whole weight matrix, which the other order streams once.
+const SMALL_BATCH_ROWS: usize = 192;
+
+/// `x [rows, k] @ w^T` through the loaded BLAS, for contiguous f32 CPU tensors; `None` when
+/// there is no BLAS or the tensors do not qualify.
+fn blas_matmul(x: &Tensor, w: &Tensor) -> Option<Vec<f32>> {
+    if !blas::is_loaded() {
+        return None;
+    }
+    let (rows, k) = x.dims2().ok()?;
+    let (n, k_w) = w.dims2().ok()?;
+    if k != k_w {
+        return None;
+    }
+    fused::with_f32(x, |xs| {
+        fused::with_f32(w, |ws| blas::sgemm_xwt(xs, ws, rows, n, k))
+    })
+    .flatten()
+    .flatten()
+}
+
+/// `x [..., in] @ w^T (+ b)` for a weight `w [out, in]`.
+pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let x2 = x.reshape((rows, dims[dims.len() - 1]))?;
+    let n = w.dim(0)?;
+    let out = if let Some(data) = blas_matmul(&x2, w) {
+        Tensor::from_vec(data, (rows, n), &Device::Cpu)?
+    } else if rows <= SMALL_BATCH_ROWS {
+        w.matmul(&x2.t()?)?.t()?.contiguous()?
+    } else {
+        x2.matmul(&w.t()?)?
+    };
+    let out = match bias {
+        Some(b) => match fused::add_row(&out, b)? {
+            Some(o) => o,
+            None => out.broadcast_add(b)?,
+        },
+        None => out,
+    };
+    let mut shape = dims[..dims.len() - 1].to_vec();
+    shape.push(n);
+    Ok(out.reshape(shape)?)
+}
+
+/// `out = x [..., in] @ w^T` for a weight `w [out, in]`, written into the caller's row-major
+/// buffer of `rows * out` floats: the LM head's logits are the largest array of a forward,
+/// and the matmul writes them straight into the buffer handed to numpy.
+pub fn linear_into(x: &Tensor, w: &Tensor, out: &mut [f32]) -> Result<()> {
+    let k = x.dim(D::Minus1)?;
+    let rows = x.elem_count() / k.max(1);
+    let (n, k_w) = w.dims2()?;
+    if out.len() != rows * n || k != k_w {
+        return Err(MsError::shape(format!(
+            "linear_into: x {:?} @ w^T {:?} does not fit an output of {} floats",
+            x.dims(),
+            w.dims(),
+            out.len()
+        )));
+    }
+    let written = fused::with_f32(x, |xs| {
+        fused::with_f32(w, |ws| {
+            if blas::sgemm_xwt_into(xs, ws, rows, n, k, out) {
+                return;
+            }
+            let threads = candle_core::utils::get_num_threads();
+            let parallelism = if threads > 1 {
+                gemm::Parallelism::Rayon(threads)
+            } else {
+                gemm::Parallelism::None
+            };
+            // SAFETY: `xs` is [rows, k] row-major, `ws` is [n, k] row-major (read as the
+            // [k, n] matrix w^T through strides), `out` is [rows, n]; with read_dst = false
+            // gemm writes every element.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    n,
+                    k,
+                    out.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    xs.as_ptr(),
+                    1,
+                    k as isize,
+                    ws.as_ptr(),
+                    k as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+            }
+        })
+    })
+    .flatten();
+    if written.is_none() {
+        // Not contiguous f32: the general path, then one copy.
+        let product = linear(x, w, None)?.flatten_all()?.to_vec1::<f32>()?;
+        out.copy_from_slice(&product);
+    }
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! CPU kernels under the model code: matrix products (a BLAS loaded at run time, or candle's
+//! `gemm`), single-pass element-wise kernels, and running independent work one piece per core.
+//! Nothing here knows about architectures or hooks.
+
+pub mod blas;
+pub mod composed;
+pub mod fused;
+pub mod matmul;
+pub mod per_core;

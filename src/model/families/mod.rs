@@ -1,0 +1,230 @@
+//! One file per architecture family: how its config keys map onto a [`ModelConfig`] (refusing
+//! every key whose value it does not implement), and which shared parts (`model::parts`) it
+//! loads from which tensor names. The forward is shared; a family has no forward of its own.
+//!
+//! Adding a family: a file here with `config` (keys -> [`ModelConfig`]) and `load` (tensor
+//! names -> parts), its `model_type` in [`load_hf`], and a reference test against
+//! `transformers` in `tests/python/test_families.py`.
+
+mod bert;
+mod gemma3;
+mod gpt2;
+mod gpt_neox;
+mod hf_rope;
+mod llama;
+mod phi3;
+
+use std::path::Path;
+
+use candle_core::Tensor;
+use rayon::prelude::*;
+
+use super::config::{ModelConfig, NormKind};
+use super::parts::{Block, Linear, Norm};
+use super::Transformer;
+use crate::error::{MsError, Result};
+use crate::formats::gguf::GgufFile;
+use crate::formats::hf_config::HfConfig;
+use crate::formats::safetensors::SafetensorsFolder;
+use crate::formats::weights::WeightReader;
+
+/// The architecture families mindscope runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Llama, Mistral, Qwen 2, Qwen 3 (SmolLM2 is a Llama): RMSNorm, RoPE, GQA, SwiGLU.
+    Llama,
+    /// Gemma 3: sandwich norms, q/k norms, scaled embeddings, GeGLU, sliding-window layers.
+    Gemma3,
+    /// Phi-3: Llama with fused `qkv_proj` and `gate_up_proj`.
+    Phi3,
+    /// GPT-2: learned positions, LayerNorm with bias, Conv1D weights, fused `c_attn`.
+    Gpt2,
+    /// GPT-NeoX / Pythia: parallel attention and MLP, partial rotary, interleaved fused qkv.
+    GptNeoX,
+    /// BERT encoders: learned positions, bidirectional attention, post-LayerNorm.
+    Bert,
+}
+
+impl Family {
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Llama => "llama",
+            Family::Gemma3 => "gemma3",
+            Family::Phi3 => "phi3",
+            Family::Gpt2 => "gpt2",
+            Family::GptNeoX => "gpt_neox",
+            Family::Bert => "bert",
+        }
+    }
+}
+
+/// Hugging Face `config.json` `model_type` values with a mapping here.
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma3",
+    "gemma3_text",
+    "phi3",
+    "gpt2",
+    "gpt_neox",
+    "bert",
+];
+/// GGUF `general.architecture` values with a mapping here.
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "gemma3"];
+
+/// The model in a Hugging Face folder (`config.json`, safetensors, `tokenizer.json`).
+pub fn load_hf(folder: &Path, config: &HfConfig) -> Result<Transformer> {
+    let model_type = config.model_type()?;
+    let weights = SafetensorsFolder::open(folder)?;
+    let r = WeightReader::new(&weights);
+    match model_type {
+        "llama" | "mistral" | "qwen2" | "qwen3" => llama::load_hf(config, &r),
+        "gemma3" | "gemma3_text" => gemma3::load_hf(config, &r),
+        "phi3" => phi3::load_hf(config, &r),
+        "gpt2" => gpt2::load_hf(config, &r),
+        "gpt_neox" => gpt_neox::load_hf(config, &r),
+        "bert" => bert::load_hf(config, &r),
+        other => Err(MsError::UnsupportedArchitecture(format!(
+            "{}: model_type '{other}' is not supported; supported: {}",
+            config.origin(),
+            SUPPORTED_MODEL_TYPES.join(", ")
+        ))),
+    }
+}
+
+/// The model in a GGUF file.
+pub fn load_gguf(gguf: &GgufFile) -> Result<Transformer> {
+    let arch = gguf.get_str("general.architecture")?;
+    let r = WeightReader::new(gguf);
+    match arch {
+        "llama" => llama::load_gguf(gguf, &r),
+        "gemma3" => gemma3::load_gguf(gguf, &r),
+        other => Err(MsError::UnsupportedArchitecture(format!(
+            "{}: architecture '{other}' is not supported; supported GGUF architectures: {}",
+            gguf.path().display(),
+            SUPPORTED_ARCHITECTURES.join(", ")
+        ))),
+    }
+}
+
+/// Check the config against the file before anything is allocated per layer: a layer needs
+/// tensors of its own, so a file cannot describe more layers than it has tensors.
+fn check_fits(cfg: &ModelConfig, r: &WeightReader) -> Result<()> {
+    cfg.validate(&r.origin())?;
+    let n = r.tensor_count();
+    if cfg.n_layers > n {
+        return Err(MsError::ModelFormat(format!(
+            "{}: the config says {} layers, but the file has only {n} tensors",
+            r.origin(),
+            cfg.n_layers
+        )));
+    }
+    Ok(())
+}
+
+/// A norm's weight (and bias, for LayerNorms that have one) `[d]`. `plus_one`: the file
+/// stores `w - 1` (Hugging Face Gemma), the forward multiplies by `w`.
+fn norm(
+    r: &WeightReader,
+    kind: NormKind,
+    weight: &str,
+    bias: Option<&str>,
+    d: usize,
+    eps: f64,
+    plus_one: bool,
+) -> Result<Norm> {
+    let w = r.tensor(weight, &[d])?;
+    let bias = match bias {
+        Some(b) => Some(r.tensor(b, &[d])?),
+        None => None,
+    };
+    Ok(Norm {
+        kind,
+        weight: if plus_one { (w + 1.0)? } else { w },
+        bias,
+        eps,
+    })
+}
+
+/// Whether a layer's biases are required, optional (loaded if present) or absent.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Bias {
+    Required,
+    IfPresent,
+    None,
+}
+
+/// A linear layer from a weight `[out, in]` and its bias `[out]` (per `bias`).
+fn linear(
+    r: &WeightReader,
+    weight: &str,
+    bias_name: &str,
+    bias: Bias,
+    out: usize,
+    inp: usize,
+) -> Result<Linear> {
+    let w = r.tensor(weight, &[out, inp])?;
+    let b = match bias {
+        Bias::Required => Some(r.tensor(bias_name, &[out])?),
+        Bias::IfPresent => r.optional(bias_name, &[out])?,
+        Bias::None => None,
+    };
+    Ok(Linear::new(w, b))
+}
+
+/// Split `t` along axis 0 into consecutive pieces of the given sizes (fused projections:
+/// `qkv_proj` -> q, k, v), each contiguous.
+fn split_rows(t: &Tensor, sizes: &[usize]) -> Result<Vec<Tensor>> {
+    let mut out = Vec::with_capacity(sizes.len());
+    let mut at = 0;
+    for &n in sizes {
+        out.push(t.narrow(0, at, n)?.contiguous()?);
+        at += n;
+    }
+    Ok(out)
+}
+
+/// Split a fused projection into [`Linear`]s by output rows (bias split the same way).
+fn split_linear(fused: Linear, sizes: &[usize]) -> Result<Vec<Linear>> {
+    let weights = split_rows(&fused.weight, sizes)?;
+    let biases = match &fused.bias {
+        Some(b) => split_rows(b, sizes)?.into_iter().map(Some).collect(),
+        None => vec![None; sizes.len()],
+    };
+    Ok(weights
+        .into_iter()
+        .zip(biases)
+        .map(|(w, b)| Linear::new(w, b))
+        .collect())
+}
+
+/// Load the blocks `0..n` in parallel (each reads and converts its own tensors).
+fn load_blocks(n: usize, load: impl Fn(usize) -> Result<Block> + Sync) -> Result<Vec<Block>> {
+    (0..n).into_par_iter().map(&load).collect()
+}
+
+/// The LM head: its own weight, or the token embedding when tied. `tie` is what the config
+/// says (`None`: the family's default when the file has no head).
+fn lm_head(
+    r: &WeightReader,
+    name: &str,
+    embedding: &Tensor,
+    tie: Option<bool>,
+) -> Result<(Tensor, bool)> {
+    let dims = embedding.dims().to_vec();
+    if r.has(name) && tie != Some(true) {
+        return Ok((r.tensor(name, &dims)?, false));
+    }
+    if tie == Some(false) {
+        return Err(MsError::ModelFormat(format!(
+            "{}: tensor '{name}' is missing, and the config says the LM head is not tied to \
+             the embeddings (tie_word_embeddings = false)",
+            r.origin()
+        )));
+    }
+    // Tied: a checkpoint may still carry a copy of the embedding under the head's name.
+    r.skip(name);
+    Ok((embedding.clone(), true))
+}

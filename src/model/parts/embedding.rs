@@ -1,0 +1,73 @@
+//! The embedding stage: token embeddings (with `hook_embed`), then whatever the family adds
+//! before the first block (learned positions with `hook_pos_embed`, BERT's token-type
+//! embedding and LayerNorm). Its output is `blocks.0.hook_resid_pre`.
+
+use candle_core::{Device, Tensor};
+
+use super::Norm;
+use crate::error::Result;
+use crate::hooks::{HookContext, HookKind, HookPoint};
+
+#[derive(Clone)]
+pub struct Embedding {
+    /// `[vocab, d_model]`, as stored (unscaled).
+    pub tokens: Tensor,
+    /// Token embeddings are multiplied by this (Gemma: sqrt(d_model)).
+    pub scale: Option<f64>,
+    /// Learned absolute positions `[context, d_model]`.
+    pub positions: Option<Tensor>,
+    /// Added to every position (BERT's token type 0) `[d_model]`.
+    pub token_type: Option<Tensor>,
+    /// Normalizes the sum (BERT).
+    pub norm: Option<Norm>,
+}
+
+impl Embedding {
+    /// Token embeddings `[batch, pos, d_model]` of ids `[batch, pos]` (scaled).
+    pub fn tokens(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let d = self.tokens.dim(1)?;
+        let x = self
+            .tokens
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, d))?;
+        Ok(match self.scale {
+            Some(s) => (x * s)?,
+            None => x,
+        })
+    }
+
+    /// The mean token embedding `[d_model]` as fed to the model (scaled).
+    pub fn mean_token(&self) -> Result<Tensor> {
+        let m = self.tokens.mean(0)?;
+        Ok(match self.scale {
+            Some(s) => (m * s)?,
+            None => m,
+        })
+    }
+
+    /// From token embeddings `x [batch, pos, d_model]` (the `hook_embed` site, visited here)
+    /// to the first block's input; `positions` are the rows' positions (the same for every
+    /// prompt of the batch).
+    pub fn finish(&self, x: Tensor, positions: &[usize], ctx: &mut HookContext) -> Result<Tensor> {
+        let mut x = ctx.visit(HookPoint::global(HookKind::Embed), x)?;
+        if let Some(table) = &self.positions {
+            let idx: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+            let idx = Tensor::from_vec(idx, positions.len(), &Device::Cpu)?;
+            let (b, t, d) = x.dims3()?;
+            let pos = table.index_select(&idx, 0)?.reshape((1, t, d))?;
+            let pos = ctx.visit(
+                HookPoint::global(HookKind::PosEmbed),
+                pos.broadcast_as((b, t, d))?.contiguous()?,
+            )?;
+            x = (x + pos)?;
+        }
+        if let Some(tt) = &self.token_type {
+            x = x.broadcast_add(tt)?;
+        }
+        if let Some(norm) = &self.norm {
+            x = norm.forward(&x)?;
+        }
+        Ok(x)
+    }
+}

@@ -1,0 +1,33 @@
+//! RMSNorm and LayerNorm over the last axis.
+
+use candle_core::Tensor;
+
+use crate::error::Result;
+use crate::kernels::{composed, fused};
+use crate::model::config::NormKind;
+
+#[derive(Clone)]
+pub struct Norm {
+    pub kind: NormKind,
+    /// `[d]`; for Gemma already `1 + w` (its norms multiply by one plus the stored weight).
+    pub weight: Tensor,
+    /// `[d]` (LayerNorm only, when the family has one).
+    pub bias: Option<Tensor>,
+    pub eps: f64,
+}
+
+impl Norm {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (w, b, eps) = (&self.weight, self.bias.as_ref(), self.eps);
+        match self.kind {
+            NormKind::Rms => match fused::rms_norm(x, w, eps)? {
+                Some(out) => Ok(out),
+                None => composed::rms_norm(x, w, eps),
+            },
+            NormKind::Layer => match fused::layer_norm(x, w, b, eps)? {
+                Some(out) => Ok(out),
+                None => composed::layer_norm(x, w, b, eps),
+            },
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! The forward pass every family shares: embeddings, the blocks, the final norm and the LM
+//! head, with a hook at every site of [`crate::hooks::HookKind`].
+//!
+//! Batches are right-padded. A decoder's causal mask keeps every real token from attending to
+//! the padding after it, so positions stay `0..len` and padded rows are garbage that nothing
+//! reads (captures zero them); an encoder masks padded keys instead.
+
+use candle_core::Tensor;
+
+use super::config::{ModelConfig, Residual};
+use super::parts::attention::{pick_positions, AttendWith, LayerKv};
+use super::parts::packed::row_positions;
+use super::parts::{
+    causal_mask, padding_mask, Block, Embedding, Keys, Norm, Prefix, Rope, Segment,
+};
+use super::plan::{last_positions, RunPlan};
+use crate::error::{MsError, Result};
+use crate::hooks::{CapturedArray, HookContext, HookKind, HookPoint, HookRegistry, LogitsMode};
+use crate::kernels::matmul::{linear, linear_into};
+
+/// A transformer: its config and the parts its family loaded.
+pub struct Transformer {
+    pub cfg: ModelConfig,
+    pub embed: Embedding,
+    pub blocks: Vec<Block>,
+    /// One per [`ModelConfig::ropes`] entry.
+    pub ropes: Vec<Rope>,
+    /// Before the LM head (decoders).
+    pub final_norm: Option<Norm>,
+    /// `[vocab, d_model]`; the token embedding itself when tied (shared, not copied). `None`
+    /// for encoders.
+    pub lm_head: Option<Tensor>,
+    pub hooks: HookRegistry,
+}
+
+/// Keys and values of earlier positions, per layer: `[batch, kv_head, pos, d_head]`.
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<LayerKv>,
+    len: usize,
+}
+
+impl KvCache {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn layer(&self, layer: usize) -> Option<&(Tensor, Tensor)> {
+        self.layers.get(layer).and_then(Option::as_ref)
+    }
+}
+
+/// The hook kinds of one block of `cfg`: every kind, but `hook_resid_mid` where the residual
+/// is parallel (there is no stream between attention and MLP).
+fn block_kinds(cfg: &ModelConfig) -> Vec<HookKind> {
+    HookKind::PER_BLOCK
+        .into_iter()
+        .filter(|&k| !(cfg.residual == Residual::Parallel && k == HookKind::ResidMid))
+        .collect()
+}
+
+/// The per-forward tables of the dense path: cos/sin for each RoPE kind, a mask per window.
+struct DenseTables {
+    ropes: Vec<(Tensor, Tensor)>,
+    masks: Vec<(Option<usize>, Tensor)>,
+}
+
+impl Transformer {
+    pub fn new(
+        cfg: ModelConfig,
+        embed: Embedding,
+        blocks: Vec<Block>,
+        final_norm: Option<Norm>,
+        lm_head: Option<Tensor>,
+    ) -> Result<Self> {
+        if blocks.len() != cfg.n_layers {
+            return Err(MsError::ModelFormat(format!(
+                "{} blocks loaded for {} layers",
+                blocks.len(),
+                cfg.n_layers
+            )));
+        }
+        let ropes = cfg.ropes.iter().map(Rope::new).collect();
+        let hooks = HookRegistry::new(
+            cfg.n_layers,
+            &block_kinds(&cfg),
+            cfg.learned_positions,
+            final_norm.is_some(),
+        );
+        Ok(Transformer {
+            cfg,
+            embed,
+            blocks,
+            ropes,
+            final_norm,
+            lm_head,
+            hooks,
+        })
+    }
+
+    /// The token embedding matrix `[vocab, d_model]` (unscaled).
+    pub fn embedding(&self) -> &Tensor {
+        &self.embed.tokens
+    }
+
+    /// Run the model on right-padded token ids `[batch, pos]` (`lengths` are the real
+    /// lengths) as `plan` says. Returns the logits when the plan asks for them (all positions
+    /// go into `logits_out` when given). With a KV cache, the ids are new positions appended
+    /// after the cached ones.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        lengths: &[usize],
+        ctx: &mut HookContext,
+        plan: &RunPlan,
+        kv: Option<&mut KvCache>,
+        logits_out: Option<&mut [f32]>,
+    ) -> Result<Option<CapturedArray>> {
+        let x = self.embed.tokens(ids)?;
+        let x = self.run_blocks(x, lengths, ctx, plan, kv)?;
+        if plan.n_blocks < self.cfg.n_layers {
+            return Ok(None);
+        }
+        self.head(&x, lengths, ctx, plan, logits_out)
+    }
+
+    /// The tables of one dense forward of `t` positions after `offset` cached ones.
+    fn dense_tables(&self, lengths: &[usize], t: usize, offset: usize) -> Result<DenseTables> {
+        let ropes = self
+            .ropes
+            .iter()
+            .map(|r| r.tables(offset..offset + t))
+            .collect::<Result<_>>()?;
+        let mut masks: Vec<(Option<usize>, Tensor)> = Vec::new();
+        for l in &self.cfg.layers {
+            if masks.iter().any(|(w, _)| *w == l.window) {
+                continue;
+            }
+            let mask = if self.cfg.causal {
+                causal_mask(t, offset, l.window)?
+            } else {
+                padding_mask(lengths, t)?
+            };
+            masks.push((l.window, mask));
+        }
+        Ok(DenseTables { ropes, masks })
+    }
+
+    /// Blocks `0..plan.n_blocks` on token embeddings `x [batch, pos, d_model]` (the
+    /// `hook_embed` site), returning the residual stream after the last block run
+    /// (`[batch, n, d_model]` at the plan's tail rows, if it has them). With a KV cache, `x`
+    /// holds new positions appended after the cached ones.
+    pub fn run_blocks(
+        &self,
+        x: Tensor,
+        lengths: &[usize],
+        ctx: &mut HookContext,
+        plan: &RunPlan,
+        mut kv: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let t = x.dim(1)?;
+        let offset = kv.as_ref().map_or(0, |c| c.len);
+        if offset + t > self.cfg.context_length {
+            return Err(MsError::invalid(format!(
+                "{} tokens do not fit the model's context length of {}",
+                offset + t,
+                self.cfg.context_length
+            )));
+        }
+        let positions: Vec<usize> = (offset..offset + t).collect();
+        let mut x = self.embed.finish(x, &positions, ctx)?;
+        if let Some(cache) = kv.as_deref_mut() {
+            cache.layers.resize_with(self.cfg.n_layers, || None);
+        }
+        let tables = self.dense_tables(lengths, t, offset)?;
+        let n_run = plan.n_blocks.min(self.cfg.n_layers);
+        for (layer, block) in self.blocks.iter().enumerate().take(n_run) {
+            let spec = &self.cfg.layers[layer];
+            let mask = &tables
+                .masks
+                .iter()
+                .find(|(w, _)| *w == spec.window)
+                .expect("a mask per window")
+                .1;
+            let attend = AttendWith {
+                layer,
+                rope: spec.rope.map(|k| &tables.ropes[k]),
+                scale: spec.scale,
+                keys: Keys::Dense {
+                    mask,
+                    cache: kv.as_deref_mut().map(|c| &mut c.layers[layer]),
+                },
+                queries: plan.tail_rows.as_deref().filter(|_| layer + 1 == n_run),
+            };
+            x = block.forward(x, ctx, attend)?;
+        }
+        if let Some(cache) = kv {
+            cache.len += t;
+        }
+        Ok(x)
+    }
+
+    /// All blocks on packed token embeddings `x [total, d_model]` (segment after segment),
+    /// each segment continuing the first `prefix` positions of the shared sequence held by
+    /// `source`. Returns the final residual stream at `keep` (row indices into `x`):
+    /// `[keep, d_model]`; the last block computes its tail for those rows only. No hooks run
+    /// here: this path serves scores, not captures.
+    pub fn run_packed(
+        &self,
+        x: Tensor,
+        segments: &[Segment],
+        source: Prefix,
+        keep: &[usize],
+    ) -> Result<Tensor> {
+        let (total, d) = x.dims2()?;
+        if segments.iter().map(|s| s.rows).sum::<usize>() != total {
+            return Err(MsError::shape(format!(
+                "packed segments cover {} rows, the input has {total}",
+                segments.iter().map(|s| s.rows).sum::<usize>()
+            )));
+        }
+        let available = source.available(segments);
+        if let Some(s) = segments.iter().find(|s| s.prefix > available) {
+            return Err(MsError::invalid(format!(
+                "a segment continues {} shared positions, only {available} are available",
+                s.prefix
+            )));
+        }
+        let end = segments
+            .iter()
+            .map(|s| s.prefix + s.rows)
+            .max()
+            .unwrap_or(0);
+        if end > self.cfg.context_length {
+            return Err(MsError::invalid(format!(
+                "{end} tokens do not fit the model's context length of {}",
+                self.cfg.context_length
+            )));
+        }
+        let positions = row_positions(segments);
+        let mut ctx = HookContext::inactive(&self.hooks, &[total]);
+        let mut x = self
+            .embed
+            .finish(x.reshape((1, total, d))?, &positions, &mut ctx)?;
+        let ropes: Vec<(Tensor, Tensor)> = self
+            .ropes
+            .iter()
+            .map(|r| r.tables(positions.iter().copied()))
+            .collect::<Result<_>>()?;
+        let keep = [keep.to_vec()];
+        let (kvh, dh) = (self.cfg.n_kv_heads, self.cfg.d_head);
+        let empty = (
+            Tensor::zeros(
+                (1, kvh, 0, dh),
+                candle_core::DType::F32,
+                &candle_core::Device::Cpu,
+            )?,
+            Tensor::zeros(
+                (1, kvh, 0, dh),
+                candle_core::DType::F32,
+                &candle_core::Device::Cpu,
+            )?,
+        );
+        let n = self.cfg.n_layers;
+        for (layer, block) in self.blocks.iter().enumerate() {
+            let spec = &self.cfg.layers[layer];
+            let prefix = match source {
+                Prefix::Cache(cache) => Some(cache.layer(layer).unwrap_or(&empty)),
+                Prefix::FirstSegment => None,
+            };
+            let attend = AttendWith {
+                layer,
+                rope: spec.rope.map(|k| &ropes[k]),
+                scale: spec.scale,
+                keys: Keys::Packed {
+                    segments,
+                    prefix,
+                    window: spec.window,
+                },
+                queries: (layer + 1 == n).then_some(&keep[..]),
+            };
+            x = block.forward(x, &mut ctx, attend)?;
+        }
+        Ok(x.squeeze(0)?)
+    }
+
+    /// The final norm with its `ln_final.hook_normalized` hook.
+    fn final_normed(&self, x: &Tensor, ctx: &mut HookContext) -> Result<Tensor> {
+        let norm = self.final_norm.as_ref().ok_or_else(|| {
+            MsError::invalid("this model has no final norm (an encoder has no LM head)")
+        })?;
+        ctx.visit(HookPoint::global(HookKind::LnFinal), norm.forward(x)?)
+    }
+
+    /// The logits the plan asks for, from the final residual stream `x`.
+    fn head(
+        &self,
+        x: &Tensor,
+        lengths: &[usize],
+        ctx: &mut HookContext,
+        plan: &RunPlan,
+        out: Option<&mut [f32]>,
+    ) -> Result<Option<CapturedArray>> {
+        let Some(lm_head) = &self.lm_head else {
+            return Ok(None);
+        };
+        let ln_final = HookPoint::global(HookKind::LnFinal);
+        match plan.logits {
+            LogitsMode::All => {
+                let normed = self.final_normed(x, ctx)?;
+                match out {
+                    Some(buf) => {
+                        linear_into(&normed, lm_head, buf)?;
+                        Ok(None)
+                    }
+                    None => {
+                        let (b, t, _) = normed.dims3()?;
+                        let vocab = lm_head.dim(0)?;
+                        // calloc'd fresh pages: written once, by the matmul.
+                        let mut data = vec![0f32; b * t * vocab];
+                        linear_into(&normed, lm_head, &mut data)?;
+                        Ok(Some(CapturedArray::new(vec![b, t, vocab], data)))
+                    }
+                }
+            }
+            LogitsMode::Last => {
+                let (b, _, d) = x.dims3()?;
+                let last = if plan.tail_rows.is_some() {
+                    // The last block ran at each prompt's last row only.
+                    self.unembed(&x.reshape((b, d))?)?
+                } else if ctx.wants(ln_final) {
+                    let normed = self.final_normed(x, ctx)?;
+                    let rows = pick_positions(&normed, 1, &last_positions(lengths))?;
+                    linear(&rows.reshape((b, d))?, lm_head, None)?
+                } else {
+                    let rows = pick_positions(x, 1, &last_positions(lengths))?;
+                    self.unembed(&rows.reshape((b, d))?)?
+                };
+                Ok(Some(to_captured(&last)?))
+            }
+            LogitsMode::None => {
+                if ctx.wants(ln_final) {
+                    self.final_normed(x, ctx)?;
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// The final norm and unembedding of residual-stream vectors `[n, d_model]`: logits
+    /// `[n, vocab]` (the logit lens).
+    pub fn unembed(&self, resid: &Tensor) -> Result<Tensor> {
+        let (Some(norm), Some(head)) = (&self.final_norm, &self.lm_head) else {
+            return Err(MsError::invalid(
+                "this model has no LM head (an encoder): nothing to unembed with",
+            ));
+        };
+        linear(&norm.forward(resid)?, head, None)
+    }
+}
+
+fn to_captured(t: &Tensor) -> Result<CapturedArray> {
+    Ok(CapturedArray::new(
+        t.dims().to_vec(),
+        t.flatten_all()?.to_vec1()?,
+    ))
+}
