@@ -89,10 +89,10 @@ def main() -> None:
     target = [int(np.argmax(model.run([ids], return_logits="last")[0]))]
     spans = [(i, i + 1) for i in range(32)]
     rows = []
-    t_fast, fast = median_time(lambda: model._native.ablation_scores(ids, target, spans, "delete", None, args.batch, False),
+    t_fast, fast = median_time(lambda: model.ablation_scores(ids, target, spans, "delete", batch_size=args.batch),
                          args.repeats)
     rows.append(("mindscope, shared prefix + target rows only", t_fast))
-    t_naive, naive = median_time(lambda: model._native.ablation_scores(ids, target, spans, "delete", None, 1, True),
+    t_naive, naive = median_time(lambda: model.ablation_scores(ids, target, spans, "delete", batch_size=1, naive=True),
                            args.repeats)
     rows.append(("mindscope, naive: 32 + 1 full forwards", t_naive))
     diff = max(abs(fast[0] - naive[0]), float(np.max(np.abs(np.array(fast[1]) - naive[1]))))

@@ -1,7 +1,21 @@
 //! One error type for the whole core. Each variant maps to a typed Python exception
 //! (see `python/mindscope/errors.py`), so bad input never surfaces as a panic.
 
+use std::any::Any;
+use std::sync::Arc;
+
 use thiserror::Error;
+
+/// What a user callback raised, carried through the core untouched so that the bindings can
+/// re-raise it as itself (a Python exception keeps its type, traceback and cause).
+#[derive(Clone)]
+pub struct CallbackPayload(pub Arc<dyn Any + Send + Sync>);
+
+impl std::fmt::Debug for CallbackPayload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallbackPayload")
+    }
+}
 
 #[derive(Debug, Error)]
 pub enum MsError {
@@ -36,6 +50,12 @@ pub enum MsError {
     /// A numerical backend failed (candle, linear algebra); a bug or an exotic input.
     #[error("{0}")]
     Compute(String),
+    /// A user callback (a Python hook function) raised.
+    #[error("{message}")]
+    Callback {
+        message: String,
+        payload: CallbackPayload,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, MsError>;
@@ -73,6 +93,8 @@ impl MsError {
                 source,
             },
             MsError::Compute(m) => MsError::Compute(format!("{what}: {m}")),
+            // The user's own exception goes back unchanged.
+            MsError::Callback { message, payload } => MsError::Callback { message, payload },
         }
     }
 
@@ -88,6 +110,7 @@ impl MsError {
             MsError::Data(_) => "DataError",
             MsError::Io { .. } => "StorageError",
             MsError::Compute(_) => "ComputeError",
+            MsError::Callback { .. } => "InvalidArgumentError",
         }
     }
 }

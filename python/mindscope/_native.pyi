@@ -4,8 +4,8 @@ Users call the wrappers in ``mindscope`` (``load_model``, ``HookedModel``); thes
 functions those wrappers call. Every array is float32 and C-contiguous, handed over without a copy.
 """
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -14,13 +14,46 @@ __version__: str
 
 F32 = npt.NDArray[np.float32]
 
-# (hook name, action, array, scale, positions kind, positions values, callable)
-NativeIntervention = tuple[
-    str, str, F32 | None, float, str | None, Sequence[int], Callable[[F32, str], F32 | None] | None
-]
+# Requests are dicts read and validated by the core (src/bindings/requests.rs); unknown keys
+# and values of the wrong type raise InvalidArgumentError naming the key and what is allowed.
+Prompts = str | Sequence[str] | Sequence[Sequence[int]]
+Positions = str | int | Sequence[int] | Any  # "all" | "last" | index | indices | PerPrompt
+
+class RunRequest(TypedDict, total=False):
+    prompts: Prompts
+    names: str | Sequence[str] | None  # names or globs ("blocks.[0-3].hook_resid_post"); None: all
+    positions: Positions
+    stop_at_layer: int | None  # blocks 0..stop_at_layer-1 run
+    logits: bool | str  # True (default for the positions), False, "none", "last", "all"
+    interventions: Sequence[Any] | None  # Intervention objects or (hook, action) tuples
+    batch_size: int
+
+class GenerateRequest(TypedDict, total=False):
+    prompt: str
+    max_new_tokens: int
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    seed: int
+    stop_at_eos: bool
+    interventions: Sequence[Any] | None
+
+class EmbedRequest(TypedDict, total=False):
+    prompts: Prompts
+    batch_size: int
+
+class AblationRequest(TypedDict, total=False):
+    prompt_ids: Sequence[int]
+    target_ids: Sequence[int]
+    spans: Sequence[tuple[int, int]]
+    ablation: str  # "delete" | "replace" | "zero" | "mean"
+    replace_id: int | None
+    batch_size: int
+    rows_per_batch: int
+    naive: bool
 
 class Model:
-    """A model in the Rust core (weights dequantized to f32, hook registry, tokenizer)."""
+    """A model in the Rust core (weights as f32, hook registry, tokenizer)."""
 
     @staticmethod
     def load(path: str) -> Model:
@@ -32,22 +65,21 @@ class Model:
     @property
     def is_encoder(self) -> bool:
         """True for encoders (BERT): no logits, no generation, but ``embed``."""
-    def embed(
-        self, texts: Sequence[str] | None, token_ids: Sequence[Sequence[int]] | None, batch_size: int
-    ) -> F32:
-        """Sentence embeddings ``[n, d_model]``: mean over real tokens of the last hidden state,
-        L2-normalised. Encoders only."""
     @property
     def name(self) -> str: ...
     @property
     def source(self) -> str: ...
     def config(self) -> dict[str, Any]:
-        """architecture, family ("llama" | "gemma3" | "bert"), is_encoder, activation, n_layers,
-        d_model, n_heads, n_kv_heads, d_head, d_mlp, vocab_size, context_length, rope_theta,
-        rope_local_theta, sliding_window, sliding_layers ``[n_layers]``, attn_scale, norm_eps,
-        tie_embeddings, bos/eos/pad_token_id, add_bos."""
+        """architecture, family ("llama" | "gemma3" | "phi3" | "gpt2" | "gpt_neox" | "bert"),
+        is_encoder, activation, norm ("rms" | "layer"), residual ("sequential" | "parallel" |
+        "post_norm"), mlp ("gated" | "plain"), positions ("rope" | "learned"), n_layers, d_model,
+        n_heads, n_kv_heads, d_head, d_mlp, vocab_size, context_length, rope_theta,
+        rope_local_theta, rotary_dim, rope_scaling, sliding_window, sliding_layers
+        ``[n_layers]``, attn_scale, norm_eps, tie_embeddings, bos/eos/pad_token_id, add_bos."""
     def hook_names(self) -> list[str]:
         """Every hook point, in forward order."""
+    def resolve_hooks(self, patterns: Sequence[str]) -> list[str]:
+        """The hook names matching names or globs, in forward order (UnknownHookError otherwise)."""
     def tokenize(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """Token ids ``[n_tokens]`` and character spans ``[(start, end)] * n_tokens``."""
     def decode(self, ids: Sequence[int]) -> str: ...
@@ -55,57 +87,26 @@ class Model:
         """The text of each token on its own."""
     def token_to_id(self, token: str) -> int | None:
         """The id of a vocabulary entry (e.g. ``"Ġcapital"``)."""
-    def run(
-        self,
-        texts: Sequence[str] | None,
-        token_ids: Sequence[Sequence[int]] | None,
-        names: Sequence[str],
-        positions_kind: str,
-        positions_values: Sequence[int],
-        stop_at_layer: int | None,
-        logits: str,
-        interventions: Sequence[NativeIntervention],
-        batch_size: int,
-    ) -> tuple[F32 | None, list[tuple[str, F32]], list[list[int]]]:
+    def run(self, request: RunRequest) -> tuple[F32 | None, list[tuple[str, F32]], list[list[int]]]:
         """Run prompts; returns (logits ``[batch, vocab]`` or ``[batch, pos, vocab]`` or None,
-        captured arrays by hook name in forward order, token ids per prompt).
-
-        ``positions_kind``: ``"all"`` (arrays ``[batch, pos, ...]``), ``"last"`` (``[batch, ...]``),
-        ``"indices"`` (``[batch, len(values), ...]``), ``"per_prompt"`` (``[batch, ...]``).
-        ``logits``: ``"none"``, ``"last"`` or ``"all"``. The GIL is released while it runs."""
-    def generate(
-        self,
-        prompt: str,
-        max_new_tokens: int,
-        temperature: float,
-        top_k: int | None,
-        top_p: float | None,
-        seed: int,
-        stop_at_eos: bool,
-        interventions: Sequence[NativeIntervention],
-    ) -> dict[str, Any]:
+        captured arrays by hook name in forward order, token ids per prompt). Captures:
+        ``positions="all"`` keeps ``[batch, pos, ...]``, ``"last"`` / PerPrompt drop the pos axis,
+        indices keep one entry per index. The GIL is released while it runs."""
+    def embed(self, request: EmbedRequest) -> F32:
+        """Sentence embeddings ``[n, d_model]``: mean over real tokens of the last hidden state,
+        L2-normalised. Encoders only."""
+    def generate(self, request: GenerateRequest) -> dict[str, Any]:
         """``{"text": str, "token_ids": [n_new], "logprobs": [n_new], "prompt_ids": [n_prompt]}``."""
     def unembed(self, resid: F32) -> F32:
         """Final norm + LM head: ``[n, d_model]`` -> logits ``[n, vocab]``."""
     def embedding_matrix(self) -> F32:
         """Token embeddings ``[vocab, d_model]`` (a copy)."""
-    def ablation_scores(
-        self,
-        prompt_ids: Sequence[int],
-        target_ids: Sequence[int],
-        spans: Sequence[tuple[int, int]],
-        kind: str,
-        replace_id: int | None = None,
-        batch_size: int = 64,
-        naive: bool = False,
-        rows_per_batch: int = 2048,
-    ) -> tuple[float, list[float]]:
+    def ablation_scores(self, request: AblationRequest) -> tuple[float, list[float]]:
         """``(log p(target | prompt), [log p(target | prompt with span i ablated)])``, target
-        log-probs summed over its tokens. ``kind``: ``"delete"``, ``"replace"`` (each token by
-        ``replace_id``), ``"zero"`` or ``"mean"`` (input embedding). Spans are token ranges
-        ``[start, end)``. Variants run packed, at most ``batch_size`` variants and about
-        ``rows_per_batch`` recomputed positions per packed run (when several runs are needed,
-        one runs per core); ``naive`` runs one full forward per variant instead (the reference)."""
+        log-probs summed over its tokens. Spans are token ranges ``[start, end)``. Variants run
+        packed, at most ``batch_size`` variants and about ``rows_per_batch`` recomputed
+        positions per packed run (when several runs are needed, one runs per core); ``naive``
+        runs one full forward per variant instead (the reference)."""
 
 def use_blas(path: str) -> str:
     """Multiply with ``cblas_sgemm`` from the shared library at ``path`` (once per process);
@@ -113,7 +114,7 @@ def use_blas(path: str) -> str:
 def blas_library() -> str | None:
     """The BLAS library in use, or None for the built-in ``gemm`` kernels."""
 def supported_architectures() -> list[str]:
-    """Architectures with a forward pass (GGUF ``general.architecture`` values)."""
+    """GGUF ``general.architecture`` values and Hugging Face ``model_type`` values with a mapping."""
 
 F64 = npt.NDArray[np.float64]
 

@@ -1,16 +1,17 @@
-"""Capture specs and interventions on the Python side: normalise what users write into the
-plain tuples the native module takes."""
+"""Capture specs and interventions as users write them, and the activation cache that comes
+back. The core reads these objects itself (``src/bindings/requests.rs``); nothing here
+validates them."""
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Union
 
 import numpy as np
 
-from .errors import InvalidArgumentError, ShapeError
+from .errors import InvalidArgumentError
 
 NamesSpec = Union[None, str, Sequence[str], Callable[[str], bool]]
 
@@ -25,41 +26,15 @@ class PerPrompt:
 PositionsSpec = Union[str, int, Sequence[int], PerPrompt]
 
 
-def resolve_names(names: NamesSpec, hook_names: Sequence[str]) -> list[str]:
-    """Hook names (or globs the core expands) selected by a list, a glob, or a predicate."""
-    if names is None:
-        return list(hook_names)
-    if isinstance(names, str):
-        return [names]
-    if callable(names):
+def names_request(names: NamesSpec, hook_names: Sequence[str]) -> str | list[str] | None:
+    """``names`` as the core takes it: a predicate (Python code) is applied here; names and
+    globs go to the core's one matcher unchanged."""
+    if callable(names) and not isinstance(names, str):
         chosen = [n for n in hook_names if names(n)]
         if not chosen:
             raise InvalidArgumentError("the names predicate selected no hook point")
         return chosen
-    out = list(names)
-    if not all(isinstance(n, str) for n in out):
-        raise InvalidArgumentError("names must be strings (hook names or globs)")
-    return out
-
-
-def positions_args(positions: PositionsSpec) -> tuple[str, list[int]]:
-    """Native (kind, values) for a positions spec."""
-    if isinstance(positions, PerPrompt):
-        return "per_prompt", [int(i) for i in positions.indices]
-    if isinstance(positions, str):
-        if positions not in ("all", "last"):
-            raise InvalidArgumentError(
-                f"positions='{positions}' is not allowed; use 'all', 'last', an index, "
-                "a list of indices, or PerPrompt([...])"
-            )
-        return positions, []
-    if isinstance(positions, (int, np.integer)):
-        return "indices", [int(positions)]
-    try:
-        values = [int(i) for i in positions]
-    except TypeError as exc:
-        raise InvalidArgumentError(f"positions must be 'all', 'last', an int or a list of ints, got {positions!r}") from exc
-    return "indices", values
+    return names  # type: ignore[return-value]
 
 
 @dataclass
@@ -83,64 +58,9 @@ class Intervention:
 
 
 InterventionSpec = Union[Intervention, tuple]
-
-
-def _from_tuple(item: tuple) -> Intervention:
-    if len(item) < 2 or not isinstance(item[0], str):
-        raise InvalidArgumentError(
-            f"an intervention is (hook_name, action), got {item!r}"
-        )
-    hook, action, *rest = item
-    if callable(action):
-        return Intervention(hook, "call", fn=action)
-    if isinstance(action, str):
-        if action == "zero":
-            return Intervention(hook, "zero")
-        if action == "mean" and not rest:
-            return Intervention(hook, "mean")
-        raise InvalidArgumentError(
-            f"intervention at '{hook}': action '{action}' needs a value: ('{hook}', ('{action}', value))"
-        )
-    if isinstance(action, tuple) and action and isinstance(action[0], str):
-        kind, *args = action
-        if kind in ("replace", "patch", "mean"):
-            return Intervention(hook, kind, value=args[0] if args else None)
-        if kind == "add":
-            if not args:
-                raise InvalidArgumentError(f"intervention at '{hook}': ('add', vector[, scale])")
-            return Intervention(hook, "add", value=args[0], scale=float(args[1]) if len(args) > 1 else 1.0)
-        if kind == "zero":
-            return Intervention(hook, "zero")
-    raise InvalidArgumentError(
-        f"intervention at '{hook}': unknown action {action!r}; allowed: 'zero', ('replace', array), "
-        "('patch', array), ('add', vector, scale), ('mean', vector or None), or a callable"
-    )
-
-
-def intervention_args(
-    interventions: Iterable[InterventionSpec] | None, hook_names: Sequence[str]
-) -> list[tuple[Any, ...]]:
-    """Native tuples ``(name, action, array, scale, pos_kind, pos_values, fn)``; globs expand."""
-    out: list[tuple[Any, ...]] = []
-    for item in interventions or []:
-        iv = item if isinstance(item, Intervention) else _from_tuple(tuple(item))
-        if any(ch in iv.hook for ch in "*?"):
-            targets = [n for n in hook_names if fnmatch.fnmatchcase(n, iv.hook)]
-            if not targets:
-                raise InvalidArgumentError(f"intervention pattern '{iv.hook}' matches no hook")
-        else:
-            targets = [iv.hook]
-        value = None
-        if iv.value is not None:
-            value = np.ascontiguousarray(np.asarray(iv.value, dtype=np.float32))
-            if not np.all(np.isfinite(value)):
-                raise InvalidArgumentError(f"intervention at '{iv.hook}': value contains NaN or inf")
-        if iv.action == "call" and not callable(iv.fn):
-            raise InvalidArgumentError(f"intervention at '{iv.hook}': action 'call' needs fn")
-        pos_kind, pos_values = (None, []) if iv.positions is None else positions_args(iv.positions)
-        for name in targets:
-            out.append((name, iv.action, value, float(iv.scale), pos_kind, pos_values, iv.fn))
-    return out
+"""An :class:`Intervention`, or a tuple: ``(name, "zero")``, ``(name, "mean")``,
+``(name, ("replace", array))``, ``(name, ("patch", array))``, ``(name, ("add", vector, scale))``,
+``(name, ("mean", vector))`` or ``(name, fn)``. Names may be globs. The core reads either form."""
 
 
 class ActivationCache(Mapping[str, np.ndarray]):

@@ -12,15 +12,7 @@ import numpy as np
 from . import _native
 from .backend import enable_default_blas
 from .errors import InvalidArgumentError
-from .hooks import (
-    ActivationCache,
-    InterventionSpec,
-    NamesSpec,
-    PositionsSpec,
-    intervention_args,
-    positions_args,
-    resolve_names,
-)
+from .hooks import ActivationCache, InterventionSpec, NamesSpec, PositionsSpec, names_request
 from .registry import resolve_model_paths
 
 Prompts = Union[str, Sequence[str], Sequence[Sequence[int]]]
@@ -36,19 +28,6 @@ class Generation:
     token_ids: list[int]
     logprobs: list[float]
     prompt_ids: list[int]
-
-
-def _split_prompts(prompts: Prompts) -> tuple[list[str] | None, list[list[int]] | None]:
-    if isinstance(prompts, str):
-        return [prompts], None
-    items = list(prompts)
-    if not items:
-        raise InvalidArgumentError("the list of prompts is empty")
-    if all(isinstance(p, str) for p in items):
-        return items, None
-    if all(isinstance(p, (list, tuple, np.ndarray)) for p in items):
-        return None, [[int(i) for i in p] for p in items]
-    raise InvalidArgumentError("prompts must be a string, a list of strings, or a list of token-id lists")
 
 
 class HookedModel:
@@ -142,24 +121,16 @@ class HookedModel:
         Returns:
             ``(logits or None, cache)``; ``cache[name]`` is a float32 numpy array.
         """
-        texts, token_ids = _split_prompts(prompts)
-        kind, values = positions_args(positions)
-        # An encoder has no logits: the default asks for none rather than failing.
-        default = self.is_encoder and return_logits is True
-        logits_mode = "none" if default else self._logits_mode(return_logits, kind, stop_at_layer)
-        if batch_size < 1:
-            raise InvalidArgumentError(f"batch_size must be at least 1, got {batch_size}")
-        logits, entries, tokens = self._native.run(
-            texts,
-            token_ids,
-            resolve_names(names, self._hook_names),
-            kind,
-            values,
-            stop_at_layer,
-            logits_mode,
-            intervention_args(interventions, self._hook_names),
-            batch_size,
-        )
+        # The request is read and validated once, in Rust (src/bindings/requests.rs).
+        logits, entries, tokens = self._native.run({
+            "prompts": prompts,
+            "names": names_request(names, self._hook_names),
+            "positions": positions,
+            "stop_at_layer": stop_at_layer,
+            "logits": return_logits,
+            "interventions": list(interventions) if interventions is not None else None,
+            "batch_size": batch_size,
+        })
         return logits, ActivationCache(dict(entries), [list(t) for t in tokens], positions)
 
     def run(
@@ -184,25 +155,10 @@ class HookedModel:
 
         Returns ``[n_sentences, d_model]`` float32 (unit rows).
         """
-        if batch_size < 1:
-            raise InvalidArgumentError(f"batch_size must be at least 1, got {batch_size}")
-        texts, token_ids = _split_prompts(sentences)
-        return self._native.embed(texts, token_ids, int(batch_size))
+        return self._native.embed({"prompts": sentences, "batch_size": batch_size})
 
     def __call__(self, prompts: Prompts, **kwargs: Any) -> np.ndarray:
         return self.run(prompts, **kwargs)
-
-    @staticmethod
-    def _logits_mode(return_logits: bool | str, kind: str, stop_at_layer: int | None) -> str:
-        if return_logits is False or return_logits is None:
-            return "none"
-        if return_logits is True:
-            if stop_at_layer is not None:
-                return "none"
-            return "last" if kind in ("last", "per_prompt") else "all"
-        if return_logits in ("none", "last", "all"):
-            return str(return_logits)
-        raise InvalidArgumentError(f"return_logits must be True, False, 'none', 'last' or 'all', got {return_logits!r}")
 
     def generate(
         self,
@@ -219,14 +175,11 @@ class HookedModel:
         """Continue ``prompt`` with a KV cache. ``temperature=0`` is greedy; otherwise sampling
         with optional top-k / top-p, reproducible for a ``seed``. Returns the continuation's text,
         or a :class:`Generation` with token ids and log-probs if ``return_details``."""
-        if not isinstance(prompt, str):
-            raise InvalidArgumentError("generate takes one prompt string")
-        if max_new_tokens < 0:
-            raise InvalidArgumentError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        out = self._native.generate(
-            prompt, int(max_new_tokens), float(temperature), top_k, top_p, int(seed),
-            bool(stop_at_eos), intervention_args(interventions, self._hook_names),
-        )
+        out = self._native.generate({
+            "prompt": prompt, "max_new_tokens": max_new_tokens, "temperature": temperature,
+            "top_k": top_k, "top_p": top_p, "seed": seed, "stop_at_eos": stop_at_eos,
+            "interventions": list(interventions) if interventions is not None else None,
+        })
         gen = Generation(prompt, out["text"], list(out["token_ids"]), list(out["logprobs"]), list(out["prompt_ids"]))
         return gen if return_details else gen.text
 
@@ -293,6 +246,41 @@ class HookedModel:
                         h.update(chunk)
             self._sha256 = h.hexdigest()
         return self._sha256
+
+    def ablation_scores(
+        self,
+        prompt_ids: Sequence[int],
+        target_ids: Sequence[int],
+        spans: Sequence[tuple[int, int]],
+        ablation: str = "delete",
+        replace_id: int | None = None,
+        batch_size: int = 64,
+        rows_per_batch: int = 2048,
+        naive: bool = False,
+    ) -> tuple[float, list[float]]:
+        """Log-probability of ``target_ids`` after ``prompt_ids`` (summed over target tokens),
+        clean and with each token span ``(start, end)`` ablated: ``"delete"``, ``"replace"``
+        (with ``replace_id``), ``"zero"`` or ``"mean"`` (the token embeddings). Variants share
+        the clean prefix and run packed (at most ``batch_size`` variants and about
+        ``rows_per_batch`` recomputed positions per run); ``naive=True`` runs one full forward
+        per variant instead (the reference the fast path is tested against).
+
+        Returns ``(clean, [ablated per span])``.
+        """
+        return self._native.ablation_scores({
+            "prompt_ids": prompt_ids, "target_ids": target_ids, "spans": spans, "ablation": ablation,
+            "replace_id": replace_id, "batch_size": batch_size, "rows_per_batch": rows_per_batch,
+            "naive": naive,
+        })
+
+    def resolve_hooks(self, names: NamesSpec) -> list[str]:
+        """The hook names that ``names`` selects (names, globs such as
+        ``"blocks.[0-3].hook_resid_post"``, a predicate, or ``None`` for all), in forward order:
+        the same matcher every call uses."""
+        chosen = names_request(names, self._hook_names)
+        if chosen is None:
+            return list(self._hook_names)
+        return list(self._native.resolve_hooks([chosen] if isinstance(chosen, str) else list(chosen)))
 
     # --- weights ------------------------------------------------------------------------
     def unembed(self, resid: np.ndarray) -> np.ndarray:

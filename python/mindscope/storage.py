@@ -150,8 +150,6 @@ def dump(model: Any, texts: str | os.PathLike[str] | Sequence[str], path: str | 
     (Arrow IPC, memory-mapped on reading) or ``"parquet"`` (decoded on reading; DuckDB and Spark
     read it natively).
     """
-    from .hooks import resolve_names
-
     if positions not in _POSITIONS:
         raise InvalidArgumentError(f"positions must be one of {_POSITIONS}, got {positions!r}")
     if dtype not in ("float16", "float32"):
@@ -163,10 +161,7 @@ def dump(model: Any, texts: str | os.PathLike[str] | Sequence[str], path: str | 
     prompts = read_texts(texts, column, skip_bad_lines)
     if not prompts:
         raise DataError("the corpus is empty: no prompts to dump")
-    hook_list = [n for n in model.hook_names()
-                 if n in set(_expand(resolve_names(names, model.hook_names()), model.hook_names()))]
-    if not hook_list:
-        raise InvalidArgumentError(f"names {names!r} select no hook")
+    hook_list = model.resolve_hooks(names)
     out = Path(path)
     spec = _spec(model, hook_list, positions, dtype, len(prompts), part_size, format)
     done = _prepare_folder(out, spec, resume, overwrite)
@@ -192,11 +187,6 @@ def dump(model: Any, texts: str | os.PathLike[str] | Sequence[str], path: str | 
     progress.close()
     return load_dump(out)
 
-
-def _expand(patterns: list[str], hook_names: list[str]) -> list[str]:
-    import fnmatch
-
-    return [n for n in hook_names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
 
 
 def _prepare_folder(out: Path, spec: dict[str, Any], resume: bool, overwrite: bool) -> list[dict[str, Any]]:

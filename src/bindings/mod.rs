@@ -13,11 +13,18 @@ pub mod analysis;
 pub mod convert;
 pub mod model;
 pub mod plot;
+pub mod requests;
 pub mod storage;
 
-/// Convert a core error into the matching `mindscope.errors` exception.
+/// Convert a core error into the matching `mindscope.errors` exception (a user callback's
+/// own exception is re-raised as itself).
 pub fn to_py_err(err: MsError) -> PyErr {
     Python::attach(|py| {
+        if let MsError::Callback { payload, .. } = &err {
+            if let Some(e) = payload.0.downcast_ref::<PyErr>() {
+                return e.clone_ref(py);
+            }
+        }
         let class = py
             .import("mindscope.errors")
             .and_then(|m| m.getattr(err.python_class()));

@@ -3,33 +3,17 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use numpy::{
-    PyArrayDyn, PyArrayMethods, PyReadonlyArray2, PyReadonlyArrayDyn, PyUntypedArrayMethods,
-};
+use numpy::{PyArrayDyn, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use super::convert::{array_from_py, array_to_py, opt_array};
+use super::convert::array_to_py;
+use super::requests::{ablation_args, embed_args, generate_args, run_args, token_ids};
 use super::{to_py_err, IntoPyResult};
 use crate::error::{MsError, Result};
-use crate::hooks::{
-    Action, CaptureSpec, CapturedArray, HookFn, Intervention, LogitsMode, Positions,
-};
-use crate::model::{
-    Ablation, LanguageModel, SamplingParams, SUPPORTED_ARCHITECTURES, SUPPORTED_MODEL_TYPES,
-};
-
-/// One intervention as the Python layer passes it:
-/// `(hook name, action, array, scale, positions kind, positions values, callable)`.
-type PyIntervention<'py> = (
-    String,
-    String,
-    Option<PyReadonlyArrayDyn<'py, f32>>,
-    f32,
-    Option<String>,
-    Vec<i64>,
-    Option<Py<PyAny>>,
-);
+use crate::hooks::CapturedArray;
+use crate::model::config::Residual;
+use crate::model::{LanguageModel, SUPPORTED_ARCHITECTURES, SUPPORTED_MODEL_TYPES};
 
 /// Token ids and character spans of one text.
 type TokensWithOffsets = (Vec<u32>, Vec<(usize, usize)>);
@@ -45,111 +29,6 @@ type RunResult<'py> = (
 #[pyclass(frozen, module = "mindscope._native")]
 pub struct Model {
     inner: Arc<LanguageModel>,
-}
-
-fn parse_positions(kind: &str, values: Vec<i64>) -> Result<Positions> {
-    match kind {
-        "all" => Ok(Positions::All),
-        "last" => Ok(Positions::Last),
-        "indices" => Ok(Positions::Indices(values)),
-        "per_prompt" => Ok(Positions::PerPrompt(values)),
-        other => Err(MsError::invalid(format!(
-            "positions kind '{other}' is not known; allowed: 'all', 'last', 'indices', 'per_prompt'"
-        ))),
-    }
-}
-
-fn parse_logits(mode: &str) -> Result<LogitsMode> {
-    match mode {
-        "none" => Ok(LogitsMode::None),
-        "last" => Ok(LogitsMode::Last),
-        "all" => Ok(LogitsMode::All),
-        other => Err(MsError::invalid(format!(
-            "logits='{other}' is not allowed; use 'none', 'last' or 'all'"
-        ))),
-    }
-}
-
-/// Wrap a Python callable `f(activation, hook_name) -> array | None` as a core hook function.
-fn python_hook(callable: Py<PyAny>) -> HookFn {
-    Arc::new(move |name: &str, act: &mut CapturedArray| {
-        Python::attach(|py| -> PyResult<()> {
-            let arr = array_to_py(py, act.clone())?;
-            let out = callable.call1(py, (arr.clone(), name))?;
-            let result: Bound<'_, PyArrayDyn<f32>> = if out.is_none(py) {
-                arr
-            } else {
-                out.into_bound(py)
-                    .extract::<Bound<'_, PyArrayDyn<f32>>>()
-                    .map_err(|_| {
-                        pyo3::exceptions::PyTypeError::new_err(
-                            "a hook function must return None or a float32 numpy array",
-                        )
-                    })?
-            };
-            *act = array_from_py(&result.readonly());
-            Ok(())
-        })
-        .map_err(|e| MsError::invalid(format!("hook function at '{name}' raised: {e}")))
-    })
-}
-
-fn parse_interventions(
-    model: &LanguageModel,
-    raw: Vec<PyIntervention<'_>>,
-) -> Result<Vec<Intervention>> {
-    raw.into_iter()
-        .map(
-            |(name, action, array, scale, pos_kind, pos_values, callable)| {
-                let point = model.hooks().resolve(&name)?;
-                let array = opt_array(array);
-                let need_array = |what: &str| {
-                    MsError::invalid(format!("intervention '{action}' at '{name}' needs {what}"))
-                };
-                let action = match action.as_str() {
-                    "zero" => Action::Zero,
-                    "replace" | "patch" => {
-                        Action::Replace(array.ok_or_else(|| need_array("an array"))?)
-                    }
-                    "add" => Action::Add {
-                        vector: array.ok_or_else(|| need_array("a vector"))?.data,
-                        scale,
-                    },
-                    "mean" => Action::Mean(array.map(|a| a.data)),
-                    "call" => Action::Custom(python_hook(
-                        callable.ok_or_else(|| need_array("a callable"))?,
-                    )),
-                    other => {
-                        return Err(MsError::invalid(format!(
-                        "intervention action '{other}' is not known; allowed: 'zero', 'replace', \
-                         'patch', 'add', 'mean', or a callable"
-                    )))
-                    }
-                };
-                let positions = pos_kind
-                    .map(|k| parse_positions(&k, pos_values))
-                    .transpose()?;
-                Ok(Intervention {
-                    point,
-                    action,
-                    positions,
-                })
-            },
-        )
-        .collect()
-}
-
-/// Token ids of the prompts, given as texts or as ids (exactly one of the two).
-fn prompt_tokens(
-    model: &LanguageModel,
-    texts: Option<Vec<String>>,
-    token_ids: Option<Vec<Vec<u32>>>,
-) -> Result<Vec<Vec<u32>>> {
-    match (texts, token_ids) {
-        (Some(t), None) => model.encode_prompts(&t),
-        (None, Some(ids)) => Ok(ids),
-        _ => Err(MsError::invalid("give either texts or token_ids, not both")),
-    }
 }
 
 #[pymethods]
@@ -179,17 +58,17 @@ impl Model {
     }
 
     /// Sentence embeddings `[n, d_model]` of an encoder (mean pooling, L2-normalised).
-    #[pyo3(signature = (texts, token_ids, batch_size))]
+    /// `request`: `{"prompts", "batch_size"}`.
     fn embed<'py>(
         &self,
         py: Python<'py>,
-        texts: Option<Vec<String>>,
-        token_ids: Option<Vec<Vec<u32>>>,
-        batch_size: usize,
+        request: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
         let model = &self.inner;
-        let tokens = prompt_tokens(model, texts, token_ids).py_err()?;
-        let out = py.detach(|| model.embed(&tokens, batch_size)).py_err()?;
+        let (prompts, batch_size) = embed_args(request).py_err()?;
+        let out = py
+            .detach(|| model.embed(&prompts.tokens(model)?, batch_size))
+            .py_err()?;
         array_to_py(py, out)
     }
 
@@ -215,9 +94,9 @@ impl Model {
         d.set_item(
             "residual",
             match c.residual {
-                crate::model::config::Residual::Sequential => "sequential",
-                crate::model::config::Residual::Parallel => "parallel",
-                crate::model::config::Residual::PostNorm => "post_norm",
+                Residual::Sequential => "sequential",
+                Residual::Parallel => "parallel",
+                Residual::PostNorm => "post_norm",
             },
         )?;
         d.set_item("mlp", format!("{:?}", c.mlp).to_lowercase())?;
@@ -270,12 +149,14 @@ impl Model {
         Ok((enc.ids, enc.offsets))
     }
 
-    fn decode(&self, ids: Vec<u32>) -> PyResult<String> {
+    fn decode(&self, ids: &Bound<'_, PyAny>) -> PyResult<String> {
+        let ids = token_ids(ids, "ids").py_err()?;
         self.inner.tokenizer.decode(&ids).py_err()
     }
 
     /// The text of each token on its own (`" capital"`).
-    fn token_texts(&self, ids: Vec<u32>) -> PyResult<Vec<String>> {
+    fn token_texts(&self, ids: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+        let ids = token_ids(ids, "ids").py_err()?;
         ids.iter()
             .map(|&i| self.inner.tokenizer.token_text(i))
             .collect::<Result<_>>()
@@ -287,36 +168,30 @@ impl Model {
         self.inner.tokenizer.token_to_id(token)
     }
 
-    /// Run prompts (texts or token-id lists); returns `(logits, [(name, array)], token ids)`.
-    #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (texts, token_ids, names, positions_kind, positions_values, stop_at_layer, logits, interventions, batch_size))]
-    fn run<'py>(
-        &self,
-        py: Python<'py>,
-        texts: Option<Vec<String>>,
-        token_ids: Option<Vec<Vec<u32>>>,
-        names: Vec<String>,
-        positions_kind: &str,
-        positions_values: Vec<i64>,
-        stop_at_layer: Option<usize>,
-        logits: &str,
-        interventions: Vec<PyIntervention<'py>>,
-        batch_size: usize,
-    ) -> PyResult<RunResult<'py>> {
+    /// Hook names matching patterns (names or globs, one matcher for every call), in forward
+    /// order; an unknown name or a pattern that matches nothing is an `UnknownHookError`.
+    fn resolve_hooks(&self, patterns: Vec<String>) -> PyResult<Vec<String>> {
+        let registry = self.inner.hooks();
+        let mut points = Vec::new();
+        for p in &patterns {
+            points.extend(registry.resolve_pattern(p).py_err()?);
+        }
+        points.sort_by_key(|p| registry.index(*p));
+        points.dedup();
+        Ok(points.iter().map(|p| p.name()).collect())
+    }
+
+    /// Run prompts; returns `(logits, [(name, array)], token ids)`. `request`: `{"prompts",
+    /// "names", "positions", "stop_at_layer", "logits", "interventions", "batch_size"}`, read
+    /// and validated in `bindings/requests.rs`.
+    fn run<'py>(&self, py: Python<'py>, request: &Bound<'py, PyAny>) -> PyResult<RunResult<'py>> {
         let model = &self.inner;
-        let positions = parse_positions(positions_kind, positions_values).py_err()?;
-        let spec = CaptureSpec::new(
-            model.hooks(),
-            &names,
-            positions,
-            stop_at_layer,
-            parse_logits(logits).py_err()?,
-        )
-        .py_err()?;
-        let ivs = parse_interventions(model, interventions).py_err()?;
-        let tokens = prompt_tokens(model, texts, token_ids).py_err()?;
+        let args = run_args(request, model).py_err()?;
         let out = py
-            .detach(|| model.run_ids(tokens, &spec, &ivs, batch_size))
+            .detach(|| {
+                let tokens = args.prompts.tokens(model)?;
+                model.run_ids(tokens, &args.spec, &args.interventions, args.batch_size)
+            })
             .py_err()?;
         let logits = out.logits.map(|l| array_to_py(py, l)).transpose()?;
         let cache = out
@@ -329,32 +204,17 @@ impl Model {
     }
 
     /// Continue a prompt; returns a dict with text, token_ids, logprobs and prompt_ids.
-    #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (prompt, max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos, interventions))]
+    /// `request`: `{"prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed",
+    /// "stop_at_eos", "interventions"}`.
     fn generate<'py>(
         &self,
         py: Python<'py>,
-        prompt: String,
-        max_new_tokens: usize,
-        temperature: f64,
-        top_k: Option<usize>,
-        top_p: Option<f64>,
-        seed: u64,
-        stop_at_eos: bool,
-        interventions: Vec<PyIntervention<'py>>,
+        request: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let model = &self.inner;
-        let ivs = parse_interventions(model, interventions).py_err()?;
-        let params = SamplingParams {
-            max_new_tokens,
-            temperature,
-            top_k,
-            top_p,
-            seed,
-            stop_at_eos,
-        };
+        let args = generate_args(request, model).py_err()?;
         let g = py
-            .detach(|| model.generate(&prompt, &params, &ivs))
+            .detach(|| model.generate(&args.prompt, &args.params, &args.interventions))
             .py_err()?;
         let d = PyDict::new(py);
         d.set_item("text", g.text)?;
@@ -365,54 +225,28 @@ impl Model {
     }
 
     /// Log-probability of `target_ids` after `prompt_ids`, clean and with each token span
-    /// ablated (`kind`: "delete", "replace" (with `replace_id`), "zero", "mean"). `naive` runs
-    /// one full forward per variant instead of sharing the clean prefix (for checking).
-    #[pyo3(signature = (prompt_ids, target_ids, spans, kind, replace_id=None, batch_size=64, naive=false, rows_per_batch=2048))]
-    #[allow(clippy::too_many_arguments)]
+    /// ablated. `request`: `{"prompt_ids", "target_ids", "spans", "ablation"` ("delete",
+    /// "replace" (with `"replace_id"`), "zero", "mean"), `"batch_size", "rows_per_batch",
+    /// "naive"}`; `naive` runs one full forward per variant instead of sharing the clean prefix.
     fn ablation_scores(
         &self,
         py: Python<'_>,
-        prompt_ids: Vec<u32>,
-        target_ids: Vec<u32>,
-        spans: Vec<(usize, usize)>,
-        kind: &str,
-        replace_id: Option<u32>,
-        batch_size: usize,
-        naive: bool,
-        rows_per_batch: usize,
+        request: &Bound<'_, PyAny>,
     ) -> PyResult<(f64, Vec<f64>)> {
-        let ablation = match (kind, replace_id) {
-            ("delete", _) => Ablation::Delete,
-            ("replace", Some(id)) => Ablation::Replace(id),
-            ("replace", None) => {
-                return Err(to_py_err(MsError::invalid(
-                    "ablation 'replace' needs the replacement token id",
-                )))
-            }
-            ("zero", _) => Ablation::ZeroEmbedding,
-            ("mean", _) => Ablation::MeanEmbedding,
-            (other, _) => {
-                return Err(to_py_err(MsError::invalid(format!(
-                    "ablation '{other}' is not known; allowed: 'delete', 'replace', 'zero', 'mean'"
-                ))))
-            }
-        };
-        if batch_size == 0 {
-            return Err(to_py_err(MsError::invalid("batch_size must be at least 1")));
-        }
+        let a = ablation_args(request).py_err()?;
         let model = &self.inner;
         let scores = py
             .detach(|| {
-                if naive {
-                    model.ablation_scores_naive(&prompt_ids, &target_ids, &spans, ablation)
+                if a.naive {
+                    model.ablation_scores_naive(&a.prompt, &a.target, &a.spans, a.ablation)
                 } else {
                     model.ablation_scores(
-                        &prompt_ids,
-                        &target_ids,
-                        &spans,
-                        ablation,
-                        batch_size,
-                        rows_per_batch,
+                        &a.prompt,
+                        &a.target,
+                        &a.spans,
+                        a.ablation,
+                        a.batch_size,
+                        a.rows_per_batch,
                     )
                 }
             })

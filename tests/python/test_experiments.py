@@ -188,8 +188,8 @@ def test_ablation_equals_naive_forward_passes(model, ablation, batch_size):
     target = model.to_tokens(" Mary and")
     spans = [(i, i + 1) for i in range(len(ids))] + [(2, 5), (0, 3)]
     rep = model.token_id(" ") if ablation == "replace" else None
-    fast = model._native.ablation_scores(ids, target, spans, ablation, rep, batch_size, False)
-    slow = model._native.ablation_scores(ids, target, spans, ablation, rep, 5, True)
+    fast = model.ablation_scores(ids, target, spans, ablation, rep, batch_size)
+    slow = model.ablation_scores(ids, target, spans, ablation, rep, 5, naive=True)
     assert abs(fast[0] - slow[0]) < 1e-4
     # Both are f32 forwards whose matmuls sum in different orders (different row counts); the
     # residual stream's massive activations amplify that to ~2e-5 relative on unlikely targets
@@ -226,7 +226,7 @@ def test_attribution_bad_input(model):
     with pytest.raises(ms.InvalidArgumentError, match="not known"):
         attribution(model, PROMPT, " Mary", ablation="shuffle")
     with pytest.raises(ms.InvalidArgumentError, match="deleting every prompt token"):
-        model._native.ablation_scores(model.to_tokens("Hi"), [11], [(0, 1)], "delete", None, 4, False)
+        model.ablation_scores(model.to_tokens("Hi"), [11], [(0, 1)], "delete", None, 4)
 
 
 def test_logit_lens_last_layer_is_the_model_output(model):

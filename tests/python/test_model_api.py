@@ -185,8 +185,16 @@ def test_callable_hook_errors_surface(model):
     def boom(act, name):
         raise RuntimeError("kaput")
 
-    with pytest.raises(errors.InvalidArgumentError, match="kaput"):
+    # The user's own exception comes back as itself, with its traceback.
+    with pytest.raises(RuntimeError, match="kaput") as info:
         model.run(PROMPTS[0], interventions=[("blocks.0.hook_mlp_out", boom)])
+    assert any(entry.name == "boom" for entry in info.traceback)
+
+    def interrupt(act, name):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        model.run(PROMPTS[0], interventions=[("blocks.0.hook_mlp_out", interrupt)])
 
     with pytest.raises(errors.ShapeError, match="shape"):
         model.run(PROMPTS[0], interventions=[("blocks.0.hook_mlp_out", lambda a, n: a[:, :1].copy())])
@@ -258,7 +266,7 @@ def test_bad_intervention_shapes(model):
         model.run(PROMPTS, interventions=[("blocks.0.hook_resid_post", ("replace", np.zeros((2, 3), np.float32)))])
     with pytest.raises(errors.ShapeError, match="576"):
         model.run(PROMPTS, interventions=[("blocks.0.hook_resid_post", ("add", np.ones(5), 1.0))])
-    with pytest.raises(errors.InvalidArgumentError, match="unknown action"):
+    with pytest.raises(errors.InvalidArgumentError, match="action 'explode' is not known"):
         model.run(PROMPTS, interventions=[("blocks.0.hook_resid_post", ("explode", 1))])
 
 

@@ -109,11 +109,11 @@ def test_gemma_ablation_equals_the_naive_loop(gemma):
     target = [gemma.token_id(" Paris")]
     spans = [(i, i + 1) for i in range(1, len(prompt))]
     for kind in ["delete", "zero", "mean"]:
-        slow = gemma._native.ablation_scores(prompt, target, spans, kind, naive=True)
+        slow = gemma.ablation_scores(prompt, target, spans, kind, naive=True)
         # batch_size 4: several packs continuing a cached clean run; 64: one pack that
         # carries the clean sequence as its first segment.
         for batch_size in (4, 64):
-            fast = gemma._native.ablation_scores(prompt, target, spans, kind, batch_size=batch_size)
+            fast = gemma.ablation_scores(prompt, target, spans, kind, batch_size=batch_size)
             np.testing.assert_allclose(fast[1], slow[1], atol=1e-3, rtol=1e-4)
             assert abs(fast[0] - slow[0]) < 1e-4
 

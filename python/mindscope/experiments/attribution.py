@@ -168,7 +168,7 @@ def attribution(
     target_ids, target_text = _target_ids(model, ids, target)
     spans = _spans(model, prompt, len(ids), unit, window)
     replace_id = model.token_id(replace_with) if ablation == "replace" else None
-    clean, ablated = model._native.ablation_scores(ids, target_ids, spans, ablation, replace_id, batch_size, False)
+    clean, ablated = model.ablation_scores(ids, target_ids, spans, ablation, replace_id, batch_size)
     tokens = model.to_str_tokens(ids)
     attn, rollout = attention_attribution(model, ids)
     return AttributionResult(
