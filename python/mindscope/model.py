@@ -295,11 +295,13 @@ class HookedModel:
         return self._native.embedding_matrix()
 
 
-def load_model(name_or_path: str | os.PathLike[str] = "smollm2-135m") -> HookedModel:
-    """Load a model by short name (``"smollm2-135m"``, ``"gemma3-270m"``, ``"minilm-l6"``; see
-    ``list_models()``), from a GGUF file, or from a Hugging Face folder (config.json,
-    *.safetensors, tokenizer.json)."""
-    paths = resolve_model_paths(name_or_path)
+def load_model(name_or_path: str | os.PathLike[str] = "smollm2-135m", revision: str | None = None) -> HookedModel:
+    """Load a model: a short name (``"smollm2-135m"``, ``"gemma3-270m"``, ``"minilm-l6"``; see
+    ``list_models()``), a GGUF file, a Hugging Face folder (config.json, *.safetensors,
+    tokenizer.json), or a Hugging Face repository id found in the local Hub cache (``"gpt2"``,
+    ``"EleutherAI/pythia-160m"``, ``"org/repo/file.gguf"``; ``revision`` picks a branch or
+    commit). Nothing is downloaded."""
+    paths = resolve_model_paths(name_or_path, revision)
     enable_default_blas()
     if len(paths) == 1:
         native = _native.Model.load(str(paths[0]))

