@@ -78,6 +78,8 @@ class Model:
         ``[n_layers]``, attn_scale, norm_eps, tie_embeddings, bos/eos/pad_token_id, add_bos."""
     def hook_names(self) -> list[str]:
         """Every hook point, in forward order."""
+    def weight_bytes(self) -> int:
+        """Bytes of the weights held in memory (a tied head counted once)."""
     def resolve_hooks(self, patterns: Sequence[str]) -> list[str]:
         """The hook names matching names or globs, in forward order (UnknownHookError otherwise)."""
     def tokenize(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:

@@ -229,6 +229,10 @@ class HookedModel:
 
         return dump(self, texts, path, names=names, positions=positions, dtype=dtype, **kwargs)
 
+    def weight_bytes(self) -> int:
+        """Bytes of the weights in memory (float32; a tied LM head counted once)."""
+        return int(self._native.weight_bytes())
+
     def weights_sha256(self) -> str:
         """SHA-256 of the weights (computed once): the GGUF file (its parts concatenated), or
         a folder's files in name order."""

@@ -139,6 +139,11 @@ impl Model {
         Ok(d)
     }
 
+    /// Bytes of the weights held in memory (a tied head counted once).
+    fn weight_bytes(&self) -> usize {
+        self.inner.net.weight_bytes()
+    }
+
     fn hook_names(&self) -> Vec<String> {
         self.inner.hooks().names().to_vec()
     }

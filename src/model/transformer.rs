@@ -100,6 +100,18 @@ impl Transformer {
         })
     }
 
+    /// Bytes of the weights held in memory (a tied head counted once).
+    pub fn weight_bytes(&self) -> usize {
+        let head = match &self.lm_head {
+            Some(h) if !self.cfg.tie_embeddings => super::parts::linear::nbytes(h),
+            _ => 0,
+        };
+        self.embed.nbytes()
+            + self.blocks.iter().map(Block::nbytes).sum::<usize>()
+            + self.final_norm.as_ref().map_or(0, Norm::nbytes)
+            + head
+    }
+
     /// The token embedding matrix `[vocab, d_model]` (unscaled).
     pub fn embedding(&self) -> &Tensor {
         &self.embed.tokens

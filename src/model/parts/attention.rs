@@ -63,6 +63,18 @@ pub struct AttendWith<'a> {
 }
 
 impl Attention {
+    /// Bytes of its tensors.
+    pub fn nbytes(&self) -> usize {
+        [&self.q, &self.k, &self.v, &self.o]
+            .iter()
+            .map(|l| l.nbytes())
+            .sum::<usize>()
+            + [&self.q_norm, &self.k_norm]
+                .iter()
+                .map(|n| n.as_ref().map_or(0, Norm::nbytes))
+                .sum::<usize>()
+    }
+
     /// `x [batch, pos, d_model]` -> `[batch, n, d_model]` (`n` = pos, or the queries kept).
     pub fn forward(&self, x: &Tensor, ctx: &mut HookContext, a: AttendWith) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;

@@ -41,6 +41,17 @@ fn maybe_norm(norm: &Option<Norm>, x: Tensor) -> Result<Tensor> {
 }
 
 impl Block {
+    /// Bytes of its tensors.
+    pub fn nbytes(&self) -> usize {
+        let opt = |n: &Option<Norm>| n.as_ref().map_or(0, Norm::nbytes);
+        self.attn_norm.nbytes()
+            + self.attn.nbytes()
+            + opt(&self.post_attn_norm)
+            + self.mlp_norm.nbytes()
+            + self.mlp.nbytes()
+            + opt(&self.post_mlp_norm)
+    }
+
     /// The block on the residual stream `x [batch, pos, d_model]`. With `attend.queries`,
     /// everything from the attention output on runs at those positions only, and the result
     /// is `[batch, n, d_model]`.

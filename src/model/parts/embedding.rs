@@ -4,6 +4,7 @@
 
 use candle_core::{Device, Tensor};
 
+use super::linear::nbytes;
 use super::Norm;
 use crate::error::Result;
 use crate::hooks::{HookContext, HookKind, HookPoint};
@@ -23,6 +24,15 @@ pub struct Embedding {
 }
 
 impl Embedding {
+    /// Bytes of its tensors.
+    pub fn nbytes(&self) -> usize {
+        let opt = |t: &Option<Tensor>| t.as_ref().map_or(0, nbytes);
+        nbytes(&self.tokens)
+            + opt(&self.positions)
+            + opt(&self.token_type)
+            + self.norm.as_ref().map_or(0, Norm::nbytes)
+    }
+
     /// Token embeddings `[batch, pos, d_model]` of ids `[batch, pos]` (scaled).
     pub fn tokens(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;

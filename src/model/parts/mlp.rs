@@ -50,6 +50,14 @@ fn glu(act: Activation, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 }
 
 impl Mlp {
+    /// Bytes of its tensors.
+    pub fn nbytes(&self) -> usize {
+        match self {
+            Mlp::Gated { gate, up, down, .. } => gate.nbytes() + up.nbytes() + down.nbytes(),
+            Mlp::Plain { fc, proj, .. } => fc.nbytes() + proj.nbytes(),
+        }
+    }
+
     /// `x [batch, pos, d_model]` -> `[batch, pos, d_model]`.
     pub fn forward(&self, layer: usize, x: &Tensor, ctx: &mut HookContext) -> Result<Tensor> {
         let post_point = HookPoint::block(layer, HookKind::MlpPost);

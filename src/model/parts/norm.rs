@@ -2,6 +2,7 @@
 
 use candle_core::Tensor;
 
+use super::linear::nbytes;
 use crate::error::Result;
 use crate::kernels::{composed, fused};
 use crate::model::config::NormKind;
@@ -17,6 +18,11 @@ pub struct Norm {
 }
 
 impl Norm {
+    /// Bytes of its tensors.
+    pub fn nbytes(&self) -> usize {
+        nbytes(&self.weight) + self.bias.as_ref().map_or(0, nbytes)
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (w, b, eps) = (&self.weight, self.bias.as_ref(), self.eps);
         match self.kind {
