@@ -59,10 +59,11 @@ def scatter_panel(
 def lines_panel(
     series: Mapping[str, tuple[Any, Any]], *, title: str = "", x_label: str = "", y_label: str = "",
     hlines: Sequence[float] = (), dashed: Sequence[str] = (), markers: bool = True,
-    y_range: tuple[float, float] | None = None,
+    y_range: tuple[float, float] | None = None, legend: str = "lower_right",
 ) -> Panel:
     """Named ``(x, y)`` series, e.g. a metric per layer; ``hlines`` are dashed reference
-    levels (chance), ``dashed`` names series drawn dashed (controls)."""
+    levels (chance), ``dashed`` names series drawn dashed (controls); ``legend`` is the corner
+    for the legend (``"upper_left"``, ``"upper_right"``, ``"lower_left"``, ``"lower_right"``)."""
     out: list[dict[str, Any]] = []
     for name, (x, y) in series.items():
         xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
@@ -70,7 +71,7 @@ def lines_panel(
         out.append({"name": name, "x": xs[keep].tolist(), "y": ys[keep].tolist(),
                     "markers": markers, "dashed": name in dashed})
     panel: Panel = {"kind": "lines", "title": title, "x_label": x_label, "y_label": y_label,
-                    "series": out, "hlines": [float(h) for h in hlines]}
+                    "series": out, "hlines": [float(h) for h in hlines], "legend": legend}
     if y_range is not None:
         panel["y_range"] = list(map(float, y_range))
     return panel

@@ -3,7 +3,7 @@
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::spec::LinesPanel;
+use super::spec::{LegendCorner, LinesPanel};
 use super::{colors, draw_err, padded_range, FAMILY};
 use crate::error::Result;
 
@@ -88,7 +88,12 @@ pub fn draw<DB: DrawingBackend>(l: &LinesPanel, area: &DrawingArea<DB, Shift>) -
         .label_font((FAMILY, 12))
         .background_style(WHITE.mix(0.85))
         .border_style(RGBColor(180, 180, 180))
-        .position(SeriesLabelPosition::LowerRight)
+        .position(match l.legend {
+            LegendCorner::UpperLeft => SeriesLabelPosition::UpperLeft,
+            LegendCorner::UpperRight => SeriesLabelPosition::UpperRight,
+            LegendCorner::LowerLeft => SeriesLabelPosition::LowerLeft,
+            LegendCorner::LowerRight => SeriesLabelPosition::LowerRight,
+        })
         .draw()
         .map_err(draw_err)?;
     Ok(())

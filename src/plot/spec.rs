@@ -85,6 +85,20 @@ pub struct LinesPanel {
     /// Horizontal reference lines (chance level, ...).
     #[serde(default)]
     pub hlines: Vec<f64>,
+    /// Corner of the legend: put it where the data is not.
+    #[serde(default)]
+    pub legend: LegendCorner,
+}
+
+/// Where a legend sits inside the plot area.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LegendCorner {
+    UpperLeft,
+    UpperRight,
+    LowerLeft,
+    #[default]
+    LowerRight,
 }
 
 #[derive(Debug, Deserialize)]
