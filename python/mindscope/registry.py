@@ -128,9 +128,10 @@ def _from_hub_cache(text: str, revision: str | None) -> Path:
         where = "\n  ".join(str(p) for p in looked)
         rev = f" at revision '{revision}'" if revision else ""
         raise StorageError(
-            f"'{text}' is not a registered model, a file or folder, or a model in the Hugging Face "
-            f"cache{rev}. Looked in:\n  {where}\nmindscope never downloads; fetch it first, e.g. "
-            f"`huggingface-cli download {repo_id}` (or set HF_HUB_CACHE / HF_HOME)."
+            f"'{text}' is not a registered model ({', '.join(sorted(REGISTRY))}), a file or folder, "
+            f"or a model in the Hugging Face cache{rev}. Looked in:\n  {where}\nmindscope never "
+            f"downloads; fetch it first, e.g. `huggingface-cli download {repo_id}` (or set "
+            "HF_HUB_CACHE / HF_HOME)."
         )
     if inner:
         path = found / inner

@@ -1,19 +1,16 @@
 //! An optional faster matrix multiply: the OpenBLAS that numpy ships in its wheels.
 //!
 //! numpy's Linux and macOS wheels carry OpenBLAS (`scipy-openblas` since numpy 2.0), built
-//! with kernels for each x86 generation. On this project's 2-core AMD EPYC its `sgemm` ran the model's linear shapes
-//! (2048 x 576 x 576 ... 2048 x 576 x 49152) at 120-140 GFLOP/s where candle's `gemm` crate
-//! ran 100-116, measured alternately in one session. Linking a BLAS at build time is not an
+//! with kernels for each x86 generation; its `sgemm` is faster than candle's `gemm` crate on
+//! the models' linear shapes (README, Benchmarks). Linking a BLAS at build time is not an
 //! option (a fresh machine has no system OpenBLAS; the static builds download sources), so
 //! the Python layer hands us the path of numpy's copy and we resolve `cblas_sgemm` in it at
 //! run time. Without it (Rust tests, another numpy build) `linear` stays on `gemm`.
 //!
 //! Any library exporting `cblas_sgemm` can be loaded instead; the Python layer prefers MKL's
-//! `libmkl_rt` when the PyPI package `mkl` is installed (measured alternately with OpenBLAS on
-//! a 2-core Intel Xeon, SmolLM2: capture of 32 x 64 tokens 7-16 % faster, one 64-token prompt
-//! 0.12 s instead of 0.15 s; it runs in its sequential layer, see [`use_sequential_mkl`]).
-//! Libraries with a per-thread thread count (OpenBLAS, MKL) get the row split below; others
-//! are called once.
+//! `libmkl_rt` when the PyPI package `mkl` is installed (it runs in its sequential layer, see
+//! [`use_sequential_mkl`]). Libraries with a per-thread thread count (OpenBLAS, MKL) get the
+//! row split below; others are called once.
 
 use std::ffi::{c_void, CString};
 use std::sync::OnceLock;

@@ -2,12 +2,11 @@
 //!
 //! candle runs every op of a composition as its own parallel pass into a fresh buffer
 //! (RMSNorm is seven of them, softmax with scale and mask seven, RoPE with its head
-//! transpose six). In a perf profile of SmolLM2 (16 x 64 tokens, 2 threads) a third of the
-//! samples fell outside the matmul kernel. Each kernel here computes its composition's
-//! formula in one pass over contiguous f32 CPU data, and returns `None` for any other
-//! tensor so that the caller runs the candle composition instead; tests check both agree.
-//! Two deliberate differences: RMSNorm sums squares in f64, and the GLU uses a vectorized
-//! exp (measured: the GLU went from 0.11 to 0.04 s per forward; the others gain little).
+//! transpose six). Each kernel here computes its composition's formula in one pass over
+//! contiguous f32 CPU data, and returns `None` for any other tensor so that the caller runs
+//! the candle composition (`composed.rs`) instead; tests check both agree. Deliberate
+//! differences: RMSNorm and LayerNorm sum in f64, and the GLU uses a vectorized exp (libm's
+//! `expf` is a call per element).
 
 use std::mem::MaybeUninit;
 
@@ -31,8 +30,8 @@ pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
 }
 
 /// A new vector of `len` floats that `fill` writes, without zeroing it first. glibc hands
-/// freed heap memory back to the next allocation, so `vec![0.0; n]` clears it, and those
-/// clears were 4.4 % of a capture's samples (SmolLM2, 32 x 64 tokens, MKL).
+/// freed heap memory back to the next allocation, so `vec![0.0; n]` would clear it first: a
+/// pass over every output for nothing.
 ///
 /// # Safety
 /// `fill` must write every element of the slice it is given.

@@ -3,10 +3,8 @@
 //!
 //! The kernels of one forward are parallel inside (rayon loops, the row split of the BLAS
 //! calls), which hands work between the cores at every operation. With several independent
-//! forwards at hand, one per core needs no hand-off at all: measured on SmolLM2 (2 threads,
-//! 32 x 64 tokens), two single-threaded processes on one half each ran a capture 1.3x and a
-//! full forward 1.27x faster than one two-threaded batch; in one process, chunks this way
-//! (with the logits written in place) gained 1.2x on the capture and 1.15x on the forward.
+//! forwards at hand, one per core needs no hand-off at all (what that gains is measured in
+//! README's Benchmarks section).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};

@@ -232,9 +232,9 @@ impl LanguageModel {
         let mut ablated = vec![0.0; spans.len()];
         if let [pack] = packs.as_slice() {
             // One run: the clean sequence is the first segment, whose rows give every variant
-            // its prefix keys and values as the layers go. (Split into one such pack per core,
-            // each with its own clean segment, it measured no faster: 0.61-0.65 s vs
-            // 0.60-0.62 s for a 32-token prompt on 2 cores.)
+            // its prefix keys and values as the layers go. (One such pack per core, each with
+            // its own clean segment, repeats the clean rows and was no faster: README,
+            // Benchmarks.)
             let members: Vec<&Variant> = std::iter::once(&clean_variant)
                 .chain(pack.iter().map(|&i| &variants[i]))
                 .collect();
@@ -255,8 +255,7 @@ impl LanguageModel {
             });
         }
         // Several runs: the clean run fills a cache that every pack continues; packs run one
-        // per core ([`per_core`], so up to one pack per core is in memory; measured 1.2x faster
-        // than one pack at a time with 100-row packs of a 32-token prompt).
+        // per core ([`per_core`]), so up to one pack per core is in memory.
         let workers = per_core::workers();
         let mut clean_kv = KvCache::default();
         let ids = Tensor::from_vec(seq.clone(), (1, seq.len()), &Device::Cpu)?;

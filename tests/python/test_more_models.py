@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import mindscope as ms
-from mindscope.errors import InvalidArgumentError, ModelFormatError, UnsupportedArchitectureError
+from mindscope.errors import InvalidArgumentError, ModelFormatError, StorageError, UnsupportedArchitectureError
 
 from conftest import shared_path
 
@@ -280,8 +280,11 @@ def test_list_models_reports_every_registered_model():
 
 
 def test_unknown_name_or_path_is_a_clear_error(tmp_path: Path):
-    with pytest.raises(InvalidArgumentError, match="gemma3-270m, minilm-l6, smollm2-135m"):
+    # A name that could be a Hub repository: not in the cache, and the registered names listed.
+    with pytest.raises(StorageError, match="gemma3-270m, minilm-l6, smollm2-135m.*Looked in"):
         ms.load_model("gemma-7b")
+    with pytest.raises(InvalidArgumentError, match="gemma3-270m, minilm-l6, smollm2-135m"):
+        ms.load_model("not a model name")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ModelFormatError, match="config.json and no tokenizer.json"):

@@ -97,6 +97,35 @@ pub fn load_hf(folder: &Path, config: &HfConfig) -> Result<Transformer> {
 /// The model in a GGUF file.
 pub fn load_gguf(gguf: &GgufFile) -> Result<Transformer> {
     let arch = gguf.get_str("general.architecture")?;
+    // llama.cpp's split files ("-00001-of-00003.gguf") are separate GGUFs, not byte parts.
+    if gguf.has("split.count") && gguf.get_usize("split.count")? > 1 {
+        return Err(MsError::UnsupportedArchitecture(format!(
+            "{}: this is one of {} llama.cpp split files (split.count); merge them first with \
+             `llama-gguf-split --merge`",
+            gguf.path().display(),
+            gguf.get_usize("split.count")?
+        )));
+    }
+    let key_len = format!("{arch}.attention.key_length");
+    let value_len = format!("{arch}.attention.value_length");
+    if gguf.has(&key_len)
+        && gguf.has(&value_len)
+        && gguf.get_usize(&key_len)? != gguf.get_usize(&value_len)?
+    {
+        return Err(MsError::UnsupportedArchitecture(format!(
+            "{}: '{value_len}' differs from '{key_len}'; heads with values of another width are \
+             not implemented",
+            gguf.path().display()
+        )));
+    }
+    for key in ["attn_logit_softcapping", "final_logit_softcapping"] {
+        if gguf.has(&format!("{arch}.{key}")) {
+            return Err(MsError::UnsupportedArchitecture(format!(
+                "{}: '{arch}.{key}' (logit soft-capping) is not implemented",
+                gguf.path().display()
+            )));
+        }
+    }
     let r = WeightReader::new(gguf);
     match arch {
         "llama" => llama::load_gguf(gguf, &r),
