@@ -50,6 +50,13 @@ pub enum MsError {
     /// A numerical backend failed (candle, linear algebra); a bug or an exotic input.
     #[error("{0}")]
     Compute(String),
+    /// The caller asked to stop (Ctrl-C): the computation ended early, its partial results
+    /// dropped.
+    #[error("interrupted")]
+    Interrupted,
+    /// A bug: a panic caught at the boundary, with what it said.
+    #[error("internal error: {0}. This is a bug in mindscope; please report it with the call that caused it")]
+    Internal(String),
     /// A user callback (a Python hook function) raised.
     #[error("{message}")]
     Callback {
@@ -95,6 +102,8 @@ impl MsError {
             MsError::Compute(m) => MsError::Compute(format!("{what}: {m}")),
             // The user's own exception goes back unchanged.
             MsError::Callback { message, payload } => MsError::Callback { message, payload },
+            MsError::Interrupted => MsError::Interrupted,
+            MsError::Internal(m) => MsError::Internal(format!("{what}: {m}")),
         }
     }
 
@@ -111,6 +120,8 @@ impl MsError {
             MsError::Io { .. } => "StorageError",
             MsError::Compute(_) => "ComputeError",
             MsError::Callback { .. } => "InvalidArgumentError",
+            MsError::Interrupted => "KeyboardInterrupt",
+            MsError::Internal(_) => "InternalError",
         }
     }
 }

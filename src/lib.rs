@@ -15,6 +15,7 @@ pub mod bindings;
 pub mod error;
 pub mod formats;
 pub mod hooks;
+pub mod interrupt;
 pub mod kernels;
 pub mod model;
 pub mod plot;

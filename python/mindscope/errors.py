@@ -51,6 +51,15 @@ class ComputeError(MindscopeError, RuntimeError):
     """A numerical backend failed. Please report it: this is a bug or an exotic input."""
 
 
+class InternalError(MindscopeError, RuntimeError):
+    """A bug in mindscope (a panic in the core, caught at the boundary). Please report it with the
+    call that caused it; the process and everything already written to disk are intact."""
+
+
+class ResourceError(MindscopeError, MemoryError):
+    """A request would need more memory than the machine has; the message says how to ask for less."""
+
+
 __all__ = [
     "MindscopeError",
     "InvalidArgumentError",
@@ -62,4 +71,6 @@ __all__ = [
     "DataError",
     "StorageError",
     "ComputeError",
+    "InternalError",
+    "ResourceError",
 ]

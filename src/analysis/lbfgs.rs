@@ -3,6 +3,9 @@
 
 use ndarray::Array1;
 
+use crate::error::Result;
+use crate::interrupt::Cancel;
+
 /// Stopping rules, as scipy's L-BFGS-B that scikit-learn uses: the largest gradient entry
 /// below `gtol`, or a relative decrease of the objective below `ftol`.
 #[derive(Debug, Clone, Copy)]
@@ -37,8 +40,14 @@ fn max_abs(v: &Array1<f64>) -> f64 {
     v.iter().fold(0.0, |m, x| m.max(x.abs()))
 }
 
-/// Minimise `f` from `x0`; `f(x)` returns the value and the gradient.
-pub fn minimize<F>(mut f: F, x0: Array1<f64>, p: &LbfgsParams) -> LbfgsResult
+/// Minimise `f` from `x0`; `f(x)` returns the value and the gradient. Stops with
+/// `MsError::Interrupted` between iterations once `cancel` fires.
+pub fn minimize<F>(
+    mut f: F,
+    x0: Array1<f64>,
+    p: &LbfgsParams,
+    cancel: &Cancel,
+) -> Result<LbfgsResult>
 where
     F: FnMut(&Array1<f64>) -> (f64, Array1<f64>),
 {
@@ -48,13 +57,14 @@ where
     let mut y_hist: Vec<Array1<f64>> = Vec::new();
     let mut rho: Vec<f64> = Vec::new();
     for iter in 0..p.max_iter {
+        cancel.check()?;
         if max_abs(&g) <= p.gtol {
-            return LbfgsResult {
+            return Ok(LbfgsResult {
                 x,
                 value: fx,
                 iterations: iter,
                 converged: true,
-            };
+            });
         }
         // Two-loop recursion: d = -H g.
         let mut q = g.clone();
@@ -112,20 +122,20 @@ where
         let converged = decrease.abs() <= p.ftol * fx.abs().max(f_new.abs()).max(1.0);
         fx = f_new;
         if converged {
-            return LbfgsResult {
+            return Ok(LbfgsResult {
                 x,
                 value: fx,
                 iterations: iter + 1,
                 converged: true,
-            };
+            });
         }
     }
-    LbfgsResult {
+    Ok(LbfgsResult {
         x,
         value: fx,
         iterations: p.max_iter,
         converged: false,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -152,7 +162,9 @@ mod tests {
                 gtol: 1e-10,
                 ..Default::default()
             },
-        );
+            &Cancel::default(),
+        )
+        .unwrap();
         assert!(r.converged);
         assert!(r.x.iter().all(|v| (v - 1.0).abs() < 1e-8), "{:?}", r.x);
     }

@@ -19,6 +19,7 @@ use super::lbfgs::{minimize, LbfgsParams};
 use super::rows::{Feature, RowSet};
 use super::standardize::Standardizer;
 use crate::error::{MsError, Result};
+use crate::interrupt::Cancel;
 
 #[derive(Debug, Clone)]
 pub struct LogisticParams {
@@ -29,6 +30,8 @@ pub struct LogisticParams {
     pub standardize: bool,
     /// Weight of each class (index = class); `None` weighs every sample 1.
     pub class_weight: Option<Vec<f64>>,
+    /// Stops the fit between optimizer iterations (Ctrl-C).
+    pub cancel: Cancel,
 }
 
 /// A fitted probe. Classes are `0..n_classes` (the Python layer maps labels to indices).
@@ -290,7 +293,12 @@ impl LogisticModel {
                 standardizer: &standardizer,
                 penalty,
             };
-            minimize(|theta| objective.eval(theta), Array1::zeros(d + 1), &lbfgs)
+            minimize(
+                |theta| objective.eval(theta),
+                Array1::zeros(d + 1),
+                &lbfgs,
+                &p.cancel,
+            )?
         } else {
             let mut targets = Array2::zeros((x.len(), k));
             for (i, &c) in y.iter().enumerate() {
@@ -307,7 +315,8 @@ impl LogisticModel {
                 |theta| objective.eval(theta),
                 Array1::zeros(d * k + k),
                 &lbfgs,
-            )
+                &p.cancel,
+            )?
         };
         let w = result
             .x

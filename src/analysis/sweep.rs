@@ -130,6 +130,7 @@ mod tests {
                 tol: 1e-6,
                 standardize: true,
                 class_weight: None,
+                cancel: Default::default(),
             },
         };
         let (train, test): (Vec<usize>, Vec<usize>) = (0..n).partition(|i| i % 5 != 0);

@@ -18,6 +18,7 @@ use rand::{Rng, SeedableRng};
 use super::check;
 use super::logistic::{LogisticModel, LogisticParams};
 use crate::error::{MsError, Result};
+use crate::interrupt::Cancel;
 
 /// A deterministic permutation of `0..n`.
 pub fn seeded_permutation(n: usize, seed: u64) -> Vec<usize> {
@@ -107,6 +108,52 @@ fn orient(
     })
 }
 
+fn eigh(m: Array2<f64>) -> Result<(Array1<f64>, Array2<f64>)> {
+    m.eigh_into()
+        .map_err(|e| MsError::Compute(format!("eigendecomposition failed: {e:?}")))
+}
+
+/// `(C^T C / n + lambda I)^-1 b` for centred rows `C [n, d]`, with `lambda` 1 % of the mean
+/// variance (a finite sample's covariance needs shrinking). With more features than rows the
+/// d x d covariance is never formed: Woodbury's identity gives the same vector from the n x n
+/// Gram matrix, `(b - C^T (n lambda I + C C^T)^-1 C b) / lambda`, so 20 statements of 5,000
+/// features cost a 20 x 20 eigendecomposition instead of a 5,000 x 5,000 one.
+fn shrunk_covariance_solve(c: &Array2<f64>, b: Array1<f64>) -> Result<Array1<f64>> {
+    let (n, d) = c.dim();
+    let total_variance = c.iter().map(|v| v * v).sum::<f64>() / n as f64;
+    let lambda = 1e-2 * total_variance / d as f64 + 1e-12;
+    if d <= n {
+        let mut cov = c.t().dot(c) / n as f64;
+        cov.diag_mut().mapv_inplace(|v| v + lambda);
+        let (s, v) = eigh(cov)?;
+        return Ok(v.dot(&(v.t().dot(&b) / &s)));
+    }
+    let mut gram = c.dot(&c.t());
+    gram.diag_mut().mapv_inplace(|v| v + n as f64 * lambda);
+    let (s, v) = eigh(gram)?;
+    let cb = c.dot(&b);
+    let solved = v.dot(&(v.t().dot(&cb) / &s));
+    Ok((b - c.t().dot(&solved)) / lambda)
+}
+
+/// The top eigenvector of `D^T D` for rows `D [m, d]` (its top right singular vector), from the
+/// m x m Gram matrix when there are more features than rows (`D^T u` for its top eigenvector
+/// `u`, normalised: the same direction).
+fn top_right_singular_vector(dm: &Array2<f64>) -> Result<Array1<f64>> {
+    let (m, d) = dm.dim();
+    let top = |s: &Array1<f64>| {
+        (0..s.len())
+            .max_by(|&a, &b| s[a].total_cmp(&s[b]))
+            .unwrap_or(0)
+    };
+    if d <= m {
+        let (s, v) = eigh(dm.t().dot(dm))?;
+        return Ok(v.column(top(&s)).to_owned());
+    }
+    let (s, u) = eigh(dm.dot(&dm.t()))?;
+    unit(dm.t().dot(&u.column(top(&s))))
+}
+
 impl TruthDirection {
     /// Fit with labels `y` (1 true, 0 false). `pairs` (indices into `x`) feed LAT and CCS;
     /// for CCS each pair is (statement, its negation).
@@ -116,6 +163,7 @@ impl TruthDirection {
         method: DirectionMethod,
         pairs: Option<&[(usize, usize)]>,
         seed: u64,
+        cancel: &Cancel,
     ) -> Result<Self> {
         check::finite_matrix(x, "X")?;
         check::same_rows(x.nrows(), y.len(), "labels")?;
@@ -123,19 +171,11 @@ impl TruthDirection {
         match method {
             DirectionMethod::MassMean => orient(x, y, &mp - &mn, method),
             DirectionMethod::MassMeanIid => {
-                let d = x.ncols();
                 let mut centered = x.to_owned();
                 for (mut row, &label) in centered.rows_mut().into_iter().zip(y) {
                     row -= if label == 1 { &mp } else { &mn };
                 }
-                let mut cov = centered.t().dot(&centered) / (x.nrows() as f64);
-                let shrink = 1e-2 * cov.diag().sum() / d as f64 + 1e-12;
-                cov.diag_mut().mapv_inplace(|v| v + shrink);
-                let (s, v) = cov
-                    .eigh_into()
-                    .map_err(|e| MsError::Compute(format!("eigendecomposition failed: {e:?}")))?;
-                let diff = &mp - &mn;
-                let dir = v.dot(&(v.t().dot(&diff) / &s));
+                let dir = shrunk_covariance_solve(&centered, &mp - &mn)?;
                 orient(x, y, dir, method)
             }
             DirectionMethod::Logistic => {
@@ -145,6 +185,7 @@ impl TruthDirection {
                     tol: 1e-6,
                     standardize: true,
                     class_weight: None,
+                    cancel: cancel.clone(),
                 };
                 let m = LogisticModel::fit(x, y, 2, &params)?;
                 let w = m.coef.column(0).to_owned();
@@ -164,20 +205,13 @@ impl TruthDirection {
                 // Uncentred: the top eigenvector of the differences' second moment, so that
                 // consistently ordered pairs (whose differences share a mean) work as well as
                 // randomly ordered ones (whose differences spread along +-direction).
-                let (s, v) =
-                    diffs.t().dot(&diffs).eigh_into().map_err(|e| {
-                        MsError::Compute(format!("eigendecomposition failed: {e:?}"))
-                    })?;
-                let top = (0..s.len())
-                    .max_by(|&a, &b| s[a].total_cmp(&s[b]))
-                    .unwrap_or(0);
-                orient(x, y, v.column(top).to_owned(), method)
+                orient(x, y, top_right_singular_vector(&diffs)?, method)
             }
             DirectionMethod::Ccs => {
                 let pairs = pairs.ok_or_else(|| {
                     MsError::invalid("CCS needs pairs (statement index, negation index)")
                 })?;
-                let w = ccs_direction(x, pairs, seed)?;
+                let w = ccs_direction(x, pairs, seed, cancel)?;
                 orient(x, y, w, method)
             }
         }
@@ -220,7 +254,12 @@ fn pairs_or_random(
 
 /// CCS: normalise each side of the pairs, then minimise
 /// `mean((p+ - (1 - p-))^2 + min(p+, p-)^2)` over a linear probe with a few random restarts.
-fn ccs_direction(x: &ArrayView2<f64>, pairs: &[(usize, usize)], seed: u64) -> Result<Array1<f64>> {
+fn ccs_direction(
+    x: &ArrayView2<f64>,
+    pairs: &[(usize, usize)],
+    seed: u64,
+    cancel: &Cancel,
+) -> Result<Array1<f64>> {
     let pairs = pairs_or_random(x.nrows(), Some(pairs), seed)?;
     let a_ix: Vec<usize> = pairs.iter().map(|p| p.0).collect();
     let b_ix: Vec<usize> = pairs.iter().map(|p| p.1).collect();
@@ -240,6 +279,7 @@ fn ccs_direction(x: &ArrayView2<f64>, pairs: &[(usize, usize)], seed: u64) -> Re
     let mut rng = StdRng::seed_from_u64(seed);
     let mut best: Option<(f64, Array1<f64>)> = None;
     for _ in 0..5 {
+        cancel.check()?;
         let mut w = Array1::from_shape_fn(d, |_| rng.random::<f64>() - 0.5) / (d as f64).sqrt();
         let mut b = 0.0;
         // Adam on the CCS loss.
@@ -314,7 +354,8 @@ mod tests {
             DirectionMethod::Logistic,
             DirectionMethod::Lat,
         ] {
-            let t = TruthDirection::fit(&x.view(), &y, m, Some(&pairs), 0).unwrap();
+            let t =
+                TruthDirection::fit(&x.view(), &y, m, Some(&pairs), 0, &Cancel::default()).unwrap();
             let cos = t.direction.dot(&dir);
             assert!(cos > 0.99, "{m:?}: cosine {cos}");
             let s = t.score(&x.view()).unwrap();
@@ -333,10 +374,41 @@ mod tests {
     }
 
     #[test]
+    fn wide_data_uses_the_dual_and_gives_the_primal_direction() {
+        // 12 rows, 40 features: the n x n route must give the d x d route's vector.
+        let (x, y, _) = planted(12, 40);
+        let (mp, mn) = class_means(&x.view(), &y).unwrap();
+        let mut c = x.clone();
+        for (mut row, &label) in c.rows_mut().into_iter().zip(&y) {
+            row -= if label == 1 { &mp } else { &mn };
+        }
+        let b = &mp - &mn;
+        let dual = shrunk_covariance_solve(&c, b.clone()).unwrap();
+        let lambda = 1e-2 * c.iter().map(|v| v * v).sum::<f64>() / 12.0 / 40.0 + 1e-12;
+        let mut cov = c.t().dot(&c) / 12.0;
+        cov.diag_mut().mapv_inplace(|v| v + lambda);
+        let (s, v) = eigh(cov).unwrap();
+        let primal = v.dot(&(v.t().dot(&b) / &s));
+        let rel = (&dual - &primal).mapv(f64::abs).sum() / primal.mapv(f64::abs).sum();
+        assert!(rel < 1e-8, "dual vs primal: {rel}");
+        let top_dual = top_right_singular_vector(&x).unwrap();
+        let (s, v) = eigh(x.t().dot(&x)).unwrap();
+        let k = (0..40).max_by(|&a, &b| s[a].total_cmp(&s[b])).unwrap();
+        let cos = top_dual.dot(&v.column(k)).abs();
+        assert!((cos - 1.0).abs() < 1e-9, "top singular vector: cos {cos}");
+    }
+
+    #[test]
     fn single_class_is_an_error() {
         let (x, _, _) = planted(10, 3);
-        assert!(
-            TruthDirection::fit(&x.view(), &[1; 10], DirectionMethod::MassMean, None, 0).is_err()
-        );
+        assert!(TruthDirection::fit(
+            &x.view(),
+            &[1; 10],
+            DirectionMethod::MassMean,
+            None,
+            0,
+            &Cancel::default()
+        )
+        .is_err());
     }
 }

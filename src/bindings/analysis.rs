@@ -6,7 +6,7 @@ use numpy::{Element, IntoPyArray, PyReadonlyArray1, PyReadonlyArray2, PyUntypedA
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use super::IntoPyResult;
+use super::{interruptible, interruptible_with, IntoPyResult};
 use crate::analysis::ridge::RidgeCv;
 use crate::analysis::sweep::{logistic_sweep as sweep_layers, SweepScore, SweepTarget};
 use crate::analysis::{
@@ -14,6 +14,7 @@ use crate::analysis::{
     TruthDirection,
 };
 use crate::error::MsError;
+use crate::interrupt::Cancel;
 
 fn labels(y: &[i64], what: &str) -> PyResult<Vec<usize>> {
     y.iter()
@@ -49,7 +50,7 @@ fn ridge_fit<'py>(
         },
         standardize,
     };
-    let m = py.detach(|| RidgeModel::fit(&xv, &yv, &params)).py_err()?;
+    let m = interruptible(py, |_| RidgeModel::fit(&xv, &yv, &params))?;
     let d = PyDict::new(py);
     d.set_item("coef", m.coef.into_pyarray(py))?;
     d.set_item("intercept", m.intercept.into_pyarray(py))?;
@@ -77,16 +78,17 @@ fn logistic_fit<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let xv = x.as_array();
     let y = labels(&y, "y")?;
-    let params = LogisticParams {
-        c,
-        max_iter,
-        tol,
-        standardize,
-        class_weight,
-    };
-    let m = py
-        .detach(|| LogisticModel::fit(&xv, &y, n_classes, &params))
-        .py_err()?;
+    let m = interruptible(py, |cancel| {
+        let params = LogisticParams {
+            c,
+            max_iter,
+            tol,
+            standardize,
+            class_weight,
+            cancel: cancel.clone(),
+        };
+        LogisticModel::fit(&xv, &y, n_classes, &params)
+    })?;
     let d = PyDict::new(py);
     d.set_item("coef", m.coef.into_pyarray(py))?;
     d.set_item("intercept", m.intercept.into_pyarray(py))?;
@@ -121,6 +123,8 @@ fn logistic_sweep<'py>(
     tol: f64,
     standardize: bool,
 ) -> PyResult<Vec<Vec<ProbeScore>>> {
+    // The probes' optimizers stop between iterations when this token fires.
+    let cancel = Cancel::new();
     let targets = targets
         .into_iter()
         .map(|(y, n_classes, class_weight)| {
@@ -133,6 +137,7 @@ fn logistic_sweep<'py>(
                     tol,
                     standardize,
                     class_weight,
+                    cancel: cancel.clone(),
                 },
             })
         })
@@ -140,13 +145,13 @@ fn logistic_sweep<'py>(
     let as_f32: PyResult<Vec<PyReadonlyArray2<'py, f32>>> =
         layers.iter().map(|l| l.extract()).collect();
     let scores = match as_f32 {
-        Ok(arrays) => sweep_arrays(py, &arrays, &targets, &train, &test)?,
+        Ok(arrays) => sweep_arrays(py, &arrays, &targets, &train, &test, &cancel)?,
         Err(_) => {
             let arrays: Vec<PyReadonlyArray2<'py, f64>> = layers
                 .iter()
                 .map(|l| l.extract())
                 .collect::<PyResult<_>>()?;
-            sweep_arrays(py, &arrays, &targets, &train, &test)?
+            sweep_arrays(py, &arrays, &targets, &train, &test, &cancel)?
         }
     };
     Ok(scores
@@ -166,6 +171,7 @@ fn sweep_arrays<T: Feature + Element>(
     targets: &[SweepTarget],
     train: &[usize],
     test: &[usize],
+    cancel: &Cancel,
 ) -> PyResult<Vec<Vec<SweepScore>>> {
     let d = arrays.first().map_or(0, |a| a.shape()[1]);
     let slices = arrays
@@ -183,8 +189,9 @@ fn sweep_arrays<T: Feature + Element>(
         })
         .collect::<Result<Vec<&[T]>, MsError>>()
         .py_err()?;
-    py.detach(|| sweep_layers(&slices, d, targets, train, test))
-        .py_err()
+    interruptible_with(py, cancel, |_| {
+        sweep_layers(&slices, d, targets, train, test)
+    })
 }
 
 #[pyfunction]
@@ -195,7 +202,7 @@ fn pca_fit<'py>(
     whiten: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let xv = x.as_array();
-    let p = py.detach(|| Pca::fit(&xv, n_components, whiten)).py_err()?;
+    let p = interruptible(py, |_| Pca::fit(&xv, n_components, whiten))?;
     let d = PyDict::new(py);
     d.set_item("mean", p.mean.into_pyarray(py))?;
     d.set_item("components", p.components.into_pyarray(py))?;
@@ -221,9 +228,9 @@ fn truth_fit<'py>(
     let xv = x.as_array();
     let y = labels(&y, "labels")?;
     let method = DirectionMethod::parse(method).py_err()?;
-    let t = py
-        .detach(|| TruthDirection::fit(&xv, &y, method, pairs.as_deref(), seed))
-        .py_err()?;
+    let t = interruptible(py, |cancel| {
+        TruthDirection::fit(&xv, &y, method, pairs.as_deref(), seed, cancel)
+    })?;
     let d = PyDict::new(py);
     d.set_item("direction", t.direction.into_pyarray(py))?;
     d.set_item("threshold", t.threshold)?;
@@ -252,7 +259,7 @@ fn proximity_error<'py>(
     y_pred: PyReadonlyArray2<'py, f64>,
 ) -> PyResult<Bound<'py, numpy::PyArray1<f64>>> {
     let (a, b) = (y_true.as_array(), y_pred.as_array());
-    let e = py.detach(|| metrics::proximity_error(&a, &b)).py_err()?;
+    let e = interruptible(py, |_| metrics::proximity_error(&a, &b))?;
     Ok(Array1::from(e).into_pyarray(py))
 }
 

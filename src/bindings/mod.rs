@@ -1,13 +1,19 @@
 //! The Python extension module `mindscope._native`.
 //!
 //! Each submodule binds one area of the core; this file only wires them together.
-//! Rules for every binding: release the GIL while Rust computes (`py.detach`), return numpy
+//! Rules for every binding: compute without the GIL through `interruptible` (Ctrl-C stops it, a
+//! panic becomes `InternalError`), return numpy
 //! arrays that take ownership of Rust buffers (no copy), and turn every `MsError` into the typed
 //! exception of `mindscope.errors` via `to_py_err`.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc::{channel, RecvTimeoutError};
+use std::time::Duration;
 
 use pyo3::prelude::*;
 
 use crate::error::MsError;
+use crate::interrupt::Cancel;
 
 pub mod analysis;
 pub mod convert;
@@ -24,6 +30,9 @@ pub fn to_py_err(err: MsError) -> PyErr {
             if let Some(e) = payload.0.downcast_ref::<PyErr>() {
                 return e.clone_ref(py);
             }
+        }
+        if let MsError::Interrupted = err {
+            return pyo3::exceptions::PyKeyboardInterrupt::new_err(());
         }
         let class = py
             .import("mindscope.errors")
@@ -46,6 +55,80 @@ pub trait IntoPyResult<T> {
 impl<T> IntoPyResult<T> for crate::error::Result<T> {
     fn py_err(self) -> PyResult<T> {
         self.map_err(to_py_err)
+    }
+}
+
+/// What a caught panic said.
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(payload) => match payload.downcast::<&'static str>() {
+            Ok(s) => s.to_string(),
+            Err(_) => "a panic without a message".into(),
+        },
+    }
+}
+
+/// Run a binding's body, turning a panic into `mindscope.errors.InternalError` (an
+/// `Exception`, unlike pyo3's `PanicException`), so that no panic reaches Python as such.
+pub fn guarded<T>(body: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(r) => r,
+        Err(p) => Err(to_py_err(MsError::Internal(panic_message(p)))),
+    }
+}
+
+/// How often the waiting thread looks for Ctrl-C.
+const SIGNAL_POLL: Duration = Duration::from_millis(50);
+
+/// Run `work` without the GIL on a worker thread while the calling thread waits for it and
+/// checks for signals (Python runs signal handlers only on the main thread, between
+/// bytecodes or when native code asks). On Ctrl-C the token fires, `work` stops at its next
+/// check and the `KeyboardInterrupt` is raised here; a panic becomes `InternalError`.
+pub fn interruptible<T: Send>(
+    py: Python<'_>,
+    work: impl FnOnce(&Cancel) -> crate::Result<T> + Send,
+) -> PyResult<T> {
+    interruptible_with(py, &Cancel::new(), work)
+}
+
+/// [`interruptible`] with a token made beforehand (when the work's inputs hold it).
+pub fn interruptible_with<T: Send>(
+    py: Python<'_>,
+    cancel: &Cancel,
+    work: impl FnOnce(&Cancel) -> crate::Result<T> + Send,
+) -> PyResult<T> {
+    let mut signal: Option<PyErr> = None;
+    let outcome = py.detach(|| {
+        std::thread::scope(|scope| {
+            let (tx, rx) = channel();
+            let token = cancel;
+            scope.spawn(move || {
+                let _ = tx.send(catch_unwind(AssertUnwindSafe(|| work(token))));
+            });
+            loop {
+                match rx.recv_timeout(SIGNAL_POLL) {
+                    Ok(done) => return done,
+                    Err(RecvTimeoutError::Timeout) if signal.is_none() => {
+                        if let Err(e) = Python::attach(|py| py.check_signals()) {
+                            cancel.fire();
+                            signal = Some(e);
+                        }
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => {
+                        return Ok(Err(MsError::Internal("the worker thread vanished".into())))
+                    }
+                }
+            }
+        })
+    });
+    if let Some(e) = signal {
+        return Err(e);
+    }
+    match outcome {
+        Ok(result) => result.map_err(to_py_err),
+        Err(p) => Err(to_py_err(MsError::Internal(panic_message(p)))),
     }
 }
 

@@ -9,11 +9,13 @@ use pyo3::types::PyDict;
 
 use super::convert::array_to_py;
 use super::requests::{ablation_args, embed_args, generate_args, run_args, token_ids};
-use super::{to_py_err, IntoPyResult};
+use super::{interruptible, to_py_err, IntoPyResult};
 use crate::error::{MsError, Result};
 use crate::hooks::CapturedArray;
 use crate::model::config::Residual;
-use crate::model::{LanguageModel, SUPPORTED_ARCHITECTURES, SUPPORTED_MODEL_TYPES};
+use crate::model::{
+    AblationJob, LanguageModel, PackLimits, SUPPORTED_ARCHITECTURES, SUPPORTED_MODEL_TYPES,
+};
 
 /// Token ids and character spans of one text.
 type TokensWithOffsets = (Vec<u32>, Vec<(usize, usize)>);
@@ -36,7 +38,7 @@ impl Model {
     /// Load a GGUF model file or a Hugging Face model folder.
     #[staticmethod]
     fn load(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
-        let model = py.detach(|| LanguageModel::load(&path)).py_err()?;
+        let model = interruptible(py, |_| LanguageModel::load(&path))?;
         Ok(Model {
             inner: Arc::new(model),
         })
@@ -45,7 +47,7 @@ impl Model {
     /// Load a GGUF file stored as consecutive parts (read as their concatenation).
     #[staticmethod]
     fn load_gguf_parts(py: Python<'_>, parts: Vec<PathBuf>) -> PyResult<Self> {
-        let model = py.detach(|| LanguageModel::load_gguf(&parts)).py_err()?;
+        let model = interruptible(py, |_| LanguageModel::load_gguf(&parts))?;
         Ok(Model {
             inner: Arc::new(model),
         })
@@ -66,9 +68,9 @@ impl Model {
     ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
         let model = &self.inner;
         let (prompts, batch_size) = embed_args(request).py_err()?;
-        let out = py
-            .detach(|| model.embed(&prompts.tokens(model)?, batch_size))
-            .py_err()?;
+        let out = interruptible(py, |cancel| {
+            model.embed(&prompts.tokens(model)?, batch_size, cancel)
+        })?;
         array_to_py(py, out)
     }
 
@@ -149,8 +151,9 @@ impl Model {
     }
 
     /// Token ids and character spans `(start, end)` of one text.
-    fn tokenize(&self, text: &str) -> PyResult<TokensWithOffsets> {
-        let enc = self.inner.tokenizer.encode(text).py_err()?;
+    fn tokenize(&self, text: &Bound<'_, PyAny>) -> PyResult<TokensWithOffsets> {
+        let text = super::requests::text(text, "text").py_err()?;
+        let enc = self.inner.tokenizer.encode(&text).py_err()?;
         Ok((enc.ids, enc.offsets))
     }
 
@@ -192,12 +195,16 @@ impl Model {
     fn run<'py>(&self, py: Python<'py>, request: &Bound<'py, PyAny>) -> PyResult<RunResult<'py>> {
         let model = &self.inner;
         let args = run_args(request, model).py_err()?;
-        let out = py
-            .detach(|| {
-                let tokens = args.prompts.tokens(model)?;
-                model.run_ids(tokens, &args.spec, &args.interventions, args.batch_size)
-            })
-            .py_err()?;
+        let out = interruptible(py, |cancel| {
+            let tokens = args.prompts.tokens(model)?;
+            model.run_ids(
+                tokens,
+                &args.spec,
+                &args.interventions,
+                args.batch_size,
+                cancel,
+            )
+        })?;
         let logits = out.logits.map(|l| array_to_py(py, l)).transpose()?;
         let cache = out
             .cache
@@ -218,9 +225,9 @@ impl Model {
     ) -> PyResult<Bound<'py, PyDict>> {
         let model = &self.inner;
         let args = generate_args(request, model).py_err()?;
-        let g = py
-            .detach(|| model.generate(&args.prompt, &args.params, &args.interventions))
-            .py_err()?;
+        let g = interruptible(py, |cancel| {
+            model.generate(&args.prompt, &args.params, &args.interventions, cancel)
+        })?;
         let d = PyDict::new(py);
         d.set_item("text", g.text)?;
         d.set_item("token_ids", g.token_ids)?;
@@ -240,22 +247,23 @@ impl Model {
     ) -> PyResult<(f64, Vec<f64>)> {
         let a = ablation_args(request).py_err()?;
         let model = &self.inner;
-        let scores = py
-            .detach(|| {
-                if a.naive {
-                    model.ablation_scores_naive(&a.prompt, &a.target, &a.spans, a.ablation)
-                } else {
-                    model.ablation_scores(
-                        &a.prompt,
-                        &a.target,
-                        &a.spans,
-                        a.ablation,
-                        a.batch_size,
-                        a.rows_per_batch,
-                    )
-                }
-            })
-            .py_err()?;
+        let job = AblationJob {
+            prompt: &a.prompt,
+            target: &a.target,
+            spans: &a.spans,
+            ablation: a.ablation,
+        };
+        let limits = PackLimits {
+            variants: a.batch_size,
+            rows: a.rows_per_batch,
+        };
+        let scores = interruptible(py, |cancel| {
+            if a.naive {
+                model.ablation_scores_naive(&job, cancel)
+            } else {
+                model.ablation_scores(&job, limits, cancel)
+            }
+        })?;
         Ok((scores.clean, scores.ablated))
     }
 

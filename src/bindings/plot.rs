@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use pyo3::prelude::*;
 
-use super::IntoPyResult;
+use super::{interruptible, IntoPyResult};
 use crate::error::MsError;
 use crate::plot::{render, FigureSpec};
 
@@ -14,7 +14,7 @@ fn render_figure(py: Python<'_>, spec_json: &str, path: PathBuf) -> PyResult<()>
     let spec: FigureSpec = serde_json::from_str(spec_json)
         .map_err(|e| MsError::invalid(format!("figure spec is not valid: {e}")))
         .py_err()?;
-    py.detach(|| render(&spec, &path)).py_err()
+    interruptible(py, |_| render(&spec, &path))
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -741,6 +741,21 @@ pub fn ablation_args(obj: &Bound<'_, PyAny>) -> Result<AblationArgs> {
     })
 }
 
+/// A Python `str` as Rust text: a lone surrogate or a non-string is an `InvalidArgumentError`.
+pub fn text(v: &Bound<'_, PyAny>, what: &str) -> Result<String> {
+    if !v.is_instance_of::<PyString>() {
+        return Err(MsError::invalid(format!(
+            "{what} must be a string, got {}",
+            type_name(v)
+        )));
+    }
+    v.extract::<String>().map_err(|_| {
+        MsError::invalid(format!(
+            "{what} is not valid Unicode text (a lone surrogate?)"
+        ))
+    })
+}
+
 /// Token ids from any Python sequence of ints (for `decode`, `token_texts`).
 pub fn token_ids(v: &Bound<'_, PyAny>, what: &str) -> Result<Vec<u32>> {
     id_list(v).map_err(|why| MsError::invalid(format!("{what} must be {why}")))

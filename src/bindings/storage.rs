@@ -8,7 +8,7 @@ use numpy::{IntoPyArray, PyArrayMethods, PyReadonlyArray2, PyUntypedArrayMethods
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use super::IntoPyResult;
+use super::{interruptible, IntoPyResult};
 use crate::error::MsError;
 use crate::storage::{
     layout, parquet_rows, read_parquet_column as read_column, write_parquet_part, write_part,
@@ -58,21 +58,20 @@ fn write_dump_part(
         token_id,
         token_text,
     };
-    py.detach(|| write(&path, &rows, &columns, dtype, metadata))
-        .py_err()
+    interruptible(py, |_| write(&path, &rows, &columns, dtype, metadata))
 }
 
 /// Rows of a Parquet part (reads the footer only).
 #[pyfunction]
 fn parquet_part_rows(py: Python<'_>, path: PathBuf) -> PyResult<usize> {
-    py.detach(|| parquet_rows(&path)).py_err()
+    interruptible(py, |_| parquet_rows(&path))
 }
 
 /// One column of a Parquet part: a numpy array (`uint32 [rows]`, `float16|float32
 /// [rows, d]`) or a list of strings.
 #[pyfunction]
 fn read_parquet_column(py: Python<'_>, path: PathBuf, name: String) -> PyResult<Py<PyAny>> {
-    let col = py.detach(|| read_column(&path, &name)).py_err()?;
+    let col = interruptible(py, |_| read_column(&path, &name))?;
     Ok(match col {
         ParquetColumn::UInt32(v) => v.into_pyarray(py).into_any().unbind(),
         ParquetColumn::Utf8(v) => v.into_pyobject(py)?.into_any().unbind(),
@@ -98,7 +97,7 @@ fn read_parquet_column(py: Python<'_>, path: PathBuf, name: String) -> PyResult<
 /// `{"rows", "metadata", "columns": {name: {dtype, width, offset, nbytes, offsets_offset}}}`.
 #[pyfunction]
 fn dump_part_layout(py: Python<'_>, path: PathBuf) -> PyResult<Bound<'_, PyDict>> {
-    let l = py.detach(|| layout(&path)).py_err()?;
+    let l = interruptible(py, |_| layout(&path))?;
     let out = PyDict::new(py);
     out.set_item("rows", l.rows)?;
     out.set_item("metadata", l.metadata)?;

@@ -8,6 +8,7 @@ use super::{
     Intervention, Positions,
 };
 use crate::error::{MsError, Result};
+use crate::interrupt::Cancel;
 
 /// How a flat activation buffer splits around its position axis: `[batch, pre, pos, post]`.
 #[derive(Debug, Clone, Copy)]
@@ -219,6 +220,8 @@ pub struct HookContext<'a> {
     interventions: Vec<(HookPoint, &'a Intervention)>,
     lengths: Vec<usize>,
     pub cache: ActivationCache,
+    /// The call's cancellation token, checked by the forward between layers.
+    pub cancel: Cancel,
 }
 
 impl<'a> HookContext<'a> {
@@ -258,7 +261,14 @@ impl<'a> HookContext<'a> {
             interventions: list,
             lengths: lengths.to_vec(),
             cache: ActivationCache::default(),
+            cancel: Cancel::default(),
         })
+    }
+
+    /// The same context, stopping with `MsError::Interrupted` once `cancel` fires.
+    pub fn with_cancel(mut self, cancel: &Cancel) -> Self {
+        self.cancel = cancel.clone();
+        self
     }
 
     /// A context that does nothing (plain inference).
@@ -272,6 +282,7 @@ impl<'a> HookContext<'a> {
             interventions: Vec::new(),
             lengths: lengths.to_vec(),
             cache: ActivationCache::default(),
+            cancel: Cancel::default(),
         }
     }
 

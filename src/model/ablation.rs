@@ -12,6 +12,7 @@ use candle_core::{Device, Tensor, D};
 use super::{KvCache, LanguageModel, Prefix, RunPlan, Segment};
 use crate::error::{MsError, Result};
 use crate::hooks::{HookContext, LogitsMode};
+use crate::interrupt::Cancel;
 use crate::kernels::per_core;
 
 /// How an input span is ablated.
@@ -25,6 +26,24 @@ pub enum Ablation {
     ZeroEmbedding,
     /// Set the tokens' input embeddings to the mean embedding over the vocabulary.
     MeanEmbedding,
+}
+
+/// What to score: the target continuation after the prompt, clean and with each token span
+/// (`[start, end)` of the prompt) ablated.
+#[derive(Debug, Clone, Copy)]
+pub struct AblationJob<'a> {
+    pub prompt: &'a [u32],
+    pub target: &'a [u32],
+    pub spans: &'a [(usize, usize)],
+    pub ablation: Ablation,
+}
+
+/// How much one packed run holds: at most `variants` variants and about `rows` recomputed
+/// positions (bounds the memory of a run).
+#[derive(Debug, Clone, Copy)]
+pub struct PackLimits {
+    pub variants: usize,
+    pub rows: usize,
 }
 
 /// Target log-probabilities: clean, and with each span ablated.
@@ -201,13 +220,16 @@ impl LanguageModel {
     /// `rows_per_batch` recomputed positions per run), each continuing the clean prefix.
     pub fn ablation_scores(
         &self,
-        prompt: &[u32],
-        target: &[u32],
-        spans: &[(usize, usize)],
-        ablation: Ablation,
-        batch_size: usize,
-        rows_per_batch: usize,
+        job: &AblationJob,
+        limits: PackLimits,
+        cancel: &Cancel,
     ) -> Result<AblationScores> {
+        let AblationJob {
+            prompt,
+            target,
+            spans,
+            ablation,
+        } = *job;
         self.check_ablation(prompt, target, spans, ablation)?;
         let m = target.len();
         let seq = [prompt, &target[..m - 1]].concat();
@@ -228,7 +250,7 @@ impl LanguageModel {
             masked: 0..0,
             start: 0,
         };
-        let packs = plan_packs(&order, &variants, m, batch_size, rows_per_batch);
+        let packs = plan_packs(&order, &variants, m, limits.variants, limits.rows);
         let mut ablated = vec![0.0; spans.len()];
         if let [pack] = packs.as_slice() {
             // One run: the clean sequence is the first segment, whose rows give every variant
@@ -238,14 +260,8 @@ impl LanguageModel {
             let members: Vec<&Variant> = std::iter::once(&clean_variant)
                 .chain(pack.iter().map(|&i| &variants[i]))
                 .collect();
-            let scores = self.run_pack(
-                &members,
-                m,
-                ablation,
-                mean.as_ref(),
-                Prefix::FirstSegment,
-                target,
-            )?;
+            let scores =
+                self.run_pack(&members, job, mean.as_ref(), Prefix::FirstSegment, cancel)?;
             for (&i, &score) in pack.iter().zip(&scores[1..]) {
                 ablated[i] = score;
             }
@@ -261,6 +277,7 @@ impl LanguageModel {
         let ids = Tensor::from_vec(seq.clone(), (1, seq.len()), &Device::Cpu)?;
         let mut ctx = HookContext::inactive(self.hooks(), &[seq.len()]);
         let plan = RunPlan::full(decoder, LogitsMode::None);
+        ctx.cancel = cancel.clone();
         let hidden = decoder.run_blocks(
             decoder.embed.tokens(&ids)?,
             &[seq.len()],
@@ -274,11 +291,10 @@ impl LanguageModel {
             let members: Vec<&Variant> = pack.iter().map(|&i| &variants[i]).collect();
             let scores = self.run_pack(
                 &members,
-                m,
-                ablation,
+                job,
                 mean.as_ref(),
                 Prefix::Cache(&clean_kv),
-                target,
+                cancel,
             )?;
             Ok((pack, scores))
         })?;
@@ -291,15 +307,16 @@ impl LanguageModel {
     }
 
     /// Target scores of variants run as one pack, each recomputing from its first change.
+    /// `mean` is the mean embedding (for `MeanEmbedding`).
     fn run_pack(
         &self,
         members: &[&Variant],
-        m: usize,
-        ablation: Ablation,
+        job: &AblationJob,
         mean: Option<&Tensor>,
         prefix: Prefix,
-        target: &[u32],
+        cancel: &Cancel,
     ) -> Result<Vec<f64>> {
+        let (m, ablation, target) = (job.target.len(), job.ablation, job.target);
         let mut segments = Vec::with_capacity(members.len());
         let mut inputs = Vec::with_capacity(members.len());
         let mut keep = Vec::with_capacity(members.len() * m);
@@ -314,7 +331,8 @@ impl LanguageModel {
             row0 += rows;
         }
         let decoder = self.decoder("ablate")?;
-        let final_rows = decoder.run_packed(Tensor::cat(&inputs, 0)?, &segments, prefix, &keep)?;
+        let final_rows =
+            decoder.run_packed(Tensor::cat(&inputs, 0)?, &segments, prefix, &keep, cancel)?;
         self.target_logprobs(&final_rows, target)
     }
 
@@ -322,11 +340,15 @@ impl LanguageModel {
     /// reference for tests and the baseline in the benchmark.
     pub fn ablation_scores_naive(
         &self,
-        prompt: &[u32],
-        target: &[u32],
-        spans: &[(usize, usize)],
-        ablation: Ablation,
+        job: &AblationJob,
+        cancel: &Cancel,
     ) -> Result<AblationScores> {
+        let AblationJob {
+            prompt,
+            target,
+            spans,
+            ablation,
+        } = *job;
         self.check_ablation(prompt, target, spans, ablation)?;
         let m = target.len();
         let seq = [prompt, &target[..m - 1]].concat();
@@ -336,7 +358,7 @@ impl LanguageModel {
         };
         let score = |v: &Variant| -> Result<f64> {
             let (x, lengths) = self.variant_embeddings(&[v], 0, ablation, mean.as_ref())?;
-            let mut ctx = HookContext::inactive(self.hooks(), &lengths);
+            let mut ctx = HookContext::inactive(self.hooks(), &lengths).with_cancel(cancel);
             let net = self.decoder("ablate")?;
             let plan = RunPlan::full(net, LogitsMode::None);
             let hidden = net.run_blocks(x, &lengths, &mut ctx, &plan, None)?;

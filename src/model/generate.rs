@@ -7,6 +7,7 @@ use rand::{Rng, SeedableRng};
 use super::{KvCache, LanguageModel, RunPlan};
 use crate::error::{MsError, Result};
 use crate::hooks::{HookContext, Intervention, LogitsMode};
+use crate::interrupt::Cancel;
 
 /// How to pick each next token. `temperature == 0` is greedy (argmax).
 #[derive(Debug, Clone)]
@@ -56,6 +57,9 @@ pub struct Generation {
     pub logprobs: Vec<f32>,
 }
 
+/// Temperatures below this sample greedily.
+const GREEDY_BELOW: f64 = 1e-6;
+
 fn log_softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let lse = logits
@@ -81,7 +85,9 @@ fn pick_token(logits: &[f32], p: &SamplingParams, rng: &mut StdRng) -> u32 {
             })
             .0 as u32
     };
-    if p.temperature == 0.0 {
+    // Below this, sampling is the argmax to within float precision (and dividing the logits
+    // by it would overflow to inf): greedy.
+    if p.temperature < GREEDY_BELOW {
         return argmax();
     }
     let mut cand: Vec<(usize, f64)> = logits
@@ -129,6 +135,7 @@ impl LanguageModel {
         prompt: &str,
         params: &SamplingParams,
         interventions: &[Intervention],
+        cancel: &Cancel,
     ) -> Result<Generation> {
         params.validate()?;
         let prompt_ids = self.encode_prompts(&[prompt.to_string()])?.remove(0);
@@ -149,7 +156,8 @@ impl LanguageModel {
         for _ in 0..params.max_new_tokens {
             let ids = Tensor::from_vec(input.clone(), (1, input.len()), &Device::Cpu)?;
             let lengths = [input.len()];
-            let mut ctx = HookContext::new(self.hooks(), None, interventions, &lengths)?;
+            let mut ctx =
+                HookContext::new(self.hooks(), None, interventions, &lengths)?.with_cancel(cancel);
             let plan = RunPlan::new(
                 net,
                 &ctx,

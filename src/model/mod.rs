@@ -13,7 +13,7 @@ pub mod transformer;
 
 use std::path::{Path, PathBuf};
 
-pub use ablation::{Ablation, AblationScores};
+pub use ablation::{Ablation, AblationJob, AblationScores, PackLimits};
 pub use config::ModelConfig;
 pub use families::{Family, SUPPORTED_ARCHITECTURES, SUPPORTED_MODEL_TYPES};
 pub use generate::{Generation, SamplingParams};

@@ -9,6 +9,7 @@ use crate::hooks::{
     Action, ActivationCache, CaptureSpec, CapturedArray, HookContext, Intervention, LogitsMode,
     Positions,
 };
+use crate::interrupt::Cancel;
 use crate::kernels::per_core;
 
 /// What one run returns.
@@ -70,6 +71,7 @@ impl LanguageModel {
         spec: &CaptureSpec,
         interventions: &[Intervention],
         batch_size: usize,
+        cancel: &Cancel,
     ) -> Result<RunOutput> {
         if tokens.is_empty() {
             return Err(MsError::invalid("the list of prompts is empty"));
@@ -139,8 +141,10 @@ impl LanguageModel {
                 .iter()
                 .map(|iv| intervention_rows(iv, rows, n))
                 .collect::<Result<Vec<_>>>()?;
+            cancel.check()?;
             let mut ctx =
-                HookContext::new(self.hooks(), Some(&chunk_spec), &chunk_ivs, &chunk_lengths)?;
+                HookContext::new(self.hooks(), Some(&chunk_spec), &chunk_ivs, &chunk_lengths)?
+                    .with_cancel(cancel);
             let plan = RunPlan::new(
                 &self.net,
                 &ctx,
@@ -191,21 +195,14 @@ impl LanguageModel {
         })
     }
 
-    /// Tokenize and run.
-    pub fn run(
-        &self,
-        texts: &[String],
-        spec: &CaptureSpec,
-        interventions: &[Intervention],
-        batch_size: usize,
-    ) -> Result<RunOutput> {
-        let tokens = self.encode_prompts(texts)?;
-        self.run_ids(tokens, spec, interventions, batch_size)
-    }
-
     /// Sentence embeddings `[n, d_model]` of an encoder: mean over each prompt's real tokens
     /// of the last hidden state, L2-normalised (sentence-transformers' pooling).
-    pub fn embed(&self, tokens: &[Vec<u32>], batch_size: usize) -> Result<CapturedArray> {
+    pub fn embed(
+        &self,
+        tokens: &[Vec<u32>],
+        batch_size: usize,
+        cancel: &Cancel,
+    ) -> Result<CapturedArray> {
         if !self.is_encoder() {
             return Err(MsError::invalid(format!(
                 "{} is a decoder; embed() pools an encoder's hidden states (load an encoder \
@@ -228,7 +225,7 @@ impl LanguageModel {
             let lengths: Vec<usize> = rows.iter().map(|&r| tokens[r].len()).collect();
             let width = *lengths.iter().max().unwrap_or(&1);
             let ids = padded_ids(tokens, rows, width, pad)?;
-            let mut ctx = HookContext::inactive(self.hooks(), &lengths);
+            let mut ctx = HookContext::inactive(self.hooks(), &lengths).with_cancel(cancel);
             let plan = RunPlan::full(&self.net, LogitsMode::None);
             let x = self.net.embed.tokens(&ids)?;
             let hidden = self.net.run_blocks(x, &lengths, &mut ctx, &plan, None)?;

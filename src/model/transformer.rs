@@ -16,7 +16,12 @@ use super::parts::{
 use super::plan::{last_positions, RunPlan};
 use crate::error::{MsError, Result};
 use crate::hooks::{CapturedArray, HookContext, HookKind, HookPoint, HookRegistry, LogitsMode};
+use crate::interrupt::Cancel;
 use crate::kernels::matmul::{linear, linear_into};
+
+/// Logits computed per LM head call: blocks of this many floats (256 rows of a 262k vocabulary,
+/// about a tenth of a second on two cores).
+const HEAD_BLOCK_ELEMS: usize = 64 << 20;
 
 /// A transformer: its config and the parts its family loaded.
 pub struct Transformer {
@@ -189,6 +194,7 @@ impl Transformer {
         let tables = self.dense_tables(lengths, t, offset)?;
         let n_run = plan.n_blocks.min(self.cfg.n_layers);
         for (layer, block) in self.blocks.iter().enumerate().take(n_run) {
+            ctx.cancel.check()?;
             let spec = &self.cfg.layers[layer];
             let mask = &tables
                 .masks
@@ -225,6 +231,7 @@ impl Transformer {
         segments: &[Segment],
         source: Prefix,
         keep: &[usize],
+        cancel: &Cancel,
     ) -> Result<Tensor> {
         let (total, d) = x.dims2()?;
         if segments.iter().map(|s| s.rows).sum::<usize>() != total {
@@ -252,7 +259,7 @@ impl Transformer {
             )));
         }
         let positions = row_positions(segments);
-        let mut ctx = HookContext::inactive(&self.hooks, &[total]);
+        let mut ctx = HookContext::inactive(&self.hooks, &[total]).with_cancel(cancel);
         let mut x = self
             .embed
             .finish(x.reshape((1, total, d))?, &positions, &mut ctx)?;
@@ -277,6 +284,7 @@ impl Transformer {
         );
         let n = self.cfg.n_layers;
         for (layer, block) in self.blocks.iter().enumerate() {
+            cancel.check()?;
             let spec = &self.cfg.layers[layer];
             let prefix = match source {
                 Prefix::Cache(cache) => Some(cache.layer(layer).unwrap_or(&empty)),
@@ -322,20 +330,27 @@ impl Transformer {
         match plan.logits {
             LogitsMode::All => {
                 let normed = self.final_normed(x, ctx)?;
-                match out {
-                    Some(buf) => {
-                        linear_into(&normed, lm_head, buf)?;
-                        Ok(None)
-                    }
+                let (b, t, _) = normed.dims3()?;
+                let vocab = lm_head.dim(0)?;
+                let mut owned = Vec::new();
+                let buf = match out {
+                    Some(buf) => buf,
                     None => {
-                        let (b, t, _) = normed.dims3()?;
-                        let vocab = lm_head.dim(0)?;
                         // calloc'd fresh pages: written once, by the matmul.
-                        let mut data = vec![0f32; b * t * vocab];
-                        linear_into(&normed, lm_head, &mut data)?;
-                        Ok(Some(CapturedArray::new(vec![b, t, vocab], data)))
+                        owned = vec![0f32; b * t * vocab];
+                        &mut owned
                     }
+                };
+                // The LM head is the largest product of a forward (seconds for a batch of a
+                // big vocabulary): in blocks of rows, so that Ctrl-C is seen between them.
+                let rows = normed.reshape((b * t, normed.dim(2)?))?;
+                let block = (HEAD_BLOCK_ELEMS / vocab.max(1)).max(1);
+                for (k, chunk) in buf.chunks_mut(block * vocab).enumerate() {
+                    ctx.cancel.check()?;
+                    let n = chunk.len() / vocab;
+                    linear_into(&rows.narrow(0, k * block, n)?, lm_head, chunk)?;
                 }
+                Ok((!owned.is_empty()).then(|| CapturedArray::new(vec![b, t, vocab], owned)))
             }
             LogitsMode::Last => {
                 let (b, _, d) = x.dims3()?;

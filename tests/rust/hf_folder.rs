@@ -111,7 +111,9 @@ fn write_hf_folder(gguf: &GgufFile, model: &LanguageModel, config: serde_json::V
 fn last_logits(model: &LanguageModel, ids: Vec<u32>) -> Vec<f32> {
     let spec =
         CaptureSpec::new(model.hooks(), &[], Positions::Last, None, LogitsMode::Last).unwrap();
-    let out = model.run_ids(vec![ids], &spec, &[], 1).unwrap();
+    let out = model
+        .run_ids(vec![ids], &spec, &[], 1, &Default::default())
+        .unwrap();
     out.logits.unwrap().data
 }
 
