@@ -50,6 +50,9 @@ pub enum MsError {
     /// A numerical backend failed (candle, linear algebra); a bug or an exotic input.
     #[error("{0}")]
     Compute(String),
+    /// A request would need more memory than is available; the message says how to ask for less.
+    #[error("{0}")]
+    Resource(String),
     /// The caller asked to stop (Ctrl-C): the computation ended early, its partial results
     /// dropped.
     #[error("interrupted")]
@@ -100,6 +103,7 @@ impl MsError {
                 source,
             },
             MsError::Compute(m) => MsError::Compute(format!("{what}: {m}")),
+            MsError::Resource(m) => MsError::Resource(format!("{what}: {m}")),
             // The user's own exception goes back unchanged.
             MsError::Callback { message, payload } => MsError::Callback { message, payload },
             MsError::Interrupted => MsError::Interrupted,
@@ -119,6 +123,7 @@ impl MsError {
             MsError::Data(_) => "DataError",
             MsError::Io { .. } => "StorageError",
             MsError::Compute(_) => "ComputeError",
+            MsError::Resource(_) => "ResourceError",
             MsError::Callback { .. } => "InvalidArgumentError",
             MsError::Interrupted => "KeyboardInterrupt",
             MsError::Internal(_) => "InternalError",

@@ -166,9 +166,12 @@ def write_dump_part(
     dtype: str,
     metadata: dict[str, str],
     format: str = "arrow",
-) -> int:
+) -> tuple[int, int]:
     """Write one part as Arrow IPC (``format="arrow"``) or Parquet (``"parquet"``); ``hooks``:
-    ``(name, [rows, d])``; dtype ``float16``/``float32``; atomically; returns its size in bytes."""
+    ``(name, [rows, d])``; dtype ``float16``/``float32``; atomically; returns its size in bytes
+    and the CRC-32 of its bytes (computed while writing)."""
+def part_checksum(path: str) -> int:
+    """CRC-32 of a part file's bytes (what the manifest records as ``crc32``)."""
 def parquet_part_rows(path: str) -> int:
     """Rows of a Parquet part (footer only); DataError naming the file if it is damaged."""
 def read_parquet_column(path: str, name: str) -> npt.NDArray[Any] | list[str]:

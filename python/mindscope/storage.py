@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -178,10 +179,10 @@ def dump(model: Any, texts: str | os.PathLike[str] | Sequence[str], path: str | 
         lo, hi = k * part_size, min((k + 1) * part_size, len(prompts))
         rows, arrays = _run_part(model, prompts, lo, hi, hook_list, positions, batch_size, progress)
         name = f"part-{k:05d}{FILE_FORMATS[format]}"
-        nbytes = _native.write_dump_part(out / name, *rows, [(h, arrays[h]) for h in hook_list], dtype, metadata,
-                                         format)
+        nbytes, crc = _native.write_dump_part(out / name, *rows, [(h, arrays[h]) for h in hook_list], dtype,
+                                              metadata, format)
         manifest["parts"].append({"index": k, "file": name, "first_prompt": lo, "n_prompts": hi - lo,
-                                  "rows": len(rows[0]), "bytes": nbytes})
+                                  "rows": len(rows[0]), "bytes": nbytes, "crc32": f"{crc:08x}"})
         manifest["parts"].sort(key=lambda p: p["index"])
         write_json_atomic(out / "manifest.json", manifest)
     progress.close()
@@ -205,7 +206,7 @@ def _prepare_folder(out: Path, spec: dict[str, Any], resume: bool, overwrite: bo
         if _part_files(out):
             raise StorageError(f"{out} has part files but no manifest; choose an empty folder or pass overwrite=True")
         return []
-    old = json.loads(manifest_path.read_text(encoding="utf-8"))
+    old = _read_manifest(out)
     same = all(old.get(k, "arrow" if k == "file_format" else None) == spec[k]
                for k in ("format", "file_format", "model", "hooks", "positions", "dtype", "n_prompts", "part_size"))
     if overwrite:
@@ -219,12 +220,12 @@ def _prepare_folder(out: Path, spec: dict[str, Any], resume: bool, overwrite: bo
     if not resume:
         raise StorageError(f"{out} already holds this dump; pass resume=True to complete it or overwrite=True")
     keep = []
-    for part in old.get("parts", []):
+    for part in old["parts"]:
         try:
-            _check_part(out / part["file"])
+            _verify_part(out, part)
             keep.append(part)
-        except Exception:  # a damaged part is recomputed
-            continue
+        except (DataError, StorageError) as e:  # a damaged or missing part is recomputed
+            warnings.warn(f"recomputing part {part['index']}: {e}", stacklevel=3)
     return keep
 
 
@@ -232,11 +233,91 @@ def _part_files(folder: Path) -> list[Path]:
     return [p for ext in FILE_FORMATS.values() for p in folder.glob(f"part-*{ext}")]
 
 
-def _check_part(path: Path) -> int:
+def _part_rows(path: Path) -> int:
     """Rows of a complete part; raises on a damaged file."""
     if path.suffix == ".parquet":
         return int(_native.parquet_part_rows(path))
     return int(_native.dump_part_layout(path)["rows"])
+
+
+def _part_path(folder: Path, part: dict[str, Any]) -> Path:
+    """The file of a manifest entry, which must be a file name inside the dump folder (a
+    tampered manifest must not make mindscope read, or overwrite, files elsewhere)."""
+    name = part["file"]
+    path = folder / name
+    if (os.path.isabs(name) or Path(name).name != name or name in (".", "..")
+            or path.resolve().parent != folder.resolve()):
+        raise DataError(f"{folder / 'manifest.json'}: part {part['index']} names the file {name!r}, which is "
+                        "not a file inside the dump folder; refusing to read it")
+    return path
+
+
+def _verify_part(folder: Path, part: dict[str, Any]) -> None:
+    """Check a part against its manifest entry: the file is inside the folder, its bytes have the
+    recorded CRC-32 (manifests written before checksums existed have none) and it holds the
+    recorded number of rows. Raises :class:`DataError` naming the part."""
+    path = _part_path(folder, part)
+    if not path.is_file():
+        raise StorageError(f"part {part['index']} ({path}) is listed in the manifest but missing")
+    if "crc32" in part:
+        actual = f"{_native.part_checksum(path):08x}"
+        if actual != part["crc32"]:
+            raise DataError(f"part {part['index']} ({path}) has changed since it was written: CRC-32 {actual}, "
+                            f"the manifest records {part['crc32']}")
+    rows = _part_rows(path)
+    if rows != part["rows"]:
+        raise DataError(f"part {part['index']} ({path}) holds {rows} rows, the manifest records {part['rows']}")
+
+
+_PART_KEYS = {"index": int, "file": str, "first_prompt": int, "n_prompts": int, "rows": int, "bytes": int}
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest of a dump folder, checked for the keys and types mindscope relies on;
+    anything else is a :class:`DataError` naming the file and what is wrong."""
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise StorageError(f"{folder} is not a mindscope dump: no manifest.json")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text: {e}") from e
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} is not valid JSON: {e}") from e
+    except OSError as e:
+        raise StorageError(f"cannot read {path}: {e}") from e
+    if not isinstance(manifest, dict):
+        raise DataError(f"{path}: a manifest is a JSON object, got {type(manifest).__name__}")
+    if manifest.get("format") != FORMAT:
+        raise DataError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+
+    def bad(what: str) -> DataError:
+        return DataError(f"{path}: {what}; the manifest is damaged (rewrite the dump with overwrite=True)")
+
+    expected = {"hooks": list, "positions": str, "dtype": str, "n_prompts": int, "part_size": int, "parts": list,
+                "model": dict}
+    for key, kind in expected.items():
+        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
+            raise bad(f"'{key}' must be a {kind.__name__}, got {manifest.get(key)!r:.80}")
+    if not all(isinstance(h, str) for h in manifest["hooks"]):
+        raise bad("'hooks' must be a list of hook names")
+    if manifest["dtype"] not in _NP:
+        raise bad(f"'dtype' is {manifest['dtype']!r}, not float16 or float32")
+    seen: set[int] = set()
+    for i, part in enumerate(manifest["parts"]):
+        if not isinstance(part, dict):
+            raise bad(f"parts[{i}] is not an object")
+        for key, kind in _PART_KEYS.items():
+            value = part.get(key)
+            if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 0):
+                raise bad(f"parts[{i}]['{key}'] must be a non-negative {kind.__name__}, got {value!r:.80}")
+        if "crc32" in part and not (isinstance(part["crc32"], str) and len(part["crc32"]) == 8):
+            raise bad(f"parts[{i}]['crc32'] must be 8 hex digits, got {part['crc32']!r:.80}")
+        if part["index"] in seen:
+            raise bad(f"part {part['index']} is listed twice")
+        seen.add(part["index"])
+        _part_path(folder, part)
+    return manifest
 
 
 def _run_part(model: Any, prompts: list[str], lo: int, hi: int, hooks: list[str], positions: str,
@@ -283,6 +364,7 @@ class Dump:
         self.path = folder
         self.metadata = manifest
         self._layouts: dict[str, dict[str, Any]] = {}
+        self._rows_of = {p["file"]: p["rows"] for p in manifest["parts"]}
 
     def __repr__(self) -> str:
         m = self.metadata
@@ -299,13 +381,19 @@ class Dump:
 
     def _layout(self, file: str) -> dict[str, Any]:
         if file not in self._layouts:
-            self._layouts[file] = _native.dump_part_layout(self.path / file)
+            layout = _native.dump_part_layout(self.path / file)
+            recorded = self._rows_of[file]
+            if layout["rows"] != recorded:
+                raise DataError(f"{self.path / file} holds {layout['rows']} rows, the manifest records {recorded}")
+            self._layouts[file] = layout
         return self._layouts[file]
 
     def _parquet_column(self, file: str, name: str) -> np.ndarray:
         if name not in self.columns:
             raise InvalidArgumentError(f"no column '{name}' in this dump; columns: {', '.join(self.columns)}")
         col = _native.read_parquet_column(self.path / file, name)
+        if len(col) != self._rows_of[file]:
+            raise DataError(f"{self.path / file} holds {len(col)} rows, the manifest records {self._rows_of[file]}")
         if isinstance(col, list):
             return np.array(col, dtype=object)
         if col.dtype == np.uint16:  # float16 bit patterns
@@ -367,16 +455,20 @@ class Dump:
         return [self.path / p["file"] for p in self.metadata["parts"]]
 
 
-def load_dump(path: str | os.PathLike[str]) -> Dump:
-    """Open a dump folder written by :func:`dump` (nothing is read until a column is asked for)."""
+def load_dump(path: str | os.PathLike[str], verify: bool = False) -> Dump:
+    """Open a dump folder written by :func:`dump` (nothing is read until a column is asked for).
+
+    The manifest is checked on opening (its keys and types, and that every part file lies
+    inside the folder); each part's row count is checked when it is first read. With
+    ``verify=True`` every part's bytes are checked against the CRC-32 in the manifest now (a
+    full read of the dump): a part changed on disk is a :class:`DataError` naming it.
+    """
     folder = Path(path)
-    manifest_path = folder / "manifest.json"
-    if not manifest_path.is_file():
-        raise StorageError(f"{folder} is not a mindscope dump: no manifest.json")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{manifest_path} is not valid JSON: {e}") from e
-    if manifest.get("format") != FORMAT:
-        raise DataError(f"{manifest_path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    manifest = _read_manifest(folder)
+    if verify:
+        for part in manifest["parts"]:
+            if "crc32" not in part:
+                raise DataError(f"part {part['index']} of {folder} has no checksum (written by an older mindscope); "
+                                "it cannot be verified")
+            _verify_part(folder, part)
     return Dump(folder, manifest)

@@ -9,7 +9,7 @@ use pyo3::types::PyDict;
 
 use super::convert::array_to_py;
 use super::requests::{ablation_args, embed_args, generate_args, run_args, token_ids};
-use super::{interruptible, to_py_err, IntoPyResult};
+use super::{guarded, interruptible, to_py_err, IntoPyResult};
 use crate::error::{MsError, Result};
 use crate::hooks::CapturedArray;
 use crate::model::config::Residual;
@@ -66,12 +66,14 @@ impl Model {
         py: Python<'py>,
         request: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-        let model = &self.inner;
-        let (prompts, batch_size) = embed_args(request).py_err()?;
-        let out = interruptible(py, |cancel| {
-            model.embed(&prompts.tokens(model)?, batch_size, cancel)
-        })?;
-        array_to_py(py, out)
+        guarded(|| {
+            let model = &self.inner;
+            let (prompts, batch_size) = embed_args(request).py_err()?;
+            let out = interruptible(py, |cancel| {
+                model.embed(&prompts.tokens(model)?, batch_size, cancel)
+            })?;
+            array_to_py(py, out)
+        })
     }
 
     #[getter]
@@ -152,23 +154,29 @@ impl Model {
 
     /// Token ids and character spans `(start, end)` of one text.
     fn tokenize(&self, text: &Bound<'_, PyAny>) -> PyResult<TokensWithOffsets> {
-        let text = super::requests::text(text, "text").py_err()?;
-        let enc = self.inner.tokenizer.encode(&text).py_err()?;
-        Ok((enc.ids, enc.offsets))
+        guarded(|| {
+            let text = super::requests::text(text, "text").py_err()?;
+            let enc = self.inner.tokenizer.encode(&text).py_err()?;
+            Ok((enc.ids, enc.offsets))
+        })
     }
 
     fn decode(&self, ids: &Bound<'_, PyAny>) -> PyResult<String> {
-        let ids = token_ids(ids, "ids").py_err()?;
-        self.inner.tokenizer.decode(&ids).py_err()
+        guarded(|| {
+            let ids = token_ids(ids, "ids").py_err()?;
+            self.inner.tokenizer.decode(&ids).py_err()
+        })
     }
 
     /// The text of each token on its own (`" capital"`).
     fn token_texts(&self, ids: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
-        let ids = token_ids(ids, "ids").py_err()?;
-        ids.iter()
-            .map(|&i| self.inner.tokenizer.token_text(i))
-            .collect::<Result<_>>()
-            .py_err()
+        guarded(|| {
+            let ids = token_ids(ids, "ids").py_err()?;
+            ids.iter()
+                .map(|&i| self.inner.tokenizer.token_text(i))
+                .collect::<Result<_>>()
+                .py_err()
+        })
     }
 
     /// The id of a vocabulary entry (`"Ġcapital"`), if it exists.
@@ -179,40 +187,44 @@ impl Model {
     /// Hook names matching patterns (names or globs, one matcher for every call), in forward
     /// order; an unknown name or a pattern that matches nothing is an `UnknownHookError`.
     fn resolve_hooks(&self, patterns: Vec<String>) -> PyResult<Vec<String>> {
-        let registry = self.inner.hooks();
-        let mut points = Vec::new();
-        for p in &patterns {
-            points.extend(registry.resolve_pattern(p).py_err()?);
-        }
-        points.sort_by_key(|p| registry.index(*p));
-        points.dedup();
-        Ok(points.iter().map(|p| p.name()).collect())
+        guarded(|| {
+            let registry = self.inner.hooks();
+            let mut points = Vec::new();
+            for p in &patterns {
+                points.extend(registry.resolve_pattern(p).py_err()?);
+            }
+            points.sort_by_key(|p| registry.index(*p));
+            points.dedup();
+            Ok(points.iter().map(|p| p.name()).collect())
+        })
     }
 
     /// Run prompts; returns `(logits, [(name, array)], token ids)`. `request`: `{"prompts",
     /// "names", "positions", "stop_at_layer", "logits", "interventions", "batch_size"}`, read
     /// and validated in `bindings/requests.rs`.
     fn run<'py>(&self, py: Python<'py>, request: &Bound<'py, PyAny>) -> PyResult<RunResult<'py>> {
-        let model = &self.inner;
-        let args = run_args(request, model).py_err()?;
-        let out = interruptible(py, |cancel| {
-            let tokens = args.prompts.tokens(model)?;
-            model.run_ids(
-                tokens,
-                &args.spec,
-                &args.interventions,
-                args.batch_size,
-                cancel,
-            )
-        })?;
-        let logits = out.logits.map(|l| array_to_py(py, l)).transpose()?;
-        let cache = out
-            .cache
-            .into_entries()
-            .into_iter()
-            .map(|(n, a)| Ok((n, array_to_py(py, a)?)))
-            .collect::<PyResult<Vec<_>>>()?;
-        Ok((logits, cache, out.tokens))
+        guarded(|| {
+            let model = &self.inner;
+            let args = run_args(request, model).py_err()?;
+            let out = interruptible(py, |cancel| {
+                let tokens = args.prompts.tokens(model)?;
+                model.run_ids(
+                    tokens,
+                    &args.spec,
+                    &args.interventions,
+                    args.batch_size,
+                    cancel,
+                )
+            })?;
+            let logits = out.logits.map(|l| array_to_py(py, l)).transpose()?;
+            let cache = out
+                .cache
+                .into_entries()
+                .into_iter()
+                .map(|(n, a)| Ok((n, array_to_py(py, a)?)))
+                .collect::<PyResult<Vec<_>>>()?;
+            Ok((logits, cache, out.tokens))
+        })
     }
 
     /// Continue a prompt; returns a dict with text, token_ids, logprobs and prompt_ids.
@@ -223,17 +235,19 @@ impl Model {
         py: Python<'py>,
         request: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let model = &self.inner;
-        let args = generate_args(request, model).py_err()?;
-        let g = interruptible(py, |cancel| {
-            model.generate(&args.prompt, &args.params, &args.interventions, cancel)
-        })?;
-        let d = PyDict::new(py);
-        d.set_item("text", g.text)?;
-        d.set_item("token_ids", g.token_ids)?;
-        d.set_item("logprobs", g.logprobs)?;
-        d.set_item("prompt_ids", g.prompt_ids)?;
-        Ok(d)
+        guarded(|| {
+            let model = &self.inner;
+            let args = generate_args(request, model).py_err()?;
+            let g = interruptible(py, |cancel| {
+                model.generate(&args.prompt, &args.params, &args.interventions, cancel)
+            })?;
+            let d = PyDict::new(py);
+            d.set_item("text", g.text)?;
+            d.set_item("token_ids", g.token_ids)?;
+            d.set_item("logprobs", g.logprobs)?;
+            d.set_item("prompt_ids", g.prompt_ids)?;
+            Ok(d)
+        })
     }
 
     /// Log-probability of `target_ids` after `prompt_ids`, clean and with each token span
@@ -245,26 +259,28 @@ impl Model {
         py: Python<'_>,
         request: &Bound<'_, PyAny>,
     ) -> PyResult<(f64, Vec<f64>)> {
-        let a = ablation_args(request).py_err()?;
-        let model = &self.inner;
-        let job = AblationJob {
-            prompt: &a.prompt,
-            target: &a.target,
-            spans: &a.spans,
-            ablation: a.ablation,
-        };
-        let limits = PackLimits {
-            variants: a.batch_size,
-            rows: a.rows_per_batch,
-        };
-        let scores = interruptible(py, |cancel| {
-            if a.naive {
-                model.ablation_scores_naive(&job, cancel)
-            } else {
-                model.ablation_scores(&job, limits, cancel)
-            }
-        })?;
-        Ok((scores.clean, scores.ablated))
+        guarded(|| {
+            let a = ablation_args(request).py_err()?;
+            let model = &self.inner;
+            let job = AblationJob {
+                prompt: &a.prompt,
+                target: &a.target,
+                spans: &a.spans,
+                ablation: a.ablation,
+            };
+            let limits = PackLimits {
+                variants: a.batch_size,
+                rows: a.rows_per_batch,
+            };
+            let scores = interruptible(py, |cancel| {
+                if a.naive {
+                    model.ablation_scores_naive(&job, cancel)
+                } else {
+                    model.ablation_scores(&job, limits, cancel)
+                }
+            })?;
+            Ok((scores.clean, scores.ablated))
+        })
     }
 
     /// Final norm + unembedding of residual vectors `[n, d_model]` -> logits `[n, vocab]`.
@@ -273,41 +289,48 @@ impl Model {
         py: Python<'py>,
         resid: PyReadonlyArray2<'py, f32>,
     ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-        let d = self.inner.config().d_model;
-        let shape = resid.shape().to_vec();
-        if shape[1] != d {
-            return Err(to_py_err(MsError::shape(format!(
-                "unembed: residual vectors have {} features, the model's d_model is {d}",
-                shape[1]
-            ))));
-        }
-        let data: Vec<f32> = resid.as_array().iter().copied().collect();
-        let model = &self.inner;
-        let out = py
-            .detach(|| -> Result<CapturedArray> {
-                let t =
-                    candle_core::Tensor::from_vec(data, (shape[0], d), &candle_core::Device::Cpu)?;
-                let l = model.decoder("unembed")?.unembed(&t)?;
-                Ok(CapturedArray::new(
-                    l.dims().to_vec(),
-                    l.flatten_all()?.to_vec1()?,
-                ))
-            })
-            .py_err()?;
-        array_to_py(py, out)
+        guarded(|| {
+            let d = self.inner.config().d_model;
+            let shape = resid.shape().to_vec();
+            if shape[1] != d {
+                return Err(to_py_err(MsError::shape(format!(
+                    "unembed: residual vectors have {} features, the model's d_model is {d}",
+                    shape[1]
+                ))));
+            }
+            let data: Vec<f32> = resid.as_array().iter().copied().collect();
+            let model = &self.inner;
+            let out = py
+                .detach(|| -> Result<CapturedArray> {
+                    let t = candle_core::Tensor::from_vec(
+                        data,
+                        (shape[0], d),
+                        &candle_core::Device::Cpu,
+                    )?;
+                    let l = model.decoder("unembed")?.unembed(&t)?;
+                    Ok(CapturedArray::new(
+                        l.dims().to_vec(),
+                        l.flatten_all()?.to_vec1()?,
+                    ))
+                })
+                .py_err()?;
+            array_to_py(py, out)
+        })
     }
 
     /// The token embedding matrix `[vocab, d_model]` (a copy).
     fn embedding_matrix<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-        let e = self.inner.embedding();
-        let a = (|| -> Result<CapturedArray> {
-            Ok(CapturedArray::new(
-                e.dims().to_vec(),
-                e.flatten_all()?.to_vec1()?,
-            ))
-        })()
-        .py_err()?;
-        array_to_py(py, a)
+        guarded(|| {
+            let e = self.inner.embedding();
+            let a = (|| -> Result<CapturedArray> {
+                Ok(CapturedArray::new(
+                    e.dims().to_vec(),
+                    e.flatten_all()?.to_vec1()?,
+                ))
+            })()
+            .py_err()?;
+            array_to_py(py, a)
+        })
     }
 }
 
@@ -327,7 +350,7 @@ fn supported_architectures() -> Vec<&'static str> {
 /// (once per process). Returns the library in use.
 #[pyfunction]
 fn use_blas(path: &str) -> PyResult<String> {
-    crate::kernels::blas::load(path).py_err()
+    guarded(|| crate::kernels::blas::load(path).py_err())
 }
 
 /// The BLAS library the matrix products use, or None for the built-in `gemm` kernels.

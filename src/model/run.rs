@@ -5,9 +5,12 @@ use candle_core::{Device, Tensor};
 
 use super::{LanguageModel, RunPlan};
 use crate::error::{MsError, Result};
+use std::sync::Mutex;
+
+use super::budget::RunFootprint;
 use crate::hooks::{
-    Action, ActivationCache, CaptureSpec, CapturedArray, HookContext, Intervention, LogitsMode,
-    Positions,
+    Action, ActivationCache, CaptureSpec, CapturedArray, HookContext, HookKind, Intervention,
+    LogitsMode, Positions,
 };
 use crate::interrupt::Cancel;
 use crate::kernels::per_core;
@@ -90,10 +93,12 @@ impl LanguageModel {
         // Validate positions for every prompt before any compute.
         spec.positions.resolve(&lengths)?;
         let t_max = *lengths.iter().max().unwrap_or(&1);
-        // Arrays that keep the position axis must line up across chunks: pad them all to the
-        // longest prompt. Otherwise sort by length so chunks carry little padding.
+        // Arrays that keep the position axis (or, for patterns, the key axis) must line up
+        // across chunks: pad them all to the longest prompt. Otherwise sort by length so
+        // chunks carry little padding.
         let full_width = spec.positions == Positions::All
             || spec.logits == LogitsMode::All
+            || spec.points.iter().any(|p| p.kind == HookKind::AttnPattern)
             || interventions
                 .iter()
                 .any(|iv| matches!(iv.action, Action::Replace(_)) && iv.positions.is_none());
@@ -104,6 +109,15 @@ impl LanguageModel {
         let n_blocks = RunPlan::blocks_needed(self.config().n_layers, spec);
         let pad = self.tokenizer.pad_id.or(self.tokenizer.eos_id).unwrap_or(0);
         let chunking = Chunking::new(batch_size, n, interventions);
+        RunFootprint::estimate(
+            self.config(),
+            spec,
+            n,
+            t_max,
+            chunking.size,
+            chunking.workers,
+        )
+        .check_fits()?;
         let chunks: Vec<&[usize]> = order.chunks(chunking.size).collect();
         // Logits at every position go straight into one buffer, each chunk into its own rows
         // (full width, so `order` is the identity and a chunk's rows are contiguous).
@@ -125,7 +139,9 @@ impl LanguageModel {
             chunks.iter().map(|_| None).collect()
         };
         let items: Vec<_> = chunks.into_iter().zip(outs).collect();
-        let run_chunk = |(rows, out): (&[usize], Option<&mut [f32]>)| -> Result<ChunkOutput> {
+        let gathered = Gathered::new(n);
+        let gathered_logits = Gathered::new(n);
+        let run_chunk = |(rows, out): (&[usize], Option<&mut [f32]>)| -> Result<()> {
             let chunk_lengths: Vec<usize> = rows.iter().map(|&r| lengths[r]).collect();
             let width = if full_width {
                 t_max
@@ -156,37 +172,20 @@ impl LanguageModel {
             let logits = self
                 .net
                 .forward(&ids, &chunk_lengths, &mut ctx, &plan, None, out)?;
-            Ok((logits, ctx.cache))
+            if let Some(l) = logits {
+                gathered_logits.add(rows, vec![(String::new(), l)])?;
+            }
+            gathered.add(rows, ctx.cache.into_entries())
         };
-        let outputs = per_core::map(items, chunking.workers, run_chunk)?;
-        let mut chunk_caches = Vec::with_capacity(outputs.len());
-        let mut chunk_logits = Vec::new();
-        for (logits, cache) in outputs {
-            chunk_logits.extend(logits);
-            chunk_caches.push(cache);
-        }
+        per_core::map(items, chunking.workers, run_chunk)?;
         let logits = if logits_in_place {
             Some(CapturedArray::new(vec![n, t_max, vocab], all_logits))
-        } else if chunk_logits.is_empty() {
-            None
         } else {
-            Some(unsort(concat_batch(chunk_logits), &order))
+            gathered_logits.into_arrays().pop().map(|(_, l)| l)
         };
         let mut cache = ActivationCache::default();
-        let mut per_chunk: Vec<Vec<(String, CapturedArray)>> = chunk_caches
-            .into_iter()
-            .map(ActivationCache::into_entries)
-            .collect();
-        let names: Vec<String> = per_chunk
-            .first()
-            .map(|c| c.iter().map(|(n, _)| n.clone()).collect())
-            .unwrap_or_default();
-        for (k, name) in names.into_iter().enumerate() {
-            let parts: Vec<CapturedArray> = per_chunk
-                .iter_mut()
-                .map(|c| std::mem::replace(&mut c[k].1, CapturedArray::new(vec![0], vec![])))
-                .collect();
-            cache.insert(name, unsort(concat_batch(parts), &order));
+        for (name, array) in gathered.into_arrays() {
+            cache.insert(name, array);
         }
         Ok(RunOutput {
             logits,
@@ -221,7 +220,8 @@ impl LanguageModel {
         let pad = self.tokenizer.pad_id.unwrap_or(0);
         let chunking = Chunking::new(batch_size, tokens.len(), &[]);
         let chunks: Vec<&[usize]> = order.chunks(chunking.size).collect();
-        let parts = per_core::map(chunks, chunking.workers, |rows| {
+        let gathered = Gathered::new(tokens.len());
+        per_core::map(chunks, chunking.workers, |rows| {
             let lengths: Vec<usize> = rows.iter().map(|&r| tokens[r].len()).collect();
             let width = *lengths.iter().max().unwrap_or(&1);
             let ids = padded_ids(tokens, rows, width, pad)?;
@@ -230,17 +230,83 @@ impl LanguageModel {
             let x = self.net.embed.tokens(&ids)?;
             let hidden = self.net.run_blocks(x, &lengths, &mut ctx, &plan, None)?;
             let pooled = mean_pool_normalized(&hidden, &lengths)?;
-            Ok(CapturedArray::new(
-                pooled.dims().to_vec(),
-                pooled.flatten_all()?.to_vec1()?,
-            ))
+            let pooled =
+                CapturedArray::new(pooled.dims().to_vec(), pooled.flatten_all()?.to_vec1()?);
+            gathered.add(rows, vec![(String::new(), pooled)])
         })?;
-        Ok(unsort(concat_batch(parts), &order))
+        gathered
+            .into_arrays()
+            .pop()
+            .map(|(_, a)| a)
+            .ok_or_else(|| MsError::Internal("an embedding run produced no chunk".into()))
     }
 }
 
-/// What one chunk of a run returns: its logits unless written in place, and its captures.
-type ChunkOutput = (Option<CapturedArray>, ActivationCache);
+/// The arrays a run returns, filled as its chunks finish: a chunk's rows are copied straight
+/// to its prompts' rows and the chunk's own buffers dropped, so a run holds its returned
+/// arrays plus the chunks in flight, never a second copy of the whole capture. The arrays
+/// are allocated zeroed by the first chunk (fresh pages: memory is committed as rows arrive).
+struct Gathered {
+    n_prompts: usize,
+    arrays: Mutex<Vec<(String, CapturedArray)>>,
+}
+
+impl Gathered {
+    fn new(n_prompts: usize) -> Self {
+        Gathered {
+            n_prompts,
+            arrays: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Place a chunk's arrays (axis 0 = the prompts `rows`, every chunk naming the same arrays
+    /// in the same order).
+    fn add(&self, rows: &[usize], parts: Vec<(String, CapturedArray)>) -> Result<()> {
+        let mut arrays = self.arrays.lock().map_err(|_| {
+            MsError::Internal("a chunk of this run failed while storing its rows".into())
+        })?;
+        let whole = rows.len() == self.n_prompts && rows.iter().enumerate().all(|(k, &r)| k == r);
+        if arrays.is_empty() {
+            if whole {
+                *arrays = parts; // one chunk in prompt order: keep its buffers as they are
+                return Ok(());
+            }
+            for (name, part) in &parts {
+                let mut shape = part.shape.clone();
+                shape[0] = self.n_prompts;
+                let len = shape.iter().product();
+                arrays.push((name.clone(), CapturedArray::new(shape, vec![0f32; len])));
+            }
+        }
+        if arrays.len() != parts.len() {
+            return Err(MsError::Internal(format!(
+                "a chunk returned {} arrays, the first returned {}",
+                parts.len(),
+                arrays.len()
+            )));
+        }
+        for ((name, part), (full_name, full)) in parts.iter().zip(arrays.iter_mut()) {
+            if name != full_name || part.shape[1..] != full.shape[1..] {
+                return Err(MsError::Internal(format!(
+                    "chunk array '{name}' {:?} does not line up with '{full_name}' {:?}",
+                    part.shape, full.shape
+                )));
+            }
+            let per: usize = part.shape[1..].iter().product();
+            for (k, &r) in rows.iter().enumerate() {
+                full.data[r * per..(r + 1) * per]
+                    .copy_from_slice(&part.data[k * per..(k + 1) * per]);
+            }
+        }
+        Ok(())
+    }
+
+    fn into_arrays(self) -> Vec<(String, CapturedArray)> {
+        self.arrays
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
 
 /// How a run's prompts are split into chunks, and whether chunks run concurrently.
 ///
@@ -283,32 +349,6 @@ fn padded_ids(tokens: &[Vec<u32>], rows: &[usize], width: usize, pad: u32) -> Re
         ids.extend(std::iter::repeat_n(pad, width - tokens[r].len()));
     }
     Ok(Tensor::from_vec(ids, (rows.len(), width), &Device::Cpu)?)
-}
-
-fn concat_batch(mut parts: Vec<CapturedArray>) -> CapturedArray {
-    if parts.len() == 1 {
-        return parts.pop().expect("one part"); // one chunk: no copy
-    }
-    let mut shape = parts[0].shape.clone();
-    shape[0] = parts.iter().map(|p| p.shape[0]).sum();
-    let mut data = Vec::with_capacity(shape.iter().product());
-    for p in &parts {
-        data.extend_from_slice(&p.data);
-    }
-    CapturedArray::new(shape, data)
-}
-
-/// Undo the length sort: row `k` of `sorted` belongs to prompt `order[k]`.
-fn unsort(sorted: CapturedArray, order: &[usize]) -> CapturedArray {
-    if order.iter().enumerate().all(|(k, &i)| k == i) {
-        return sorted;
-    }
-    let per: usize = sorted.shape[1..].iter().product();
-    let mut data = vec![0f32; sorted.data.len()];
-    for (k, &i) in order.iter().enumerate() {
-        data[i * per..(i + 1) * per].copy_from_slice(&sorted.data[k * per..(k + 1) * per]);
-    }
-    CapturedArray::new(sorted.shape, data)
 }
 
 /// Sentence embeddings as sentence-transformers computes them: the mean of the final hidden

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -113,32 +114,85 @@ pub fn record_batch(
         .map_err(|e| MsError::Compute(format!("building the record batch failed: {e}")))
 }
 
+/// A finished part file: its size and the CRC-32 of its bytes (recorded in the manifest so
+/// that a part changed on disk afterwards is caught on reading or resuming).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WrittenPart {
+    pub bytes: u64,
+    pub crc32: u32,
+}
+
+/// A file being written, hashed as the bytes go through (no second read of the file).
+pub struct HashingFile {
+    file: File,
+    hasher: crc32fast::Hasher,
+}
+
+impl Write for HashingFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// CRC-32 of a whole file, read through a memory map.
+pub fn file_crc32(path: &Path) -> Result<u32> {
+    let file =
+        File::open(path).map_err(|e| MsError::io(format!("cannot open {}", path.display()), e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| MsError::io(format!("cannot stat {}", path.display()), e))?
+        .len();
+    if len == 0 {
+        return Ok(crc32fast::hash(&[]));
+    }
+    // SAFETY: read-only map of a part file that this process does not modify; a part is
+    // never rewritten in place (parts are replaced by rename).
+    let map = unsafe { memmap2::Mmap::map(&file) }
+        .map_err(|e| MsError::io(format!("cannot map {}", path.display()), e))?;
+    Ok(crc32fast::hash(&map))
+}
+
 /// Write a file through `write` (which gets the open temporary file and returns it when done)
 /// under a temporary name, sync it, then rename it to `path`: a reader never sees a partial
-/// part, even after `kill -9`. Returns the file size.
-pub fn write_atomically(path: &Path, write: impl FnOnce(File) -> Result<File>) -> Result<u64> {
+/// part, even after `kill -9`. Returns the file's size and checksum.
+pub fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(HashingFile) -> Result<HashingFile>,
+) -> Result<WrittenPart> {
     let file_name = path
         .file_name()
         .ok_or_else(|| MsError::invalid(format!("{} is not a file path", path.display())))?;
     let tmp = path.with_file_name(format!(".{}.partial", file_name.to_string_lossy()));
-    let written = (|| -> Result<u64> {
+    let written = (|| -> Result<WrittenPart> {
         let file = File::create(&tmp)
             .map_err(|e| MsError::io(format!("cannot create {}", tmp.display()), e))?;
-        let file = write(file)?;
+        let HashingFile { file, hasher } = write(HashingFile {
+            file,
+            hasher: crc32fast::Hasher::new(),
+        })?;
         file.sync_all()
             .map_err(|e| MsError::io(format!("cannot write {}", tmp.display()), e))?;
-        Ok(file
+        let bytes = file
             .metadata()
             .map_err(|e| MsError::io(format!("cannot stat {}", tmp.display()), e))?
-            .len())
+            .len();
+        Ok(WrittenPart {
+            bytes,
+            crc32: hasher.finalize(),
+        })
     })();
     match written {
-        Ok(bytes) => {
+        Ok(part) => {
             std::fs::rename(&tmp, path).map_err(|e| {
                 let _ = std::fs::remove_file(&tmp);
                 MsError::io(format!("cannot move the part into {}", path.display()), e)
             })?;
-            Ok(bytes)
+            Ok(part)
         }
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);

@@ -14,7 +14,7 @@ use arrow_ipc::writer::FileWriter;
 use arrow_ipc::{root_as_footer, Block};
 use arrow_schema::{ArrowError, DataType};
 
-use super::batch::{record_batch, write_atomically, DumpDtype, PartRows};
+use super::batch::{record_batch, write_atomically, DumpDtype, PartRows, WrittenPart};
 use crate::error::{MsError, Result};
 
 fn arrow_err(path: &Path, e: ArrowError) -> MsError {
@@ -33,7 +33,7 @@ pub fn write_part(
     hooks: &[(String, Vec<f32>, usize)],
     dtype: DumpDtype,
     metadata: HashMap<String, String>,
-) -> Result<u64> {
+) -> Result<WrittenPart> {
     let batch = record_batch(rows, hooks, dtype, metadata)?;
     write_atomically(path, |file| {
         let mut writer = FileWriter::try_new(BufWriter::new(file), &batch.schema())

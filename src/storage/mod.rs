@@ -16,5 +16,5 @@ mod ipc;
 mod parquet;
 
 pub use self::parquet::{parquet_rows, read_parquet_column, write_parquet_part, ParquetColumn};
-pub use batch::{DumpDtype, PartRows};
+pub use batch::{file_crc32, DumpDtype, PartRows, WrittenPart};
 pub use ipc::{layout, write_part, ColumnLayout, PartLayout};

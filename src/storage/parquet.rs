@@ -16,7 +16,7 @@ use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 
-use super::batch::{record_batch, write_atomically, DumpDtype, PartRows};
+use super::batch::{record_batch, write_atomically, DumpDtype, PartRows, WrittenPart};
 use crate::error::{MsError, Result};
 
 fn corrupt(path: &Path, what: impl std::fmt::Display) -> MsError {
@@ -40,7 +40,7 @@ pub fn write_parquet_part(
     hooks: &[(String, Vec<f32>, usize)],
     dtype: DumpDtype,
     metadata: HashMap<String, String>,
-) -> Result<u64> {
+) -> Result<WrittenPart> {
     let batch = record_batch(rows, hooks, dtype, metadata)?;
     // One row group per part: a reader's "one column, all rows" is one column chunk.
     let props = WriterProperties::builder()

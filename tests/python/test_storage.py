@@ -201,7 +201,9 @@ def test_parquet_damage_and_format_changes_are_refused(model, tmp_path):
         fresh[HOOKS[0]]
     assert fresh.read_part(0, HOOKS[0]).shape == (10, model.d_model)
     # Resume recomputes the damaged part; switching format needs overwrite.
-    again = model.dump(TEXTS, tmp_path / "p", names=HOOKS[:1], part_size=10, quiet=True, format="parquet", resume=True)
+    with pytest.warns(UserWarning, match="recomputing part 1"):
+        again = model.dump(TEXTS, tmp_path / "p", names=HOOKS[:1], part_size=10, quiet=True, format="parquet",
+                           resume=True)
     assert again[HOOKS[0]].shape == (len(TEXTS), model.d_model)
     with pytest.raises(ms.StorageError, match="another model or spec"):
         model.dump(TEXTS, tmp_path / "p", names=HOOKS[:1], part_size=10, quiet=True, format="arrow", resume=True)
