@@ -210,6 +210,15 @@ impl Prompts {
                 .collect::<Result<_>>()?;
             return Ok(Prompts::Texts(texts));
         }
+        if let Some(n) = items.iter().position(|i| !i.is_instance_of::<PyString>()) {
+            if items.iter().any(|i| i.is_instance_of::<PyString>()) {
+                return Err(MsError::invalid(format!(
+                    "{}: prompt {n} is {}, not a string; a list of prompts holds strings only,                      or token-id lists only",
+                    req.call,
+                    type_name(&items[n])
+                )));
+            }
+        }
         let ids = items
             .iter()
             .enumerate()

@@ -243,3 +243,90 @@ def test_malformed_manifests_are_data_errors(tmp_path, content):
     (tmp_path / "manifest.json").write_bytes(content)
     with pytest.raises(ms.DataError, match="manifest.json"):
         ms.load_dump(tmp_path)
+
+
+# --- user hook functions ----------------------------------------------------------------------
+
+def test_a_hook_functions_own_exception_comes_back_as_itself(model):
+    class Mine(Exception):
+        pass
+
+    def chained(act, name):
+        try:
+            {}["missing"]
+        except KeyError as e:
+            raise Mine("from my hook") from e
+
+    with pytest.raises(Mine, match="from my hook") as info:
+        model.run("Hello", interventions=[("blocks.1.hook_resid_post", chained)])
+    assert isinstance(info.value.__cause__, KeyError)
+    assert any(entry.name == "chained" for entry in info.traceback)
+
+    def leave(act, name):
+        raise SystemExit(3)
+
+    with pytest.raises(SystemExit) as exit_info:
+        model.run("Hello", interventions=[("blocks.1.hook_resid_post", leave)])
+    assert exit_info.value.code == 3
+    assert model.generate("The capital of France is", max_new_tokens=2)  # the model still runs
+
+
+# --- silent wrong results and untyped errors found by probing -----------------------------------
+
+def test_a_tiny_temperature_is_greedy(model):
+    prompt = "The capital of France is"
+    assert model.generate(prompt, max_new_tokens=6, temperature=1e-310, seed=1) == \
+        model.generate(prompt, max_new_tokens=6, temperature=0.0)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"max_new_tokens": 2**64 - 1}, "max_new_tokens must be an integer from 0 to"),
+    ({"max_new_tokens": -1}, "max_new_tokens"),
+    ({"top_k": -1, "temperature": 1.0}, "top_k must be an integer from 1"),
+    ({"seed": -1, "temperature": 1.0}, "seed must be an integer from 0"),
+    ({"temperature": float("nan")}, "temperature"),
+    ({"top_p": float("inf"), "temperature": 1.0}, "top_p"),
+])
+def test_bad_generation_arguments_are_typed_errors(model, kwargs, match):
+    with pytest.raises(errors.InvalidArgumentError, match=match):
+        model.generate("Hello", **kwargs)
+
+
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_steering_scales_are_refused(model, scale):
+    vector = np.ones(model.d_model, np.float32)
+    with pytest.raises(errors.InvalidArgumentError, match="finite"):
+        model.run("Hello", interventions=[("blocks.0.hook_resid_post", ("add", vector, scale))])
+
+
+@pytest.mark.parametrize("prompts, kwargs, match", [
+    ([[1, -2, 3]], {}, "token ids"),
+    ([[1, 10**9, 3]], {}, "out of range"),
+    ("Hello", {"stop_at_layer": -1, "return_logits": False}, "stop_at_layer must be an integer"),
+    ("lone \ud800 surrogate", {}, "not valid Unicode"),
+    (None, {}, "prompts is required"),
+    (5, {}, "prompts must be a string"),
+    (["ok", None], {}, "prompt 1"),
+    (["ok", 3.5], {}, "prompt 1"),
+])
+def test_bad_prompts_and_ids_are_typed_errors(model, prompts, kwargs, match):
+    with pytest.raises(errors.InvalidArgumentError, match=match):
+        model.run_with_cache(prompts, names="blocks.0.hook_resid_post", **kwargs)
+
+
+def test_wide_truth_directions_use_the_dual_and_finish():
+    # 20 rows x 5,000 features ran for over 10 minutes through the d x d covariance.
+    code = textwrap.dedent("""
+        import numpy as np, mindscope as ms
+        rng = np.random.default_rng(0)
+        X = rng.normal(size=(20, 5000)); y = np.array([0, 1] * 10)
+        X[y == 1, :10] += 3.0
+        for method in ("mass_mean_iid", "lat"):
+            t = ms.analysis.TruthDirection(method).fit(X, y)
+            assert np.isfinite(t.direction_).all() and abs(np.linalg.norm(t.direction_) - 1) < 1e-6
+            print(method, t.evaluate(X, y)["auroc"])
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-800:]
+    aurocs = {line.split()[0]: float(line.split()[1]) for line in res.stdout.splitlines()}
+    assert aurocs["mass_mean_iid"] == 1.0 and aurocs["lat"] >= 0.5, aurocs
