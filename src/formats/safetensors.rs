@@ -222,7 +222,26 @@ fn parse_header(path: &Path, index: usize) -> Result<Vec<(String, Entry)>> {
             },
         ));
     }
+    check_disjoint(&out).map_err(bad)?;
     Ok(out)
+}
+
+/// The safetensors format gives every tensor bytes of its own; two ranges that overlap mean a
+/// corrupt header (offsets shifted or copied), whose tensors would read each other's bytes.
+fn check_disjoint(entries: &[(String, Entry)]) -> std::result::Result<(), String> {
+    let mut ranges: Vec<(usize, usize, &str)> = entries
+        .iter()
+        .map(|(name, e)| (e.start, e.start + e.len, name.as_str()))
+        .filter(|(s, e, _)| e > s)
+        .collect();
+    ranges.sort_unstable();
+    match ranges.windows(2).find(|w| w[1].0 < w[0].1) {
+        Some(w) => Err(format!(
+            "the bytes of tensors '{}' and '{}' overlap (data_offsets must not overlap)",
+            w[0].2, w[1].2
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Little-endian elements of `bytes` as f32 (any alignment).
