@@ -6,8 +6,10 @@ A case passes when the load returns normally: either a model, or one of the type
 broken file should raise (`ALLOWED_ERRORS`). Anything else is a finding: a signal or abort
 (an allocation the memory limit refused), a hang, a `PanicException`, an `InternalError`, a
 `ComputeError` (a loader should say what is wrong with the file, not that a tensor operation
-failed), or an untyped Python exception. Some cases must also fail (NaN weights, an
-out-of-vocabulary padding id, a billion layers), whatever the rest of the file says.
+failed), or an untyped Python exception. A model that loads must also run a padded batch of
+two prompts to finite outputs (a file the loader lets through must be usable). Some cases
+must fail (NaN weights, an out-of-vocabulary padding id, a billion layers), whatever the
+rest of the file says.
 
 Every case is rebuilt from `(seed, index)` alone, so a finding is reproduced by its number:
 
@@ -941,6 +943,8 @@ def targeted_cases(root: Path) -> list[Case]:
     add("hf_inf_weight_f32", "an inf in gpt2's transformer.h.0.attn.c_attn.weight (F32)",
         lambda: _hf_poisoned(root, "gpt2", "transformer.h.0.attn.c_attn.weight"),
         text="transformer.h.0.attn.c_attn.weight")
+    add("hf_overlapping_offsets", "phi3 safetensors: the first tensor's data_offsets shifted by "
+        "one element into the next tensor", lambda: _hf_shifted(root, "phi3"), text="overlap")
     add("sparse_4gib_not_gguf", "a 4 GiB sparse file that is not GGUF",
         lambda: _sparse(root / "sparse.bin", b"\x7fELF"), text="not a GGUF")
     add("sparse_4gib_gguf_header", "a 4 GiB sparse file with a GGUF magic and a zero version",
@@ -1025,6 +1029,16 @@ def _hf_poisoned(root, model, name):
     data = data[:at] + bad + data[at + len(bad) :]
     make_folder(root / f"poison_{model}", src, {"model.safetensors": safetensors_bytes(header, data)})
     return root / f"poison_{model}"
+
+
+def _hf_shifted(root, model):
+    src = TINY / model
+    header, data = read_safetensors(src / "model.safetensors")
+    first = min((k for k in header if k != "__metadata__"),
+                key=lambda k: header[k]["data_offsets"][0])
+    header[first]["data_offsets"] = [o + 2 for o in header[first]["data_offsets"]]
+    make_folder(root / f"shifted_{model}", src, {"model.safetensors": safetensors_bytes(header, data)})
+    return root / f"shifted_{model}"
 
 
 def _sparse(path, magic):
@@ -1234,9 +1248,9 @@ def main(argv=None):
     results = run_cases(args.seed, ids, args.limit, args.timeout, args.verbose)
     findings = [r for r in results if r["verdict"] != "pass"]
     loaded = sum(r["status"] == "loaded" for r in results)
+    typed = sum(r["status"] == "typed" for r in results)
     print(f"{len(results)} cases (seed {args.seed}) in {time.monotonic() - t0:.0f} s: "
-          f"{loaded} loaded, {len(results) - loaded - len(findings)} refused with a typed error, "
-          f"{len(findings)} findings")
+          f"{loaded} loaded, {typed} refused with a typed error, {len(findings)} findings")
     return 1 if findings else 0
 
 
