@@ -9,6 +9,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::ggml_file::qtensor_from_ggml;
@@ -270,15 +271,8 @@ impl GgufFile {
             .first()
             .ok_or_else(|| MsError::invalid("no GGUF file given"))?
             .clone();
+        check_start(&path)?;
         let parts = Parts::open(paths)?;
-        let head = parts.bytes(0, parts.len.min(4), 1);
-        if head.as_ref() != b"GGUF" {
-            return Err(MsError::ModelFormat(format!(
-                "{} is not a GGUF file: it starts with {:?}, a GGUF file starts with \"GGUF\"",
-                path.display(),
-                String::from_utf8_lossy(&head)
-            )));
-        }
         let (metadata, tensors) = parse(&parts, &path)?;
         Ok(GgufFile {
             path,
@@ -335,6 +329,22 @@ impl GgufFile {
         };
         n.and_then(|n| usize::try_from(n).ok())
             .ok_or_else(|| self.bad_type(key, "a non-negative integer"))
+    }
+
+    /// The layer count at `key`, checked before anything is allocated per layer: each layer
+    /// has tensors of its own, so a file cannot hold more layers than it has tensors (a
+    /// `block_count` of 2**32-1 must be refused, not allocated).
+    pub fn layer_count(&self, key: &str) -> Result<usize> {
+        let n = self.get_usize(key)?;
+        let tensors = self.tensors.len();
+        if n == 0 || n > tensors {
+            return Err(MsError::ModelFormat(format!(
+                "{}: '{key}' is {n}; it must be between 1 and the number of tensors in the \
+                 file ({tensors}), since every layer has tensors of its own",
+                self.path.display()
+            )));
+        }
+        Ok(n)
     }
 
     pub fn get_f64(&self, key: &str) -> Result<f64> {
@@ -444,22 +454,48 @@ impl GgufFile {
     }
 }
 
+/// Refuse a file that is not GGUF (or of a version not read here) from its first eight bytes,
+/// read plainly before anything is mapped: a multi-GB file of something else fails at once,
+/// even under an address-space limit smaller than the file.
+fn check_start(path: &Path) -> Result<()> {
+    let mut head = Vec::with_capacity(8);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(8).read_to_end(&mut head))
+        .map_err(|e| MsError::io(format!("cannot read model file {}", path.display()), e))?;
+    if !head.starts_with(b"GGUF") {
+        return Err(MsError::ModelFormat(format!(
+            "{} is not a GGUF file: it starts with {:?}, a GGUF file starts with \"GGUF\"",
+            path.display(),
+            String::from_utf8_lossy(&head[..head.len().min(4)])
+        )));
+    }
+    let version = head[4..].try_into().map(u32::from_le_bytes).map_err(|_| {
+        MsError::ModelFormat(format!(
+            "{} is truncated: it has {} bytes, a GGUF header at least 24",
+            path.display(),
+            head.len()
+        ))
+    })?;
+    if !(2..=3).contains(&version) {
+        return Err(MsError::ModelFormat(format!(
+            "{}: GGUF version {version} is not supported (versions 2 and 3 are)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 type Directory = (HashMap<String, Value>, HashMap<String, TensorInfo>);
 
 /// Parse the header: version, metadata, tensor directory; every tensor must lie inside the
 /// file (a truncated download is the most common broken file: say so up front).
 fn parse(parts: &Parts, path: &Path) -> Result<Directory> {
+    // Magic and version were checked by `check_start`.
     let mut h = Header {
         parts,
-        pos: 4,
+        pos: 8,
         path,
     };
-    let version = h.u32()?;
-    if !(2..=3).contains(&version) {
-        return Err(h.bad(format!(
-            "GGUF version {version} is not supported (versions 2 and 3 are)"
-        )));
-    }
     // Each tensor entry is at least 8 (name length) + 4 + 4 + 8 bytes, each key-value 8 + 4 + 1.
     let n_tensors = h.count("tensor", 24)?;
     let n_kv = h.count("metadata entry", 13)?;
@@ -520,7 +556,9 @@ fn parse(parts: &Parts, path: &Path) -> Result<Directory> {
                     dtype
                 ))
             })?;
-        let len = elems / dtype.block_size() * dtype.type_size();
+        let len = (elems / dtype.block_size())
+            .checked_mul(dtype.type_size())
+            .ok_or_else(|| h.bad(format!("tensor '{name}' has shape {dims:?}")))?;
         let start = usize::try_from(offset)
             .ok()
             .filter(|o| o.is_multiple_of(alignment))

@@ -9,6 +9,9 @@ use serde_json::{Map, Value};
 
 use crate::error::{MsError, Result};
 
+/// The largest `config.json` read (real ones have a few KB).
+const MAX_CONFIG: u64 = 16 << 20;
+
 /// A parsed `config.json` (the language model's part of it, for multimodal folders).
 pub struct HfConfig {
     origin: String,
@@ -19,8 +22,7 @@ pub struct HfConfig {
 
 impl HfConfig {
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| MsError::io(format!("cannot read {}", path.display()), e))?;
+        let text = super::read_text(path, MAX_CONFIG)?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -100,6 +102,24 @@ impl HfConfig {
         )))
     }
 
+    /// The layer count (the first of `keys` present), checked before anything is allocated per
+    /// layer: each layer has tensors of its own, so the weights cannot hold more layers than
+    /// they have tensors (a config saying 10**12 layers must be refused, not allocated).
+    pub fn layer_count(&self, keys: &[&str], tensors: usize) -> Result<usize> {
+        let n = self.usize_of(keys)?;
+        if n == 0 || n > tensors {
+            return Err(MsError::ModelFormat(format!(
+                "{}: '{}' is {n}; it must be between 1 and the number of tensors in the \
+                 weights ({tensors}), since every layer has tensors of its own",
+                self.origin,
+                keys.iter()
+                    .find(|k| self.get(k).is_some())
+                    .unwrap_or(&keys[0])
+            )));
+        }
+        Ok(n)
+    }
+
     pub fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
         match self.get(key) {
             None => Ok(None),
@@ -141,13 +161,26 @@ impl HfConfig {
         }
     }
 
-    /// A token id (`bos_token_id`, ...): an integer, or the first of a list of them.
-    pub fn token_id(&self, key: &str) -> Option<u32> {
-        match self.get(key)? {
-            Value::Array(a) => a.first()?.as_u64(),
-            v => v.as_u64(),
+    /// A token id (`bos_token_id`, ...): an integer, or the first of a list of them; `None`
+    /// when absent, null, an empty list or negative (old configs write `-1` for "none").
+    /// Anything else that is not a 32-bit id is an error: silently falling back to another
+    /// token would pad or stop with the wrong one.
+    pub fn token_id(&self, key: &str) -> Result<Option<u32>> {
+        let v = match self.get(key) {
+            None => return Ok(None),
+            Some(Value::Array(a)) => match a.first() {
+                None => return Ok(None),
+                Some(first) => first,
+            },
+            Some(v) => v,
+        };
+        if v.as_i64().is_some_and(|n| n < 0) {
+            return Ok(None);
         }
-        .and_then(|n| u32::try_from(n).ok())
+        v.as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| self.wrong(key, "a token id (an integer below 2**32)", v))
     }
 
     /// A config key whose value mindscope does not implement: refuse, naming the key, rather

@@ -7,6 +7,7 @@
 //! checked against the file before anything is allocated or read.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
@@ -73,8 +74,8 @@ fn weight_files(folder: &Path) -> Result<Vec<PathBuf>> {
     }
     let index = folder.join("model.safetensors.index.json");
     if index.is_file() {
-        let text = std::fs::read_to_string(&index)
-            .map_err(|e| MsError::io(format!("cannot read {}", index.display()), e))?;
+        // Real indexes have a line per tensor: well under a megabyte.
+        let text = super::read_text(&index, 64 << 20)?;
         let json: Value = serde_json::from_str(&text).map_err(|e| {
             MsError::ModelFormat(format!("{}: not valid JSON: {e}", index.display()))
         })?;
@@ -130,32 +131,45 @@ fn weight_files(folder: &Path) -> Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
-/// The directory of one file: name -> entry, every range inside the file.
-fn parse_header(file: &MappedFile, index: usize) -> Result<Vec<(String, Entry)>> {
+/// The directory of one file: name -> entry, every range inside the file. The header is read
+/// with plain reads before the file is mapped, so a multi-GB file that is not safetensors is
+/// refused without mapping it, even under an address-space limit smaller than the file.
+fn parse_header(path: &Path, index: usize) -> Result<Vec<(String, Entry)>> {
     let bad = |why: String| {
         MsError::ModelFormat(format!(
             "{} is not a readable safetensors file: {why}",
-            file.path.display()
+            path.display()
         ))
     };
-    let bytes = file.bytes();
-    if bytes.len() < 8 {
-        return Err(bad(format!("it has {} bytes", bytes.len())));
+    let io = |e| MsError::io(format!("cannot read model file {}", path.display()), e);
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let file_len = file.metadata().map_err(io)?.len();
+    let file_len = usize::try_from(file_len).map_err(|_| {
+        bad(format!(
+            "it has {file_len} bytes, more than can be addressed"
+        ))
+    })?;
+    if file_len < 8 {
+        return Err(bad(format!("it has {file_len} bytes")));
     }
-    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let mut len_bytes = [0u8; 8];
+    file.read_exact(&mut len_bytes).map_err(io)?;
+    let n = u64::from_le_bytes(len_bytes);
     let n = usize::try_from(n)
         .ok()
-        .filter(|&n| n <= MAX_HEADER && n <= bytes.len() - 8)
+        .filter(|&n| n <= MAX_HEADER && n <= file_len - 8)
         .ok_or_else(|| {
             bad(format!(
-                "its header claims {n} bytes, the file has {} (truncated?)",
-                bytes.len()
+                "its header claims {n} bytes, the file has {file_len} (truncated?); a header \
+                 has at most {MAX_HEADER} bytes"
             ))
         })?;
-    let header: serde_json::Map<String, Value> = serde_json::from_slice(&bytes[8..8 + n])
+    let mut text = vec![0u8; n];
+    file.read_exact(&mut text).map_err(io)?;
+    let header: serde_json::Map<String, Value> = serde_json::from_slice(&text)
         .map_err(|e| bad(format!("the header is not a JSON object: {e}")))?;
     let data_start = 8 + n;
-    let data_len = bytes.len() - data_start;
+    let data_len = file_len - data_start;
     let mut out = Vec::with_capacity(header.len());
     for (name, v) in header {
         if name == "__metadata__" {
@@ -208,7 +222,26 @@ fn parse_header(file: &MappedFile, index: usize) -> Result<Vec<(String, Entry)>>
             },
         ));
     }
+    check_disjoint(&out).map_err(bad)?;
     Ok(out)
+}
+
+/// The safetensors format gives every tensor bytes of its own; two ranges that overlap mean a
+/// corrupt header (offsets shifted or copied), whose tensors would read each other's bytes.
+fn check_disjoint(entries: &[(String, Entry)]) -> std::result::Result<(), String> {
+    let mut ranges: Vec<(usize, usize, &str)> = entries
+        .iter()
+        .map(|(name, e)| (e.start, e.start + e.len, name.as_str()))
+        .filter(|(s, e, _)| e > s)
+        .collect();
+    ranges.sort_unstable();
+    match ranges.windows(2).find(|w| w[1].0 < w[0].1) {
+        Some(w) => Err(format!(
+            "the bytes of tensors '{}' and '{}' overlap (data_offsets must not overlap)",
+            w[0].2, w[1].2
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Little-endian elements of `bytes` as f32 (any alignment).
@@ -237,13 +270,18 @@ fn to_f32(dtype: Dtype, bytes: &[u8]) -> Vec<f32> {
 impl SafetensorsFolder {
     pub fn open(folder: &Path) -> Result<Self> {
         let paths = weight_files(folder)?;
+        let headers = paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| parse_header(p, i))
+            .collect::<Result<Vec<_>>>()?;
         let files = paths
             .iter()
             .map(|p| MappedFile::open(p))
             .collect::<Result<Vec<_>>>()?;
         let mut tensors = HashMap::new();
-        for (i, file) in files.iter().enumerate() {
-            for (name, entry) in parse_header(file, i)? {
+        for (file, header) in files.iter().zip(headers) {
+            for (name, entry) in header {
                 if let Some(prev) = tensors.insert(name.clone(), entry) {
                     return Err(MsError::ModelFormat(format!(
                         "{}: tensor '{name}' is in both {} and {}",
@@ -295,7 +333,16 @@ impl SafetensorsFolder {
             )));
         }
         let file = &self.files[e.file];
-        let data = to_f32(e.dtype, &file.bytes()[e.start..e.start + e.len]);
+        // The header was checked against the file's length before mapping; a file that
+        // shrank since is an error here, not a slice panic.
+        let bytes = file.bytes().get(e.start..e.start + e.len).ok_or_else(|| {
+            MsError::ModelFormat(format!(
+                "{}: tensor '{name}' lies beyond the end of {} (the file changed while loading?)",
+                self.origin(),
+                file.path.display()
+            ))
+        })?;
+        let data = to_f32(e.dtype, bytes);
         file.release(e.start, e.len);
         Ok(Tensor::from_vec(data, e.shape.as_slice(), &Device::Cpu)?)
     }

@@ -38,6 +38,9 @@ use super::gguf::GgufFile;
 use super::hf_config::HfConfig;
 use crate::error::{MsError, Result};
 
+/// The largest `tokenizer.json` read (Gemma 3's, among the largest vocabularies, has 33 MB).
+const MAX_TOKENIZER: u64 = 256 << 20;
+
 const NORMAL_TOKEN: i64 = 1;
 const CONTROL_TOKEN: i64 = 3;
 const USER_DEFINED_TOKEN: i64 = 4;
@@ -78,11 +81,17 @@ impl TextTokenizer {
             }
         };
         let id = |k: &str| -> Result<Option<u32>> {
-            if gguf.has(k) {
-                Ok(Some(gguf.get_usize(k)? as u32))
-            } else {
-                Ok(None)
+            if !gguf.has(k) {
+                return Ok(None);
             }
+            // Checked, not cast: 2**32 + 1 must not become token 1.
+            let n = gguf.get_usize(k)?;
+            u32::try_from(n).map(Some).map_err(|_| {
+                MsError::ModelFormat(format!(
+                    "{}: '{k}' is {n}, which is not a token id (ids are below 2**32)",
+                    gguf.path().display()
+                ))
+            })
         };
         Ok(TextTokenizer {
             inner,
@@ -101,7 +110,13 @@ impl TextTokenizer {
     /// A Hugging Face `tokenizer.json`; special-token ids come from the model's `config.json`
     /// where it has them, else from the tokenizer's own special tokens.
     pub fn from_file(path: &Path, config: &HfConfig) -> Result<Self> {
-        let mut inner = Tokenizer::from_file(path).map_err(|e| {
+        // Parsed as JSON first: the tokenizers crate panics (rather than returning an error)
+        // on some syntax errors inside a decoder, but never on a well-formed JSON value.
+        let json: serde_json::Value = serde_json::from_str(&super::read_text(path, MAX_TOKENIZER)?)
+            .map_err(|e| {
+                MsError::ModelFormat(format!("{}: not valid JSON: {e}", path.display()))
+            })?;
+        let mut inner: Tokenizer = serde_json::from_value(json).map_err(|e| {
             MsError::ModelFormat(format!(
                 "{}: not a readable tokenizer.json: {e}",
                 path.display()
@@ -111,15 +126,15 @@ impl TextTokenizer {
         inner
             .with_truncation(None)
             .map_err(|e| tok_err("cannot switch truncation off", e))?;
-        let id = |key: &str, fallbacks: &[&str]| -> Option<u32> {
-            config
-                .token_id(key)
-                .or_else(|| fallbacks.iter().find_map(|t| inner.token_to_id(t)))
+        let id = |key: &str, fallbacks: &[&str]| -> Result<Option<u32>> {
+            Ok(config
+                .token_id(key)?
+                .or_else(|| fallbacks.iter().find_map(|t| inner.token_to_id(t))))
         };
         Ok(TextTokenizer {
-            bos_id: id("bos_token_id", &["<bos>", "<s>", "[CLS]"]),
-            eos_id: id("eos_token_id", &["<eos>", "</s>", "[SEP]"]),
-            pad_id: id("pad_token_id", &["<pad>", "[PAD]"]),
+            bos_id: id("bos_token_id", &["<bos>", "<s>", "[CLS]"])?,
+            eos_id: id("eos_token_id", &["<eos>", "</s>", "[SEP]"])?,
+            pad_id: id("pad_token_id", &["<pad>", "[PAD]"])?,
             add_bos: false,
             post_process: true,
             inner,
@@ -201,6 +216,12 @@ fn byte_level_bpe(gguf: &GgufFile) -> Result<Tokenizer> {
     } else {
         Vec::new()
     };
+    if !types.is_empty() && types.len() != tokens.len() {
+        return Err(tok_err(
+            "tokens and token types differ in length",
+            format!("{} / {}", tokens.len(), types.len()),
+        ));
+    }
     let vocab: Vocab = tokens
         .iter()
         .enumerate()

@@ -90,6 +90,32 @@ pub enum RopeScaling {
     Factors(Vec<f32>),
 }
 
+impl RopeScaling {
+    /// Whether every factor is finite and positive (a zero or NaN factor divides frequencies
+    /// into infinities or NaN).
+    fn factors_are_positive(&self) -> bool {
+        let ok = |x: f64| x.is_finite() && x > 0.0;
+        match self {
+            RopeScaling::None => true,
+            RopeScaling::Linear { factor } => ok(*factor),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_context,
+            } => [
+                *factor,
+                *low_freq_factor,
+                *high_freq_factor,
+                *original_context,
+            ]
+            .into_iter()
+            .all(ok),
+            RopeScaling::Factors(f) => f.iter().all(|&x| ok(f64::from(x))),
+        }
+    }
+}
+
 /// One kind of rotary position embedding.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RopeSpec {
@@ -179,6 +205,46 @@ impl ModelConfig {
                 self.context_length
             ));
         }
+        // The weight shapes the loaders check are products of these sizes: a product that
+        // overflows would wrap around (release builds) and could match a tensor by accident.
+        let products = [
+            ("heads x d_head", self.n_heads.checked_mul(self.d_head)),
+            (
+                "KV heads x d_head",
+                self.n_kv_heads.checked_mul(self.d_head),
+            ),
+            ("vocab x d_model", self.vocab_size.checked_mul(self.d_model)),
+            ("d_mlp x d_model", self.d_mlp.checked_mul(self.d_model)),
+            ("2 x d_mlp", self.d_mlp.checked_mul(2)),
+            (
+                "(heads + 2 KV heads) x d_head",
+                self.n_kv_heads
+                    .checked_mul(2)
+                    .and_then(|k| k.checked_add(self.n_heads))
+                    .and_then(|h| h.checked_mul(self.d_head)),
+            ),
+        ];
+        if let Some((what, _)) = products.iter().find(|(_, p)| p.is_none()) {
+            return bad(format!(
+                "{what} overflows (d_model {}, heads {}, KV heads {}, d_head {}, vocab {}, \
+                 d_mlp {}); no file can hold tensors that large",
+                self.d_model,
+                self.n_heads,
+                self.n_kv_heads,
+                self.d_head,
+                self.vocab_size,
+                self.d_mlp
+            ));
+        }
+        if !(self.norm_eps.is_finite() && self.norm_eps >= 0.0) {
+            return bad(format!(
+                "norm epsilon {} (must be a finite number >= 0)",
+                self.norm_eps
+            ));
+        }
+        if let Some(s) = self.embed_scale.filter(|s| !s.is_finite()) {
+            return bad(format!("embedding scale {s} (must be finite)"));
+        }
         if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!(
                 "{} heads is not a multiple of {} KV heads",
@@ -205,6 +271,12 @@ impl ModelConfig {
             if !(rope.theta.is_finite() && rope.theta > 1.0) {
                 return bad(format!("RoPE base {}", rope.theta));
             }
+            if !rope.scaling.factors_are_positive() {
+                return bad(format!(
+                    "RoPE scaling {:?} (every factor must be a finite number > 0)",
+                    rope.scaling
+                ));
+            }
         }
         if let Some(l) = self
             .layers
@@ -212,6 +284,19 @@ impl ModelConfig {
             .find(|l| l.rope.is_some_and(|k| k >= self.ropes.len()) || l.window == Some(0))
         {
             return bad(format!("layer attention {l:?}"));
+        }
+        // 1 / sqrt(query_pre_attn_scalar) and the like: a zero, negative or NaN scalar gives
+        // infinite or NaN attention scores.
+        if let Some(l) = self
+            .layers
+            .iter()
+            .find(|l| !(l.scale.is_finite() && l.scale > 0.0))
+        {
+            return bad(format!(
+                "attention scale {} (from the config's head size or query_pre_attn_scalar); \
+                 it must be a finite number > 0",
+                l.scale
+            ));
         }
         Ok(())
     }

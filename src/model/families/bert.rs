@@ -2,28 +2,22 @@
 //! embedding and a LayerNorm before the first block, bidirectional attention over the real
 //! tokens, LayerNorm after each residual add (post-norm), a GELU MLP, and no LM head.
 
-use super::{check_fits, linear, load_blocks, norm, Bias, Family};
-use crate::error::{MsError, Result};
+use super::{check_fits, even_head_dim, linear, load_blocks, norm, Bias, Family};
+use crate::error::Result;
 use crate::formats::hf_config::HfConfig;
 use crate::formats::weights::WeightReader;
 use crate::model::config::{Activation, LayerAttention, MlpKind, ModelConfig, NormKind, Residual};
 use crate::model::parts::{Attention, Block, Embedding, Mlp};
 use crate::model::Transformer;
 
-fn hf_config(c: &HfConfig) -> Result<ModelConfig> {
+fn hf_config(c: &HfConfig, tensors: usize) -> Result<ModelConfig> {
     c.refuse_unless("is_decoder", &[false.into()])?;
     c.refuse_unless("add_cross_attention", &[false.into()])?;
     c.refuse_unless("position_embedding_type", &["absolute".into()])?;
     let d_model = c.usize("hidden_size")?;
     let n_heads = c.usize("num_attention_heads")?;
-    let n_layers = c.usize("num_hidden_layers")?;
-    let d_head = d_model / n_heads.max(1);
-    if d_head * n_heads != d_model {
-        return Err(MsError::ModelFormat(format!(
-            "{}: {n_heads} heads do not divide the hidden size {d_model}",
-            c.origin()
-        )));
-    }
+    let n_layers = c.layer_count(&["num_hidden_layers"], tensors)?;
+    let d_head = even_head_dim(c, d_model, n_heads)?;
     let act_name = c.opt_str("hidden_act")?.unwrap_or("gelu");
     let activation = Activation::from_hf(act_name)
         .ok_or_else(|| c.unsupported("hidden_act", format!("= '{act_name}' is not implemented")))?;
@@ -60,7 +54,7 @@ fn hf_config(c: &HfConfig) -> Result<ModelConfig> {
 }
 
 pub fn load_hf(c: &HfConfig, r: &WeightReader) -> Result<Transformer> {
-    let cfg = hf_config(c)?;
+    let cfg = hf_config(c, r.tensor_count())?;
     check_fits(&cfg, r)?;
     // Checkpoints saved from BertForX carry a "bert." prefix.
     let p = if r.has("bert.embeddings.word_embeddings.weight") {

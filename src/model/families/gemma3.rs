@@ -36,14 +36,14 @@ fn layers(sliding: &[bool], window: Option<usize>, scale: f64) -> Vec<LayerAtten
         .collect()
 }
 
-fn hf_config(c: &HfConfig) -> Result<ModelConfig> {
+fn hf_config(c: &HfConfig, tensors: usize) -> Result<ModelConfig> {
     for key in ["final_logit_softcapping", "attn_logit_softcapping"] {
         c.refuse_unless(key, &[])?;
     }
     c.refuse_unless("use_bidirectional_attention", &[false.into()])?;
     let d_model = c.usize("hidden_size")?;
     let n_heads = c.usize("num_attention_heads")?;
-    let n_layers = c.usize("num_hidden_layers")?;
+    let n_layers = c.layer_count(&["num_hidden_layers"], tensors)?;
     let d_head = c.opt_usize("head_dim")?.unwrap_or(256);
     let act_name = c
         .opt_str("hidden_activation")?
@@ -182,7 +182,7 @@ impl Names {
 }
 
 pub fn load_hf(c: &HfConfig, r: &WeightReader) -> Result<Transformer> {
-    let cfg = hf_config(c)?;
+    let cfg = hf_config(c, r.tensor_count())?;
     // Multimodal checkpoints nest the language model (two spellings over transformers
     // versions); their vision tower is not run, so its tensors are not needed.
     let prefix = ["model.language_model.", "language_model.model.", "model."]
@@ -223,7 +223,7 @@ fn gguf_config(g: &GgufFile) -> Result<ModelConfig> {
     };
     let d_model = g.get_usize(&key("embedding_length"))?;
     let n_heads = g.get_usize(&key("attention.head_count"))?;
-    let n_layers = g.get_usize(&key("block_count"))?;
+    let n_layers = g.layer_count(&key("block_count"))?;
     let d_head = opt_usize("attention.key_length")?.unwrap_or(d_model / n_heads.max(1));
     let window = opt_usize("attention.sliding_window")?;
     let pattern = opt_usize("attention.sliding_window_pattern")?.unwrap_or(DEFAULT_PATTERN);

@@ -2,7 +2,7 @@
 //! `gelu_new`, and a head tied to the token embeddings. Its `Conv1D` layers store weights as
 //! `[in, out]` (transposed at load) and `c_attn` holds q, k and v side by side (split at load).
 
-use super::{check_fits, load_blocks, norm, split_linear, Family};
+use super::{check_fits, even_head_dim, load_blocks, norm, split_linear, Family};
 use crate::error::{MsError, Result};
 use crate::formats::hf_config::HfConfig;
 use crate::formats::weights::WeightReader;
@@ -10,12 +10,12 @@ use crate::model::config::{Activation, LayerAttention, MlpKind, ModelConfig, Nor
 use crate::model::parts::{Attention, Block, Embedding, Linear, Mlp};
 use crate::model::Transformer;
 
-fn hf_config(c: &HfConfig) -> Result<ModelConfig> {
+fn hf_config(c: &HfConfig, tensors: usize) -> Result<ModelConfig> {
     c.refuse_unless("add_cross_attention", &[false.into()])?;
     let d_model = c.usize_of(&["n_embd", "hidden_size"])?;
     let n_heads = c.usize_of(&["n_head", "num_attention_heads"])?;
-    let n_layers = c.usize_of(&["n_layer", "num_hidden_layers"])?;
-    let d_head = d_model / n_heads.max(1);
+    let n_layers = c.layer_count(&["n_layer", "num_hidden_layers"], tensors)?;
+    let d_head = even_head_dim(c, d_model, n_heads)?;
     let act_name = c.opt_str("activation_function")?.unwrap_or("gelu_new");
     let activation = Activation::from_hf(act_name).ok_or_else(|| {
         c.unsupported(
@@ -74,7 +74,7 @@ fn conv1d(r: &WeightReader, name: &str, inp: usize, out: usize) -> Result<Linear
 }
 
 pub fn load_hf(c: &HfConfig, r: &WeightReader) -> Result<Transformer> {
-    let cfg = hf_config(c)?;
+    let cfg = hf_config(c, r.tensor_count())?;
     check_fits(&cfg, r)?;
     if c.opt_bool("tie_word_embeddings")? == Some(false) {
         return Err(c.unsupported(

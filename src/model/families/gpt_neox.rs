@@ -6,7 +6,7 @@
 use candle_core::Tensor;
 
 use super::hf_rope::hf_rope;
-use super::{check_fits, linear, lm_head, load_blocks, norm, Bias, Family};
+use super::{check_fits, even_head_dim, linear, lm_head, load_blocks, norm, Bias, Family};
 use crate::error::Result;
 use crate::formats::hf_config::HfConfig;
 use crate::formats::weights::WeightReader;
@@ -14,11 +14,11 @@ use crate::model::config::{Activation, LayerAttention, MlpKind, ModelConfig, Nor
 use crate::model::parts::{Attention, Block, Embedding, Linear, Mlp};
 use crate::model::Transformer;
 
-fn hf_config(c: &HfConfig) -> Result<ModelConfig> {
+fn hf_config(c: &HfConfig, tensors: usize) -> Result<ModelConfig> {
     let d_model = c.usize("hidden_size")?;
     let n_heads = c.usize("num_attention_heads")?;
-    let n_layers = c.usize("num_hidden_layers")?;
-    let d_head = d_model / n_heads.max(1);
+    let n_layers = c.layer_count(&["num_hidden_layers"], tensors)?;
+    let d_head = even_head_dim(c, d_model, n_heads)?;
     let act_name = c.opt_str("hidden_act")?.unwrap_or("gelu");
     let activation = Activation::from_hf(act_name)
         .ok_or_else(|| c.unsupported("hidden_act", format!("= '{act_name}' is not implemented")))?;
@@ -89,7 +89,7 @@ fn split_interleaved(fused: &Linear, heads: usize, d_head: usize) -> Result<[Lin
 }
 
 pub fn load_hf(c: &HfConfig, r: &WeightReader) -> Result<Transformer> {
-    let mut cfg = hf_config(c)?;
+    let mut cfg = hf_config(c, r.tensor_count())?;
     check_fits(&cfg, r)?;
     let (d, f, v) = (cfg.d_model, cfg.d_mlp, cfg.vocab_size);
     let (h, dh) = (cfg.n_heads, cfg.d_head);

@@ -7,7 +7,7 @@ use super::{check_fits, linear, lm_head, load_blocks, norm, Bias, Family};
 use crate::error::{MsError, Result};
 use crate::formats::gguf::GgufFile;
 use crate::formats::hf_config::HfConfig;
-use crate::formats::weights::WeightReader;
+use crate::formats::weights::{check_finite, WeightReader};
 use crate::model::config::{
     Activation, LayerAttention, MlpKind, ModelConfig, NormKind, Residual, RopeScaling, RopeSpec,
 };
@@ -65,11 +65,11 @@ const GGUF: Names = Names {
 };
 
 /// The config of a Hugging Face `llama` / `mistral` / `qwen2` / `qwen3` folder.
-fn hf_config(c: &HfConfig) -> Result<(ModelConfig, Option<bool>, Biases)> {
+fn hf_config(c: &HfConfig, tensors: usize) -> Result<(ModelConfig, Option<bool>, Biases)> {
     let model_type = c.model_type()?.to_string();
     let d_model = c.usize("hidden_size")?;
     let n_heads = c.usize("num_attention_heads")?;
-    let n_layers = c.usize("num_hidden_layers")?;
+    let n_layers = c.layer_count(&["num_hidden_layers"], tensors)?;
     let d_head = c.opt_usize("head_dim")?.unwrap_or(d_model / n_heads.max(1));
     let act_name = c.opt_str("hidden_act")?.unwrap_or("silu");
     let activation = Activation::from_hf(act_name)
@@ -203,7 +203,7 @@ pub(super) fn layer_types(
 }
 
 pub fn load_hf(c: &HfConfig, r: &WeightReader) -> Result<Transformer> {
-    let (cfg, tie, biases) = hf_config(c)?;
+    let (cfg, tie, biases) = hf_config(c, r.tensor_count())?;
     load(cfg, r, &HF, tie, biases)
 }
 
@@ -232,7 +232,7 @@ fn gguf_config(g: &GgufFile) -> Result<ModelConfig> {
     }
     let d_model = g.get_usize(&key("embedding_length"))?;
     let n_heads = g.get_usize(&key("attention.head_count"))?;
-    let n_layers = g.get_usize(&key("block_count"))?;
+    let n_layers = g.layer_count(&key("block_count"))?;
     let d_head = opt_usize("attention.key_length")?.unwrap_or(d_model / n_heads.max(1));
     let theta = if g.has(&key("rope.freq_base")) {
         g.get_f64(&key("rope.freq_base"))?
@@ -262,11 +262,11 @@ fn gguf_config(g: &GgufFile) -> Result<ModelConfig> {
                 "together with llama.rope.scaling.type is not implemented".into(),
             ))
         }
-        true => RopeScaling::Factors(
-            g.tensor_f32("rope_freqs.weight")?
-                .flatten_all()?
-                .to_vec1::<f32>()?,
-        ),
+        true => {
+            let t = g.tensor_f32("rope_freqs.weight")?;
+            check_finite(&t, "rope_freqs.weight", &g.path().display().to_string())?;
+            RopeScaling::Factors(t.flatten_all()?.to_vec1::<f32>()?)
+        }
         false => scaling,
     };
     let rotary_dim = opt_usize("rope.dimension_count")?.unwrap_or(d_head);

@@ -138,6 +138,20 @@ pub fn load_gguf(gguf: &GgufFile) -> Result<Transformer> {
     }
 }
 
+/// The head size of a family whose heads split the hidden size evenly (GPT-2, GPT-NeoX, BERT:
+/// fused projections of `d_model` rows are cut into heads). A remainder would load, then fail
+/// in the first forward, so it is refused here.
+fn even_head_dim(c: &HfConfig, d_model: usize, n_heads: usize) -> Result<usize> {
+    if n_heads == 0 || !d_model.is_multiple_of(n_heads) {
+        return Err(MsError::ModelFormat(format!(
+            "{}: {n_heads} attention heads do not divide the hidden size {d_model}; the head \
+             count must be a divisor of the hidden size",
+            c.origin()
+        )));
+    }
+    Ok(d_model / n_heads)
+}
+
 /// Check the config against the file before anything is allocated per layer: a layer needs
 /// tensors of its own, so a file cannot describe more layers than it has tensors.
 fn check_fits(cfg: &ModelConfig, r: &WeightReader) -> Result<()> {

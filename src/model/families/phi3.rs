@@ -11,10 +11,10 @@ use crate::model::config::{Activation, LayerAttention, MlpKind, ModelConfig, Nor
 use crate::model::parts::{Attention, Block, Embedding, Mlp};
 use crate::model::Transformer;
 
-fn hf_config(c: &HfConfig) -> Result<ModelConfig> {
+fn hf_config(c: &HfConfig, tensors: usize) -> Result<ModelConfig> {
     let d_model = c.usize("hidden_size")?;
     let n_heads = c.usize("num_attention_heads")?;
-    let n_layers = c.usize("num_hidden_layers")?;
+    let n_layers = c.layer_count(&["num_hidden_layers"], tensors)?;
     let d_head = c.opt_usize("head_dim")?.unwrap_or(d_model / n_heads.max(1));
     let act_name = c.opt_str("hidden_act")?.unwrap_or("silu");
     let activation = Activation::from_hf(act_name)
@@ -54,7 +54,7 @@ fn hf_config(c: &HfConfig) -> Result<ModelConfig> {
 }
 
 pub fn load_hf(c: &HfConfig, r: &WeightReader) -> Result<Transformer> {
-    let mut cfg = hf_config(c)?;
+    let mut cfg = hf_config(c, r.tensor_count())?;
     check_fits(&cfg, r)?;
     let (d, f, v) = (cfg.d_model, cfg.d_mlp, cfg.vocab_size);
     let (h, kvh, dh) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head);
