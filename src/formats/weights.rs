@@ -110,6 +110,21 @@ impl<'a> WeightReader<'a> {
         self.source.has_tensor(name)
     }
 
+    /// Bytes of every tensor of the file once converted to float32 (what loading will hold;
+    /// saturating, so a crafted shape cannot overflow it).
+    pub fn f32_bytes(&self) -> usize {
+        self.source
+            .names()
+            .iter()
+            .filter_map(|n| self.source.dims(n))
+            .map(|dims| {
+                dims.iter()
+                    .try_fold(std::mem::size_of::<f32>(), |a, &d| a.checked_mul(d))
+                    .unwrap_or(usize::MAX)
+            })
+            .fold(0, usize::saturating_add)
+    }
+
     /// How many tensors the file has.
     pub fn tensor_count(&self) -> usize {
         self.source.names().len()

@@ -113,6 +113,15 @@ impl LanguageModel {
         tokenizer: TextTokenizer,
     ) -> Result<Self> {
         let vocab = net.cfg.vocab_size;
+        // A tokenizer with more entries than the embedding has rows would hand out ids that
+        // no forward can take.
+        if tokenizer.vocab_size() > vocab {
+            return Err(MsError::ModelFormat(format!(
+                "{source}: the tokenizer has {} tokens but the model's vocabulary (embedding rows) \
+                 is {vocab}; the tokenizer and the weights do not belong together",
+                tokenizer.vocab_size()
+            )));
+        }
         for (what, id) in [
             ("bos", tokenizer.bos_id),
             ("eos", tokenizer.eos_id),

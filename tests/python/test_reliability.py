@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import mindscope as ms
+from conftest import shared_path
 from mindscope import errors, storage
 
 # --- Ctrl-C ------------------------------------------------------------------------------
@@ -330,3 +331,35 @@ def test_wide_truth_directions_use_the_dual_and_finish():
     assert res.returncode == 0, res.stderr[-800:]
     aurocs = {line.split()[0]: float(line.split()[1]) for line in res.stdout.splitlines()}
     assert aurocs["mass_mean_iid"] == 1.0 and aurocs["lat"] >= 0.5, aurocs
+
+
+# --- loading: what the file holds must fit, and the tokenizer must fit the weights ----------
+
+def _tiny_copy(tmp_path: Path, family: str) -> Path:
+    src = shared_path("models", "tiny", family)
+    dst = tmp_path / family
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).symlink_to(f)
+    return dst
+
+
+def test_weights_that_cannot_fit_are_refused_before_converting(tmp_path, monkeypatch):
+    folder = _tiny_copy(tmp_path, "gpt2")
+    monkeypatch.setenv("MINDSCOPE_MEMORY_LIMIT", "1000")
+    with pytest.raises(ms.ResourceError, match=r"weights take .* GiB as float32, but only 0\.0 GiB"):
+        ms.load_model(folder)
+    monkeypatch.delenv("MINDSCOPE_MEMORY_LIMIT")
+    assert ms.load_model(folder).n_layers == 3
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_refused(tmp_path):
+    folder = _tiny_copy(tmp_path, "gpt2")
+    tok = json.loads((folder / "tokenizer.json").read_text())
+    vocab = json.loads((folder / "config.json").read_text())["vocab_size"]
+    tok["added_tokens"].append({"id": vocab, "content": "<extra>", "single_word": False, "lstrip": False,
+                                "rstrip": False, "normalized": False, "special": True})
+    (folder / "tokenizer.json").unlink()
+    (folder / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(ms.ModelFormatError, match=f"tokenizer has {vocab + 1} tokens .* is {vocab}"):
+        ms.load_model(folder)

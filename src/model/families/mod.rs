@@ -19,6 +19,7 @@ use std::path::Path;
 use candle_core::Tensor;
 use rayon::prelude::*;
 
+use super::budget;
 use super::config::{ModelConfig, NormKind};
 use super::parts::{Block, Linear, Norm};
 use super::Transformer;
@@ -74,11 +75,29 @@ pub const SUPPORTED_MODEL_TYPES: &[&str] = &[
 /// GGUF `general.architecture` values with a mapping here.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "gemma3"];
 
+/// Refuse, before converting anything, weights whose float32 copies cannot fit in the memory
+/// available now (the process would otherwise be killed half-way through the load).
+fn check_weights_fit(r: &WeightReader) -> Result<()> {
+    let need = r.f32_bytes();
+    match budget::available_memory() {
+        Some(available) if need > available => Err(MsError::Resource(format!(
+            "{}: the weights take {:.1} GiB as float32, but only {:.1} GiB of memory is \
+             available; mindscope holds weights as float32, so this model needs a machine with \
+             more memory",
+            r.origin(),
+            need as f64 / (1u64 << 30) as f64,
+            available as f64 / (1u64 << 30) as f64
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The model in a Hugging Face folder (`config.json`, safetensors, `tokenizer.json`).
 pub fn load_hf(folder: &Path, config: &HfConfig) -> Result<Transformer> {
     let model_type = config.model_type()?;
     let weights = SafetensorsFolder::open(folder)?;
     let r = WeightReader::new(&weights);
+    check_weights_fit(&r)?;
     match model_type {
         "llama" | "mistral" | "qwen2" | "qwen3" => llama::load_hf(config, &r),
         "gemma3" | "gemma3_text" => gemma3::load_hf(config, &r),
@@ -127,6 +146,7 @@ pub fn load_gguf(gguf: &GgufFile) -> Result<Transformer> {
         }
     }
     let r = WeightReader::new(gguf);
+    check_weights_fit(&r)?;
     match arch {
         "llama" => llama::load_gguf(gguf, &r),
         "gemma3" => gemma3::load_gguf(gguf, &r),
