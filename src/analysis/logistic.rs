@@ -325,8 +325,7 @@ impl LogisticModel {
             .expect("d * k weights")
             .to_owned();
         let b = result.x.slice(s![d * k..]).to_owned();
-        let coef = &w / &standardizer.scale.view().insert_axis(Axis(1));
-        let intercept = &b - &standardizer.mean.dot(&coef);
+        let (coef, intercept) = standardizer.to_original(&w, &b)?;
         Ok(LogisticModel {
             standardizer,
             coef,

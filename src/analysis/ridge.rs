@@ -201,8 +201,7 @@ impl RidgeModel {
         };
         let alpha = p.alphas[best];
         let (w, ym) = fit_fixed(&z, y, alpha)?;
-        let coef = &w / &standardizer.scale.view().insert_axis(Axis(1));
-        let intercept = &ym - &standardizer.mean.dot(&coef);
+        let (coef, intercept) = standardizer.to_original(&w, &ym)?;
         Ok(RidgeModel {
             standardizer,
             coef,
