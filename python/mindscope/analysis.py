@@ -252,7 +252,11 @@ class LogisticProbe(_Estimator):
             unknown = [c for c in cw if c not in set(self.classes_.tolist())]
             if unknown:
                 raise InvalidArgumentError(f"class_weight names classes {unknown} that are not in y")
-            return [float(cw.get(c, 1.0)) for c in self.classes_.tolist()]
+            weights = [cw.get(c, 1.0) for c in self.classes_.tolist()]
+            try:
+                return [_float_param(w, "a class weight") for w in weights]
+            except InvalidArgumentError as e:
+                raise InvalidArgumentError(f"class_weight values must be positive numbers: {e}") from None
         raise InvalidArgumentError(f"class_weight must be None, 'balanced' or a dict, got {cw!r}")
 
     def fit(self, X: Any, y: Any) -> LogisticProbe:
@@ -433,6 +437,8 @@ def accuracy(y_true: Any, y_pred: Any) -> float:
 
 def balanced_accuracy(y_true: Any, y_pred: Any) -> float:
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape != y_pred.shape or y_true.ndim != 1 or not len(y_true):
+        raise ShapeError(f"y_true {y_true.shape} and y_pred {y_pred.shape} must be equally long, non-empty 1-D arrays")
     recalls = [np.mean(y_pred[y_true == c] == c) for c in np.unique(y_true)]
     return float(np.mean(recalls))
 
@@ -440,6 +446,8 @@ def balanced_accuracy(y_true: Any, y_pred: Any) -> float:
 def confusion_matrix(y_true: Any, y_pred: Any, labels: Sequence[Any] | None = None) -> np.ndarray:
     """``cm[i, j]`` = count of true ``labels[i]`` predicted as ``labels[j]``."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape != y_pred.shape or y_true.ndim != 1:
+        raise ShapeError(f"y_true {y_true.shape} and y_pred {y_pred.shape} must be equally long 1-D arrays")
     labels = np.unique(np.concatenate([y_true, y_pred])) if labels is None else np.asarray(labels)
     index = {v: i for i, v in enumerate(labels.tolist())}
     cm = np.zeros((len(labels), len(labels)), dtype=np.int64)
@@ -451,21 +459,34 @@ def confusion_matrix(y_true: Any, y_pred: Any, labels: Sequence[Any] | None = No
 
 def r2_score(y_true: Any, y_pred: Any) -> np.ndarray:
     """R² per target: ``[n_targets]`` (a 1-element array for 1-D input)."""
-    a = np.asarray(y_true, dtype=np.float64)
-    b = np.asarray(y_pred, dtype=np.float64)
+    try:
+        a = np.asarray(y_true, dtype=np.float64)
+        b = np.asarray(y_pred, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"y_true and y_pred must be numbers: {e}") from None
+    if a.shape != b.shape or a.ndim not in (1, 2):
+        raise ShapeError(f"y_true {a.shape} and y_pred {b.shape} must have the same [n] or [n, targets] shape")
+    _check_finite(a, "y_true", "targets")
+    _check_finite(b, "y_pred", "predictions")
     a2, b2 = (a[:, None], b[:, None]) if a.ndim == 1 else (a, b)
     return np.asarray(_native.r2_per_target(np.ascontiguousarray(a2), np.ascontiguousarray(b2)))
 
 
 def great_circle_km(latlon_a: Any, latlon_b: Any) -> np.ndarray:
     """Haversine distances ``[n]`` in km between two ``[n, 2]`` arrays of (lat, lon) degrees."""
-    return _native.great_circle_km(_as_f64_2d(latlon_a, "latlon_a"), _as_f64_2d(latlon_b, "latlon_b"))
+    a, b = _as_f64_2d(latlon_a, "latlon_a"), _as_f64_2d(latlon_b, "latlon_b")
+    _check_finite(a, "latlon_a", "coordinates")
+    _check_finite(b, "latlon_b", "coordinates")
+    return _native.great_circle_km(a, b)
 
 
 def proximity_error(y_true: Any, y_pred: Any) -> np.ndarray:
     """Per entity, the fraction of other entities whose prediction is closer to its true
     position than its own prediction (Gurnee & Tegmark 2023). ``[n]``; 0 is perfect."""
-    return _native.proximity_error(_as_f64_2d(y_true, "y_true"), _as_f64_2d(y_pred, "y_pred"))
+    a, b = _as_f64_2d(y_true, "y_true"), _as_f64_2d(y_pred, "y_pred")
+    _check_finite(a, "y_true", "coordinates")
+    _check_finite(b, "y_pred", "coordinates")
+    return _native.proximity_error(a, b)
 
 
 # --- splits, sweeps, control tasks --------------------------------------------------------

@@ -85,6 +85,26 @@ def test_truth_direction_labels_must_be_zero_or_one():
         TruthDirection("lat").fit(X, y, pairs=[(0, 1), (-1, 2)])
 
 
+def test_metrics_refuse_nan_and_mismatched_input():
+    from mindscope.analysis import balanced_accuracy, confusion_matrix, great_circle_km, proximity_error, r2_score
+
+    with pytest.raises(DataError, match="y_true contains nan"):
+        r2_score([1.0, 2.0, np.nan], [1.0, 2.0, 3.0])
+    with pytest.raises(DataError, match="must be numbers"):
+        r2_score(["a"], [1.0])
+    with pytest.raises(ShapeError):
+        balanced_accuracy([1, 2], [1])  # was an IndexError
+    with pytest.raises(ShapeError):
+        confusion_matrix([1, 2], [1])  # zip() used to drop the unmatched label silently
+    with pytest.raises(DataError, match="coordinates must be finite"):
+        great_circle_km([[0.0, 0.0]], [[0.0, np.nan]])
+    with pytest.raises(DataError, match="coordinates must be finite"):
+        proximity_error([[0.0, 0.0], [1.0, 1.0]], [[0.0, np.nan], [1.0, 1.0]])
+    X, y = blobs()
+    with pytest.raises(InvalidArgumentError, match="class_weight values"):
+        LogisticProbe(class_weight={0: "x"}).fit(X, y)
+
+
 def test_layer_sweep_refuses_nan_labels_and_unknown_params():
     X, y = blobs()
     stack = np.stack([X, X]).astype(np.float32)
@@ -161,6 +181,18 @@ def test_ridge_and_pca_are_scale_equivariant(scale: float):
     np.testing.assert_allclose(p_big.components_, p_ref.components_, atol=1e-9)
     np.testing.assert_allclose(p_big.explained_variance_ / scale**2, p_ref.explained_variance_, rtol=1e-9)
     np.testing.assert_allclose(p_big.transform(X * scale), p_ref.transform(X), atol=1e-9)
+
+
+@pytest.mark.parametrize("method", ["mass_mean", "mass_mean_iid", "logistic", "lat"])
+@pytest.mark.parametrize("scale", [1e300, 1e-300])
+def test_truth_directions_are_scale_invariant(method: str, scale: float):
+    """Used to fail with "the fitted direction is zero" (a squared norm overflowed)."""
+    X, y = blobs()
+    pairs = [(i + 1, i) for i in range(0, len(y), 2)]  # (true, false)
+    ref = TruthDirection(method).fit(X, y, pairs=pairs)
+    big = TruthDirection(method).fit(X * scale, y, pairs=pairs)
+    np.testing.assert_allclose(big.direction_, ref.direction_, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(big.threshold_ / scale, ref.threshold_, rtol=1e-5, atol=1e-8)
 
 
 def test_unrepresentable_results_are_refused():
