@@ -201,7 +201,14 @@ impl RidgeModel {
         };
         let alpha = p.alphas[best];
         let (w, ym) = fit_fixed(&z, y, alpha)?;
-        let (coef, intercept) = standardizer.to_original(&w, &ym)?;
+        let (coef, intercept) = standardizer.to_original(&w, &ym).map_err(|e| {
+            if p.standardize {
+                e
+            } else {
+                // Unstandardized, the Gram matrix of values past ~1e154 overflows.
+                e.context("ridge with standardize=False (standardize=True fits such features)")
+            }
+        })?;
         Ok(RidgeModel {
             standardizer,
             coef,

@@ -166,6 +166,18 @@ def test_logistic_is_scale_equivariant(scale: float):
     assert (big.predict(X * scale) == ref.predict(X)).all()
 
 
+@pytest.mark.parametrize("scale", [1e20, 1e200, 1e300])
+def test_unstandardized_logistic_on_huge_features(scale: float):
+    """standardize=False on huge raw values returned all-zero coefficients (the gradient
+    tolerance was out of reach). The L2 penalty is negligible at such scales, so the fit must
+    match an almost unregularised fit on the unscaled data."""
+    X, y = blobs()
+    ref = LogisticProbe(standardize=False, C=1e12, tol=1e-10).fit(X, y)
+    big = LogisticProbe(standardize=False, tol=1e-10).fit(X * scale, y)
+    np.testing.assert_allclose(big.coef_ * scale, ref.coef_, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(big.intercept_, ref.intercept_, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("scale", [1e300, 1e-300, 1e150, 1e-150])
 def test_ridge_and_pca_are_scale_equivariant(scale: float):
     X, y = blobs()
