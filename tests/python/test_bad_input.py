@@ -470,3 +470,29 @@ def test_cli_exit_codes():
     err.__cause__ = OSError(errno.ENOSPC, "full")
     assert _exit_code(err) == 1
     assert issubclass(StorageError, MindscopeError) and issubclass(ShapeError, InvalidArgumentError)
+
+
+def test_cli_bugs_keep_their_traceback(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """Bad input is one line; a bug (InternalError, or an exception mindscope does not expect)
+    keeps its traceback so that it can be reported; --debug shows it for every error."""
+    from mindscope import cli
+    from mindscope.errors import InternalError
+
+    def raising(exc: BaseException):
+        def run(args):
+            raise exc
+        return run
+
+    monkeypatch.setattr(cli, "_cmd_run", raising(InternalError("panic in the core")))
+    assert cli.main(["run", "c.toml"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "mindscope: internal error" in err
+    monkeypatch.setattr(cli, "_cmd_run", raising(TypeError("a bug")))
+    with pytest.raises(TypeError, match="a bug"):
+        cli.main(["run", "c.toml"])
+    monkeypatch.setattr(cli, "_cmd_run", raising(DataError("bad data")))
+    assert cli.main(["run", "c.toml"]) == 2
+    assert capsys.readouterr().err == "mindscope: error: bad data\n"
+    assert cli.main(["--debug", "run", "c.toml"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.endswith("mindscope: error: bad data\n")
