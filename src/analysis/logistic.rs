@@ -141,6 +141,24 @@ fn binary_pass_body<T: Feature>(
     (loss, gb)
 }
 
+/// Features up to this magnitude are fitted as they are when not standardized (the results of
+/// ordinary inputs stay exactly as they were); beyond it, on `x / 2^k`.
+const RAW_LIMIT: f64 = 4294967296.0; // 2^32
+
+/// The power of two that brings the largest |x| of the rows to at most 1, or 1 when they are
+/// no larger than `RAW_LIMIT`.
+fn global_unit<T: Feature>(x: &RowSet<T>) -> f64 {
+    let peak = x
+        .iter()
+        .flat_map(|row| row.iter())
+        .fold(0.0f64, |m, v| m.max(v.to_f64().abs()));
+    if peak <= RAW_LIMIT {
+        1.0
+    } else {
+        2f64.powi(peak.log2().ceil() as i32)
+    }
+}
+
 /// Dot product with eight independent partial sums, so that it vectorizes (a single running
 /// sum is one dependent add per element).
 #[inline(always)]
@@ -269,15 +287,22 @@ impl LogisticModel {
             Some(cw) => cw.clone(),
             None => vec![1.0; n_classes],
         };
+        // Without standardisation, huge features are still solved on `x / unit` (a power of
+        // two, so exact) with the penalty rescaled to the same objective: on raw values of 1e200
+        // the gradient tolerance is out of reach and L-BFGS returned all-zero coefficients.
+        let unit = if p.standardize { 1.0 } else { global_unit(x) };
         let standardizer = if p.standardize {
             Standardizer::fit_rows(x)
         } else {
-            Standardizer::identity(x.d)
+            let mut s = Standardizer::identity(x.d);
+            s.scale.fill(unit);
+            s
         };
         let raw: Vec<f64> = y.iter().map(|&c| class_weight[c]).collect();
         let total: f64 = raw.iter().sum();
         let weights: Vec<f64> = raw.iter().map(|w| w / total).collect();
-        let penalty = 1.0 / (p.c * total);
+        // ||coef||^2 = ||w / unit||^2 (0 when unit^2 overflows: the penalty is then negligible).
+        let penalty = 1.0 / (p.c * total) / (unit * unit);
         let lbfgs = LbfgsParams {
             max_iter: p.max_iter as usize,
             gtol: p.tol,
@@ -325,8 +350,7 @@ impl LogisticModel {
             .expect("d * k weights")
             .to_owned();
         let b = result.x.slice(s![d * k..]).to_owned();
-        let coef = &w / &standardizer.scale.view().insert_axis(Axis(1));
-        let intercept = &b - &standardizer.mean.dot(&coef);
+        let (coef, intercept) = standardizer.to_original(&w, &b)?;
         Ok(LogisticModel {
             standardizer,
             coef,

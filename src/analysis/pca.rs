@@ -6,6 +6,10 @@ use ndarray::{Array1, Array2, ArrayView2, Axis};
 use super::check;
 use crate::error::{MsError, Result};
 
+/// A component whose variance is at most this fraction of the largest one counts as zero
+/// variance (rank-deficient data leaves eigenvalues of ~1e-16 relative from rounding).
+const ZERO_REL_VARIANCE: f64 = 1e-12;
+
 #[derive(Debug, Clone)]
 pub struct Pca {
     pub mean: Array1<f64>,
@@ -31,8 +35,14 @@ impl Pca {
         if n < 2 {
             return Err(MsError::data("PCA needs at least 2 samples"));
         }
-        let mean = x.mean_axis(Axis(0)).unwrap_or_else(|| Array1::zeros(d));
-        let xc = x.to_owned() - &mean;
+        // Mean and covariance of `x / peak`, scaled back at the end: squaring raw values
+        // overflows float64 past ~1e154 (and underflows below ~1e-154).
+        let peak = x.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let unit = if peak > 0.0 { peak } else { 1.0 };
+        let xs = x.mapv(|v| v / unit);
+        let mean_s = xs.mean_axis(Axis(0)).unwrap_or_else(|| Array1::zeros(d));
+        let xc = xs - &mean_s;
+        let mean = mean_s * unit;
         let fail = |e| MsError::Compute(format!("eigendecomposition failed: {e:?}"));
         let (eig, vecs) = if n >= d {
             let (s, v) = xc.t().dot(&xc).eigh_into().map_err(fail)?;
@@ -50,7 +60,11 @@ impl Pca {
         let mut components = vecs.select(Axis(1), keep).reversed_axes();
         for mut row in components.rows_mut() {
             let norm = row.dot(&row).sqrt();
-            row.mapv_inplace(|v| v / norm);
+            // A zero-variance component of wide data can come out as an exact zero vector:
+            // leave it zero (its projections are 0, as its variance is) instead of 0 / 0 = NaN.
+            if norm > 0.0 {
+                row.mapv_inplace(|v| v / norm);
+            }
             let big = row
                 .iter()
                 .cloned()
@@ -60,9 +74,47 @@ impl Pca {
             }
         }
         let top = eig.select(Axis(0), keep).mapv(|x| x.max(0.0));
+        // Variances of the scaled data times `unit^2`, in an order that overflows (or
+        // underflows) only when the true variance does; refused then rather than returned as
+        // inf or 0 (whitening would divide by it).
+        let largest = top.iter().cloned().fold(0.0f64, f64::max);
+        let explained_variance = top.mapv(|s| {
+            let sd = (s / (n as f64 - 1.0)).sqrt() * unit;
+            sd * sd
+        });
+        let lost = explained_variance.iter().zip(&top).any(|(&v, &t)| {
+            !v.is_finite() || (t > ZERO_REL_VARIANCE * largest && v < f64::MIN_POSITIVE)
+        });
+        if lost {
+            return Err(MsError::data(format!(
+                "the variance of X (values up to {peak:e}) is too large or too small for float64; \
+                 rescale X (e.g. divide it by its largest absolute value)"
+            )));
+        }
+        if whiten {
+            // Whitening divides by each component's standard deviation: a (numerically) zero
+            // one would turn the projections into inf or amplified rounding noise.
+            let flat = top
+                .iter()
+                .filter(|&&s| s <= ZERO_REL_VARIANCE * largest)
+                .count();
+            let ok = n_components - flat;
+            if ok == 0 {
+                return Err(MsError::data(
+                    "X has zero variance (all rows are equal): there is nothing to whiten",
+                ));
+            }
+            if flat > 0 {
+                return Err(MsError::data(format!(
+                    "{flat} of the {n_components} requested components have zero variance (the \
+                     centred data has rank {ok}), so they cannot be whitened: use \
+                     n_components <= {ok}, or whiten=False"
+                )));
+            }
+        }
         Ok(Pca {
             mean,
-            explained_variance: top.mapv(|s| s / (n as f64 - 1.0)),
+            explained_variance,
             explained_variance_ratio: top.mapv(|s| if total > 0.0 { s / total } else { 0.0 }),
             components,
             whiten,

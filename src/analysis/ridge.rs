@@ -201,8 +201,14 @@ impl RidgeModel {
         };
         let alpha = p.alphas[best];
         let (w, ym) = fit_fixed(&z, y, alpha)?;
-        let coef = &w / &standardizer.scale.view().insert_axis(Axis(1));
-        let intercept = &ym - &standardizer.mean.dot(&coef);
+        let (coef, intercept) = standardizer.to_original(&w, &ym).map_err(|e| {
+            if p.standardize {
+                e
+            } else {
+                // Unstandardized, the Gram matrix of values past ~1e154 overflows.
+                e.context("ridge with standardize=False (standardize=True fits such features)")
+            }
+        })?;
         Ok(RidgeModel {
             standardizer,
             coef,

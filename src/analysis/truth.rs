@@ -154,6 +154,11 @@ fn top_right_singular_vector(dm: &Array2<f64>) -> Result<Array1<f64>> {
     unit(dm.t().dot(&u.column(top(&s))))
 }
 
+/// Features whose largest magnitude lies outside this range are fitted on `x / max|x|`: the
+/// squared norms and second moments below overflow past ~1e154 and underflow below ~1e-154
+/// (a 1e300-scaled X was reported as "not separable along any direction").
+const PLAIN_RANGE: (f64, f64) = (1e-100, 1e100);
+
 impl TruthDirection {
     /// Fit with labels `y` (1 true, 0 false). `pairs` (indices into `x`) feed LAT and CCS;
     /// for CCS each pair is (statement, its negation).
@@ -167,6 +172,32 @@ impl TruthDirection {
     ) -> Result<Self> {
         check::finite_matrix(x, "X")?;
         check::same_rows(x.nrows(), y.len(), "labels")?;
+        let peak = x.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        if peak == 0.0 || (PLAIN_RANGE.0..=PLAIN_RANGE.1).contains(&peak) {
+            return Self::fit_plain(x, y, method, pairs, seed, cancel);
+        }
+        // Every method's direction is invariant to a global scale of X; the threshold scales
+        // with it.
+        let scaled = x.mapv(|v| v / peak);
+        let mut fitted = Self::fit_plain(&scaled.view(), y, method, pairs, seed, cancel)?;
+        fitted.threshold *= peak;
+        if !fitted.threshold.is_finite() {
+            return Err(MsError::data(format!(
+                "the features are too large for float64 arithmetic (values up to {peak:e}): the \
+                 threshold overflows; rescale X (e.g. divide it by its largest absolute value)"
+            )));
+        }
+        Ok(fitted)
+    }
+
+    fn fit_plain(
+        x: &ArrayView2<f64>,
+        y: &[usize],
+        method: DirectionMethod,
+        pairs: Option<&[(usize, usize)]>,
+        seed: u64,
+        cancel: &Cancel,
+    ) -> Result<Self> {
         let (mp, mn) = class_means(x, y)?;
         match method {
             DirectionMethod::MassMean => orient(x, y, &mp - &mn, method),

@@ -10,7 +10,22 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import StorageError
+from ..errors import InvalidArgumentError, StorageError
+
+
+def int_arg(value: Any, name: str, minimum: int) -> int:
+    """An integer argument of an experiment; bool, float and str are refused with a message
+    (instead of a TypeError from a comparison deep inside, or silent truncation)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InvalidArgumentError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def text_arg(value: Any, name: str) -> str:
+    """A non-empty string argument."""
+    if not isinstance(value, str) or not value:
+        raise InvalidArgumentError(f"{name} must be a non-empty string, got {value!r}")
+    return value
 
 
 def to_jsonable(value: Any) -> Any:

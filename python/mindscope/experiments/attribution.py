@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import plotting
 from ..errors import InvalidArgumentError
-from ._result import ExperimentResult
+from ._result import ExperimentResult, int_arg, text_arg
 
 ABLATIONS = ("delete", "replace", "zero", "mean")
 UNITS = ("token", "word", "window")
@@ -161,7 +161,12 @@ def attribution(
     if ablation not in ABLATIONS:
         raise InvalidArgumentError(f"ablation '{ablation}' is not known; allowed: {', '.join(ABLATIONS)}")
     if not isinstance(prompt, str) or not prompt:
-        raise InvalidArgumentError("the prompt is empty")
+        raise InvalidArgumentError(f"the prompt must be a non-empty string, got {prompt!r}")
+    if target is not None and not isinstance(target, str):
+        raise InvalidArgumentError(f"target must be a string or None, got {target!r}")
+    text_arg(replace_with, "replace_with")
+    window = int_arg(window, "window", 1)
+    batch_size = int_arg(batch_size, "batch_size", 1)
     if getattr(model, "is_encoder", False):
         return _encoder_attribution(model, prompt, target, ablation, replace_with, unit, window, batch_size)
     ids = model.to_tokens(prompt)

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import plotting
 from ..errors import InvalidArgumentError, ShapeError
-from ._result import ExperimentResult
+from ._result import ExperimentResult, int_arg
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -72,9 +72,10 @@ def logit_lens(model: Any, prompt: str, target: str | None = None, k: int = 5) -
     """Apply the final norm + unembedding to ``blocks.{i}.hook_resid_post`` at every position.
     ``target`` (one token, e.g. ``" Paris"``) defaults to the model's final top-1 prediction."""
     if not isinstance(prompt, str) or not prompt:
-        raise InvalidArgumentError("the prompt is empty")
-    if k < 1:
-        raise InvalidArgumentError(f"k must be at least 1, got {k}")
+        raise InvalidArgumentError(f"the prompt must be a non-empty string, got {prompt!r}")
+    if target is not None and not isinstance(target, str):
+        raise InvalidArgumentError(f"target must be a string or None, got {target!r}")
+    k = int_arg(k, "k", 1)
     ids = model.to_tokens(prompt)
     _, cache = model.run_with_cache([ids], names="blocks.*.hook_resid_post", positions="all", return_logits=False)
     resid = np.stack([cache[f"blocks.{i}.hook_resid_post"][0] for i in range(model.n_layers)])
@@ -163,6 +164,12 @@ def confidence(model: Any, prompts: Sequence[str], answers: Sequence[str], n_bin
                batch_size: int = 32) -> ConfidenceResult:
     """Score the model's next-token answer to each prompt against the known answer's first
     token (e.g. ``"The capital of France is"`` -> ``" Paris"``)."""
+    n_bins = int_arg(n_bins, "n_bins", 1)
+    batch_size = int_arg(batch_size, "batch_size", 1)
+    if isinstance(prompts, str) or isinstance(answers, str):
+        raise InvalidArgumentError("prompts and answers must be lists of strings, not a single string")
+    if not all(isinstance(t, str) for t in [*prompts, *answers]):
+        raise InvalidArgumentError("prompts and answers must be lists of strings")
     if len(prompts) != len(answers) or not prompts:
         raise ShapeError(f"need equally many prompts and answers (got {len(prompts)} and {len(answers)}), at least one")
     answer_ids = []

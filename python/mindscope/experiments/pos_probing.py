@@ -15,7 +15,7 @@ from .. import plotting
 from ..analysis import LogisticProbe, control_task_labels, map_parallel, train_test_split_indices
 from ..datasets import Sentence
 from ..errors import DataError, InvalidArgumentError
-from ._result import ExperimentResult
+from ._result import ExperimentResult, int_arg
 
 
 @dataclass
@@ -131,6 +131,11 @@ def pos_probing(
     accuracy minus control accuracy on the held-out words. With ``random_baseline``, the same
     probe also runs on a fixed random projection of the embeddings.
     """
+    seed = int_arg(seed, "seed", 0)
+    max_iter = int_arg(max_iter, "max_iter", 1)
+    batch_size = int_arg(batch_size, "batch_size", 1)
+    if isinstance(sentences, (str, bytes)) or not all(isinstance(s, Sentence) for s in sentences):
+        raise InvalidArgumentError("sentences must be a list of Sentence (from ms.datasets.ud_pos)")
     chosen = model.check_layers(range(0, model.n_layers, 3) if layers is None else layers)
     sites = ["hook_embed"] + [f"blocks.{i}.hook_resid_post" for i in chosen]
     data = word_activations(model, sentences, sites, batch_size)

@@ -5,6 +5,7 @@ Burns et al. 2022, CCS), evaluated per layer, across datasets, and causally."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from ..analysis import PCA, TruthDirection, auroc, map_parallel, train_test_spli
 from ..datasets import Statements, city_statements
 from ..errors import DataError, InvalidArgumentError, StorageError
 from ..hooks import Intervention
-from ._result import ExperimentResult, write_json_atomic
+from ._result import ExperimentResult, int_arg, write_json_atomic
 
 METHODS = ("mass_mean", "logistic", "lat", "ccs")
 QUESTION = "Is the following statement true or false?\nStatement: {statement}\nAnswer (True or False):"
@@ -157,6 +158,11 @@ def truth_experiment(
     direction is added to the residual stream at the best of the first 60% of layers while the
     model answers "True or False?" for ``causal_n`` held-out statements.
     """
+    seed = int_arg(seed, "seed", 0)
+    causal_n = int_arg(causal_n, "causal_n", 1)
+    batch_size = int_arg(batch_size, "batch_size", 1)
+    if isinstance(methods, str):
+        methods = [methods]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise InvalidArgumentError(f"methods {unknown or '[]'} are not known; allowed: {', '.join(METHODS)}")
@@ -272,6 +278,9 @@ class LieDetector:
         then refitted on all statements."""
         if method not in METHODS:
             raise InvalidArgumentError(f"method '{method}' is not known; allowed: {', '.join(METHODS)}")
+        seed = int_arg(seed, "seed", 0)
+        if layer is not None:
+            layer = int_arg(layer, "layer", 0)
         s = statements if statements is not None else city_statements(n_cities=n_cities, seed=seed, negations=True)
         _check_balanced(s)
         layers = model.check_layers(None if layer is None else [layer])
@@ -311,23 +320,70 @@ class LieDetector:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], model: Any) -> LieDetector:
-        """Read a saved detector for ``model``; refuses one fitted on a different model."""
+        """Read a saved detector for ``model``; refuses one fitted on a different model. A file
+        that is not a detector (not UTF-8 JSON, not an object, a missing key, a value of the
+        wrong type) is a :class:`DataError` naming the file and the problem."""
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError as e:
             raise StorageError(f"{path} does not exist") from e
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path} is not a saved lie detector: not UTF-8 text (byte {e.start})") from None
         except (OSError, json.JSONDecodeError) as e:
             raise DataError(f"{path} is not a saved lie detector: {e}") from e
+        if not isinstance(data, dict):
+            raise DataError(f"{path} is not a saved lie detector: the JSON is a {type(data).__name__}, "
+                            "not an object")
         if data.get("format") != "mindscope.lie_detector/1":
-            raise DataError(f"{path} is not a saved lie detector (format {data.get('format')!r})")
+            raise DataError(f"{path} is not a saved lie detector (format {data.get('format')!r}, "
+                            "expected 'mindscope.lie_detector/1')")
+        fields = _detector_fields(path, data)
         mine = cls.model_fingerprint(model)
-        if data["model"] != mine:
-            raise InvalidArgumentError(f"{path} was fitted on model {data['model']}, not on this one ({mine}); "
+        if fields["model"] != mine:
+            raise InvalidArgumentError(f"{path} was fitted on model {fields['model']}, not on this one ({mine}); "
                                        "fit a detector for this model")
-        return cls(model, int(data["layer"]), np.asarray(data["direction"]), float(data["threshold"]),
-                   data["method"], data["model"], data.get("metrics"))
+        if len(fields["direction"]) != mine["d_model"] or not 0 <= fields["layer"] < mine["n_layers"]:
+            raise DataError(f"{path}: layer {fields['layer']} / a direction of {len(fields['direction'])} values "
+                            f"does not fit this model ({mine['n_layers']} layers, d_model {mine['d_model']})")
+        return cls(model, fields["layer"], fields["direction"], fields["threshold"], fields["method"],
+                   fields["model"], fields["metrics"])
 
     def __repr__(self) -> str:
         acc = self.metrics.get("held_out_accuracy")
         return (f"LieDetector(model={self.fingerprint['name']!r}, layer={self.layer}, method={self.method!r}"
                 + (f", held_out_accuracy={acc:.3f})" if acc is not None else ")"))
+
+
+def _detector_fields(path: str | os.PathLike[str], data: dict[str, Any]) -> dict[str, Any]:
+    """The typed fields of a saved detector; a missing key or a wrong type is a DataError that
+    says which key and what it should hold."""
+    def fail(key: str, want: str) -> DataError:
+        got = "missing" if key not in data else f"{type(data[key]).__name__} {data[key]!r:.60}"
+        return DataError(f"{path} is not a valid saved lie detector: '{key}' must be {want}, got {got}")
+
+    def number(v: Any) -> bool:
+        try:  # float() of a 400-digit JSON integer overflows
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+        except OverflowError:
+            return False
+
+    layer = data.get("layer")
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise fail("layer", "an integer")
+    method = data.get("method")
+    if method not in METHODS:
+        raise fail("method", f"one of {', '.join(METHODS)}")
+    threshold = data.get("threshold")
+    if not number(threshold):
+        raise fail("threshold", "a finite number")
+    direction = data.get("direction")
+    if not isinstance(direction, list) or not direction or not all(number(v) for v in direction):
+        raise fail("direction", "a non-empty list of finite numbers")
+    model = data.get("model")
+    if not isinstance(model, dict):
+        raise fail("model", "an object (the model fingerprint)")
+    metrics = data.get("metrics", {})
+    if metrics is not None and not isinstance(metrics, dict):
+        raise fail("metrics", "an object")
+    return {"layer": layer, "method": method, "threshold": float(threshold),
+            "direction": np.asarray(direction, dtype=np.float64), "model": model, "metrics": metrics}

@@ -15,7 +15,7 @@ from ..analysis import PCA, RidgeProbe, map_parallel, great_circle_km, kfold_ind
 from ..datasets import Cities, world_cities
 from ..errors import InvalidArgumentError
 from ..hooks import PerPrompt
-from ._result import ExperimentResult
+from ._result import ExperimentResult, int_arg, text_arg
 
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-1, 4, 11))
 
@@ -144,6 +144,12 @@ def world_map(
     with out-of-fold predictions from a 5-fold random split.
     """
     cities = world_cities() if cities is None else cities
+    if not isinstance(cities, Cities):
+        raise InvalidArgumentError(f"cities must be a Cities table (ms.world_cities()), got {type(cities).__name__}")
+    text_arg(template, "template")
+    seed = int_arg(seed, "seed", 0)
+    holdout_min_cities = int_arg(holdout_min_cities, "holdout_min_cities", 2)
+    batch_size = int_arg(batch_size, "batch_size", 1)
     if len(cities) < 10:
         raise InvalidArgumentError(f"need at least 10 cities, got {len(cities)}")
     chosen = model.check_layers(layers)
