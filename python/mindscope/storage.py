@@ -234,8 +234,9 @@ def dump(model: Any, texts: str | os.PathLike[str] | Sequence[str], path: str | 
         raise InvalidArgumentError(f"dtype must be 'float16' or 'float32', got {dtype!r}")
     if format not in FILE_FORMATS:
         raise InvalidArgumentError(f"format must be one of {', '.join(FILE_FORMATS)}, got {format!r}")
-    if part_size < 1 or batch_size < 1:
-        raise InvalidArgumentError("part_size and batch_size must be at least 1")
+    for key, value in (("part_size", part_size), ("batch_size", batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InvalidArgumentError(f"{key} must be an integer of at least 1, got {value!r}")
     prompts = read_texts(texts, column, skip_bad_lines)
     if not prompts:
         raise DataError("the corpus is empty: no prompts to dump")

@@ -363,3 +363,9 @@ def test_a_tokenizer_larger_than_the_vocabulary_is_refused(tmp_path):
     (folder / "tokenizer.json").write_text(json.dumps(tok))
     with pytest.raises(ms.ModelFormatError, match=f"tokenizer has {vocab + 1} tokens .* is {vocab}"):
         ms.load_model(folder)
+
+
+@pytest.mark.parametrize("kwargs", [{"batch_size": 2.5}, {"part_size": "10"}, {"part_size": 0}, {"batch_size": True}])
+def test_dump_sizes_must_be_positive_integers(model, tmp_path, kwargs):
+    with pytest.raises(errors.InvalidArgumentError, match="must be an integer of at least 1"):
+        model.dump(TEXTS, tmp_path / "d", names=HOOK, quiet=True, **kwargs)
