@@ -351,8 +351,9 @@ class CorpusStats(Mapping[str, dict[str, np.ndarray]]):
         bins, range: ``bins`` equal bins over ``range=(low, high)`` for ``"hist"`` (required then);
             values outside go to the underflow / overflow counts.
         direction_range: the histogram range of the direction projections (default ``range``).
-        directions: ``{name: [d] vector}``; rows are projected (``rows @ vector``) and each
-            direction gets a histogram and top-k like a neuron.
+        directions: ``{name: [d] vector}``; rows of the hooks of width ``d`` are projected
+            (``rows @ vector``) and each direction gets a histogram and top-k like a neuron (hooks
+            of another width get none; no hook of width ``d`` is a :class:`ShapeError`).
         neurons: collect per-neuron histograms / top-k (``False``: directions only).
         window: tokens kept ``(before, after)`` each top-k hit, for :meth:`topk_table`.
         model_name: recorded so that states of different models refuse to merge.
@@ -419,6 +420,10 @@ class CorpusStats(Mapping[str, dict[str, np.ndarray]]):
                                            "with a [batch, pos, ...] layout")
             X, j, pos = _rows(np.asarray(arr), lengths, self.options.positions, hook)
             self._update_hook(hook, X, first + j, pos, tok, lengths, j)
+        dirs = self.options.directions
+        if dirs is not None and self._hooks and not any(s.width == dirs.shape[0] for s in self._hooks.values()):
+            raise ShapeError(f"the directions have {dirs.shape[0]} entries but no hook has that width "
+                             f"({', '.join(f'{h}: {s.width}' for h, s in self._hooks.items())})")
         return self
 
     def _add_range(self, lo: int, hi: int) -> None:
@@ -446,7 +451,7 @@ class CorpusStats(Mapping[str, dict[str, np.ndarray]]):
             if "cov" in opts.stats:
                 centred = X - batch.mean
                 batch.m2 = centred.T @ centred
-        proj = X @ opts.directions if opts.directions is not None else None
+        proj = X @ opts.directions if self._projects(width) else None
         if "hist" in opts.stats:
             batch.hist = _hist_counts(X, opts.edges) if opts.neurons else None
             batch.direction_hist = _hist_counts(proj, opts.direction_edges) if proj is not None else None
@@ -462,12 +467,15 @@ class CorpusStats(Mapping[str, dict[str, np.ndarray]]):
             raise InvalidArgumentError(
                 f"{hook} has width {width}: its covariance would need {width * width * 8 / 2**30:.1f} GiB per state; "
                 f"'cov' is refused above width {MAX_COV_WIDTH}. Use 'mean', 'hist' or 'topk', or directions")
-        if opts.directions is not None and opts.directions.shape[0] != width:
-            raise ShapeError(f"{hook} has width {width} but the directions have {opts.directions.shape[0]} entries")
+
+    def _projects(self, width: int) -> bool:
+        """Directions apply to the hooks of their width (e.g. a d_model probe direction to the
+        residual stream, not to mlp.hook_post); the others get no direction_* statistics."""
+        return self.options.directions is not None and self.options.directions.shape[0] == width
 
     def _empty_hook(self, width: int) -> _HookState:
         opts = self.options
-        n_dirs = len(opts.direction_names)
+        n_dirs = len(opts.direction_names) if self._projects(width) else 0
         w = sum(opts.window) + 1
         s = _HookState(width)
         if "hist" in opts.stats:
@@ -564,7 +572,7 @@ class CorpusStats(Mapping[str, dict[str, np.ndarray]]):
                 out[prefix + "topk_prompt"] = top.prompt.copy()
                 out[prefix + "topk_position"] = top.position.copy()
                 out[prefix + "topk_tokens"] = top.window.copy()
-        if opts.direction_names:
+        if self._projects(s.width):
             out["direction_names"] = np.array(opts.direction_names)
         return out
 
@@ -619,6 +627,9 @@ class CorpusStats(Mapping[str, dict[str, np.ndarray]]):
             if unit not in self.options.direction_names:
                 raise InvalidArgumentError(f"no direction {unit!r}; directions: "
                                            f"{', '.join(self.options.direction_names) or 'none'}")
+            if s.direction_top is None:
+                raise InvalidArgumentError(f"{hook} (width {s.width}) has no direction statistics: the directions "
+                                           f"have {self.options.directions.shape[0]} entries")  # type: ignore[union-attr]
             top, row, label = s.direction_top, self.options.direction_names.index(unit), f"direction {unit!r}"
         else:
             if not self.options.neurons:
@@ -813,7 +824,7 @@ class TopKTable(list):
         e = html.escape
         body = "".join(
             f"<tr><td>{r['rank']}</td><td>{r['value']:.4g}</td><td>{r['prompt_id']}</td><td>{r['position']}</td>"
-            f"<td style='text-align:left;white-space:pre-wrap'>{e(r['before'])}<mark><b>{e(r['token'])}</b></mark>"
+            f"<td style='text-align:left;white-space:pre-wrap'>{e(r['before'])}<mark style='font-weight:bold'>{e(r['token'])}</mark>"
             f"{e(r['after'])}</td></tr>" for r in self)
         return (f"<table class='mindscope-topk'><caption>{e(self.title)}</caption><thead><tr><th>rank</th>"
                 f"<th>value</th><th>prompt</th><th>position</th><th>context</th></tr></thead><tbody>{body}"
