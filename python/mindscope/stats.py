@@ -392,6 +392,16 @@ class CorpusStats(Mapping[str, dict[str, np.ndarray]]):
     def __len__(self) -> int:
         return len(self._hooks)
 
+    def __contains__(self, hook: object) -> bool:
+        return hook in self._hooks
+
+    # Mapping would compare results (numpy arrays, which have no truth value): states compare
+    # by identity; compare ``result()`` arrays to compare contents.
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    __hash__ = object.__hash__
+
     @property
     def hooks(self) -> list[str]:
         return list(self._hooks)
@@ -745,10 +755,10 @@ class CorpusStats(Mapping[str, dict[str, np.ndarray]]):
     def _load_hook(self, arrays: dict[str, np.ndarray], key: str, width: int, count: int) -> _HookState:
         """One hook's arrays, checked against the shapes the options imply (popped from ``arrays``)."""
         opts = self.options
+        if count < 1 or width < 1:
+            raise DataError(f"{key}: count {count} / width {width} out of range")
         expected = self._empty_hook(width)
         kk = min(opts.k, count)
-        if count < 0 or width < 1:
-            raise DataError(f"{key}: count {count} / width {width} out of range")
         s = _HookState(width, count)
 
         def take(name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -874,6 +884,9 @@ def _model_spec(model: Any) -> str:
             return model.name
         except (MindscopeError, OSError):
             pass
+        files = model._weight_files  # a model loaded from a path: its one file or folder
+        if len(files) == 1 and os.path.exists(files[0]):
+            return files[0]
     raise InvalidArgumentError('engine="ray" loads the model on each worker: pass its name or path '
                                f'(e.g. "smollm2-135m"), not {type(model).__name__} {getattr(model, "name", "")!r}')
 

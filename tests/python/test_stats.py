@@ -205,6 +205,16 @@ def test_last_positions_match_run_with_cache(model):
     np.testing.assert_array_equal(r["topk_position"], position)
 
 
+def test_model_by_name_and_mapping_behaviour(model, full):
+    by_name = ms.corpus_stats("smollm2-135m", TEXTS[:3], names=RESID, stats="mean", progress=False)
+    by_model = ms.corpus_stats(model, TEXTS[:3], names=RESID, stats="mean", progress=False)
+    np.testing.assert_array_equal(by_name[RESID]["mean"], by_model[RESID]["mean"])
+    assert RESID in full and "blocks.9.hook_resid_post" not in full and list(full) == HOOKS and len(full) == 2
+    assert full == full and full != by_model
+    with pytest.raises(KeyError, match="no statistics"):
+        full["blocks.9.hook_resid_post"]
+
+
 def test_pca_from_covariance_matches_scikit_learn_and_mindscope(full, dumped):
     from sklearn.decomposition import PCA as SkPCA
 
