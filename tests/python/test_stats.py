@@ -122,6 +122,22 @@ def test_directions_histogram_and_topk(full, dumped, directions):
     np.testing.assert_allclose(r["direction_topk_value"], value, rtol=1e-12)
     np.testing.assert_array_equal(r["direction_topk_prompt"], prompt)
     np.testing.assert_array_equal(r["direction_topk_position"], position)
+    # A d_model direction does not apply to mlp.hook_post (width d_mlp): no direction statistics there.
+    assert not any(key.startswith("direction") for key in full[MLP])
+    with pytest.raises(ms.InvalidArgumentError, match="no direction statistics"):
+        full.topk_table(MLP, "truth")
+
+
+def test_directions_only(model, directions):
+    s = ms.corpus_stats(model, TEXTS[:12], names=RESID, stats=["hist", "topk"], range=(-50, 50), k=3,
+                        neurons=False, directions=directions, batch_size=BATCH, progress=False)
+    r = s[RESID]
+    assert "hist" not in r and "topk_value" not in r
+    assert r["direction_hist"].shape == (2, 100) and r["direction_topk_value"].shape == (2, 3)
+    assert r["direction_names"].tolist() == ["truth", "other <dir>"]
+    assert "&lt;dir&gt;" in s.topk_table(RESID, "other <dir>")._repr_html_()
+    with pytest.raises(ms.InvalidArgumentError, match="neurons=False"):
+        s.topk_table(RESID, 0)
 
 
 @pytest.fixture(scope="module")
