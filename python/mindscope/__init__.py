@@ -23,7 +23,7 @@ import os as _os
 # set wins.
 _os.environ.setdefault("CANDLE_NUM_THREADS", "1")
 
-from . import analysis, backend, datasets, errors, experiments, plotting, storage
+from . import analysis, backend, datasets, errors, experiments, plotting, stats, storage
 from ._native import __version__
 from .errors import *  # noqa: F401,F403  (typed exceptions at the top level)
 from .hooks import ActivationCache, Intervention, PerPrompt
@@ -38,6 +38,7 @@ from .experiments import (
     world_map,
 )
 from .registry import DEFAULT_MODEL, list_models
+from .stats import CorpusStats, corpus_stats
 from .storage import Dump, load_dump
 
 __all__ = [
@@ -48,7 +49,10 @@ __all__ = [
     "errors",
     "experiments",
     "plotting",
+    "stats",
     "storage",
+    "CorpusStats",
+    "corpus_stats",
     "Dump",
     "load_dump",
     "LieDetector",
