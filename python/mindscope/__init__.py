@@ -23,7 +23,7 @@ import os as _os
 # set wins.
 _os.environ.setdefault("CANDLE_NUM_THREADS", "1")
 
-from . import analysis, backend, datasets, errors, experiments, plotting, storage
+from . import analysis, backend, datasets, distributed, errors, experiments, plotting, storage
 from ._native import __version__
 from .errors import *  # noqa: F401,F403  (typed exceptions at the top level)
 from .hooks import ActivationCache, Intervention, PerPrompt
@@ -39,6 +39,7 @@ from .experiments import (
 )
 from .registry import DEFAULT_MODEL, list_models
 from .storage import Dump, load_dump
+from .distributed import WorkerError, extract, map_blocks
 
 __all__ = [
     "__version__",
@@ -49,6 +50,10 @@ __all__ = [
     "experiments",
     "plotting",
     "storage",
+    "distributed",
+    "extract",
+    "map_blocks",
+    "WorkerError",
     "Dump",
     "load_dump",
     "LieDetector",
