@@ -3,7 +3,7 @@
 cluster on 127.0.0.1 (``ray start --head`` then ``ray start --address``, each node with 1 CPU of
 its own). The script starts and stops the clusters itself. Usage:
 
-    python bench/bench_extract.py [--prompts 2048] [--part-size 128] [--out /tmp/ms-bench-extract]
+    python bench/bench_extract.py [--prompts 768] [--part-size 64] [--out /tmp/ms-bench-extract]
 
 Each run is a fresh driver process (as a user's CLI call would be) timing ``ms.extract`` itself:
 corpus reading, the driver's model load (for the manifest), actor start-up and model loads,
@@ -34,7 +34,9 @@ DRIVER = textwrap.dedent(
     d = ms.extract("smollm2-135m", corpus, out, part_size=int(part_size), quiet=True, overwrite=True,
                    engine=engine, ray_address=address or None, workers=int(workers),
                    threads=int(threads) if threads != "-" else None)
-    print(json.dumps({"seconds": time.perf_counter() - t, "rows": d.n_rows}))
+    seconds = time.perf_counter() - t
+    # positions="last": a row's position + 1 is its prompt's length in tokens.
+    print(json.dumps({"seconds": seconds, "rows": d.n_rows, "tokens": int((d.position.astype("int64") + 1).sum())}))
     """
 )
 
@@ -142,8 +144,8 @@ class Cluster:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prompts", type=int, default=2048)
-    ap.add_argument("--part-size", type=int, default=128)
+    ap.add_argument("--prompts", type=int, default=768)
+    ap.add_argument("--part-size", type=int, default=64)
     ap.add_argument("--port", type=int, default=6390, help="the head's GCS port on 127.0.0.1")
     ap.add_argument("--out", default="/tmp/ms-bench-extract")
     args = ap.parse_args()
@@ -155,10 +157,11 @@ def main() -> None:
 
     def record(label: str, result: dict[str, float]) -> None:
         rows.append((label, result))
-        print(f"  {label}: {result['rows'] / result['seconds']:.1f} rows/s ({result['seconds']:.1f} s, "
-              f"load {result['load']:.2f})", flush=True)
+        print(f"  {label}: {result['rows'] / result['seconds']:.1f} rows/s, {result['tokens'] / result['seconds']:.0f} "
+              f"tokens/s ({result['seconds']:.1f} s, load {result['load']:.2f})", flush=True)
 
-    print(f"{args.prompts} prompts, parts of {args.part_size}, {os.cpu_count()} cores", flush=True)
+    print(f"{args.prompts} prompts, parts of {args.part_size}, {os.cpu_count()} cores, load average before: "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     record("local, in-process (2 threads)", run(text, base / "local", "local", "", 1, None, args.part_size,
                                                  {"RAYON_NUM_THREADS": "2"}))
     cluster = Cluster(args.port)
@@ -175,9 +178,12 @@ def main() -> None:
                run(text, base / "r2n", "ray", a, 2, 1, args.part_size, LOOPBACK))
     finally:
         cluster.stop()
-    print(f"\n| run | rows/s | seconds | load average (1 min) |\n|---|---:|---:|---:|")
+    print("\n| run | rows/s | tokens/s | seconds | load average (1 min) |\n|---|---:|---:|---:|---:|")
     for label, r in rows:
-        print(f"| {label} | {r['rows'] / r['seconds']:.1f} | {r['seconds']:.1f} | {r['load']:.2f} |")
+        print(f"| {label} | {r['rows'] / r['seconds']:.1f} | {r['tokens'] / r['seconds']:.0f} | {r['seconds']:.1f} "
+              f"| {r['load']:.2f} |")
+    print(f"\n{rows[0][1]['rows']} rows = {rows[0][1]['tokens']} tokens; load average at the end: "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":

@@ -144,6 +144,19 @@ def _check_blocks(blocks: Sequence[tuple[int, int]], n_texts: int | None) -> lis
     return out
 
 
+def _check_engine(engine: str, workers: int, threads: int | None) -> None:
+    """Raise :class:`InvalidArgumentError` for an engine setting that cannot be honoured."""
+    if engine not in ENGINES:
+        raise InvalidArgumentError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    for key, value in (("workers", workers), ("threads", 1 if threads is None else threads)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InvalidArgumentError(f"{key} must be an integer of at least 1, got {value!r}")
+    if engine == "local" and threads is not None:
+        # The core's thread pool is sized once per process, when it first runs.
+        raise InvalidArgumentError("threads is for engine='ray'; in-process, set RAYON_NUM_THREADS before "
+                                   "importing mindscope")
+
+
 def _model_spec(spec: str | os.PathLike[str]) -> str:
     """A model name, or an existing file/folder made absolute (Ray workers may run elsewhere)."""
     s = os.fspath(spec)
@@ -191,11 +204,7 @@ def map_blocks(model_spec: str | os.PathLike[str], blocks: Sequence[tuple[int, i
         InvalidArgumentError: bad arguments, or Ray Data not installed (says how to install it).
     KeyboardInterrupt stops the workers (Ray: the pipeline and its actors are torn down).
     """
-    if engine not in ENGINES:
-        raise InvalidArgumentError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    for key, value in (("workers", workers), ("threads", 1 if threads is None else threads)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise InvalidArgumentError(f"{key} must be an integer of at least 1, got {value!r}")
+    _check_engine(engine, workers, threads)
     if texts is None and corpus is None:
         raise InvalidArgumentError("give the prompts (texts) or a corpus path every worker can read (corpus)")
     if texts is not None and not isinstance(texts, list):
@@ -204,9 +213,6 @@ def map_blocks(model_spec: str | os.PathLike[str], blocks: Sequence[tuple[int, i
     spec = _model_spec(model_spec)
     corpus_path = None if corpus is None else os.path.abspath(os.fspath(corpus))
     if engine == "local":
-        if threads is not None:
-            raise InvalidArgumentError("threads is for engine='ray'; in-process, set RAYON_NUM_THREADS before "
-                                       "importing mindscope")
         return _run_local(spec, checked, texts, fn, corpus_path, progress)
     ray = import_ray()
     return _run_ray(ray, spec, checked, texts, fn, corpus_path, ray_address, workers, threads or 1, progress)
@@ -299,7 +305,11 @@ def _connect(ray: Any, address: str | None) -> bool:
 
 
 def _quiet_ray_data(ray: Any) -> None:
-    """Our bar replaces Ray Data's (one per operator, and noisy in notebooks)."""
+    """Our bar replaces Ray Data's (one per operator, and noisy in notebooks); its INFO lines
+    (execution plan, "execution finished") would interleave with it."""
+    import logging
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     ctx = ray.data.DataContext.get_current()
     for key, value in (("enable_progress_bars", False), ("print_on_execution_start", False),
                        ("enable_auto_log_stats", False), ("verbose_stats_logs", False)):
@@ -379,6 +389,7 @@ def extract(model_spec: str | os.PathLike[str], corpus: str | os.PathLike[str] |
     from .model import load_model
 
     storage.check_dump_args(positions, dtype, format, part_size, batch_size)
+    _check_engine(engine, workers, threads)
     if engine == "ray":
         import_ray()  # before reading a large corpus: fail in a second if Ray is missing
     prompts = storage.read_texts(corpus, column, skip_bad_lines)

@@ -125,6 +125,47 @@ def test_local_map_blocks_errors_name_the_prompt_range():
         ms.map_blocks("smollm2-135m", [(0, 99)], TEXTS, fn)
 
 
+def test_progress_bar_shows_rate_and_eta_on_a_terminal_and_in_jupyter(monkeypatch):
+    import io
+    import types
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Tty())
+    bar = distributed._Bar(100, on=True)
+    bar.t0 -= 2.0  # as if 2 s had passed
+    bar.update(40)
+    bar.close()
+    line = sys.stderr.getvalue()
+    assert line.startswith("\r[") and "40/100 prompts" in line and "/s ETA " in line and line.endswith("\n")
+    eta = float(line.split("ETA ")[1].split("s")[0])
+    assert 2.0 <= eta <= 3.2  # 60 prompts left at ~20/s
+
+    # Jupyter: one display, updated in place (IPython display handles; no widget library).
+    shown: list[str] = []
+
+    class Handle:
+        def update(self, text):
+            shown.append(text)
+
+    class ZMQInteractiveShell:
+        pass
+
+    ipython = types.ModuleType("IPython")
+    ipython.get_ipython = lambda: ZMQInteractiveShell()
+    display_mod = types.ModuleType("IPython.display")
+    display_mod.display = lambda text, display_id: shown.append(text) or Handle()
+    monkeypatch.setitem(sys.modules, "IPython", ipython)
+    monkeypatch.setitem(sys.modules, "IPython.display", display_mod)
+    bar = distributed._Bar(10, on=True)
+    bar.update(5)
+    bar.update(5)
+    assert len(shown) == 3 and "10/10 prompts" in shown[-1] and "ETA 0s" in shown[-1]
+    assert distributed._Bar(10, on=False).handle is None
+
+
 def test_engine_ray_without_ray_says_how_to_install(monkeypatch, tmp_path):
     # None in sys.modules makes `import ray` raise ImportError, as if it were not installed.
     monkeypatch.setitem(sys.modules, "ray", None)
@@ -148,6 +189,14 @@ def test_ray_extract_matches_a_local_run_of_the_same_corpus(ray_local, tmp_path)
     ms.load_dump(tmp_path / "ray", verify=True)
     assert [p["index"] for p in d.metadata["parts"]] == [0, 1, 2, 3, 4]
     assert not [f for f in os.listdir(tmp_path / "ray") if f.startswith(".")]  # no temporary files left
+
+
+def test_ray_map_blocks_reads_a_shared_corpus_and_yields_each_block_once(ray_local, tmp_path):
+    corpus = write_corpus(tmp_path / "corpus", TEXTS)
+    blocks = [(0, 7), (7, 7), (7, 16), (16, 23)]
+    got = dict(ms.map_blocks("smollm2-135m", blocks, None, lambda m, texts, first: (first, texts), corpus=corpus,
+                             engine="ray", workers=2, threads=1, progress=False))
+    assert got == {i: (lo, TEXTS[lo:hi]) for i, (lo, hi) in enumerate(blocks)}
 
 
 def test_ray_errors_name_the_prompt_range(ray_local):
@@ -235,3 +284,41 @@ def test_killed_driver_then_resume_computes_only_missing_parts(ray_local, tmp_pa
     full = ms.extract("smollm2-135m", corpus, tmp_path / "full", names="blocks.3.hook_resid_post", part_size=4,
                       batch_size=1, quiet=True, engine="ray", workers=2, threads=1)
     assert_same_rows(full, d)
+
+
+def test_ctrl_c_stops_the_ray_job_and_frees_its_actors(ray_local, tmp_path):
+    import ray
+
+    started = tmp_path / "started"
+    code = f"""
+import time, mindscope as ms
+def slow(model, texts, first):
+    open({str(started)!r}, "a").close()
+    time.sleep(120)
+try:
+    for _ in ms.map_blocks("smollm2-135m", [(0, 5), (5, 10)], {TEXTS!r}, slow, engine="ray",
+                           ray_address={ray_local!r}, workers=2, threads=1, progress=False):
+        pass
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+    driver = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not started.exists():
+            assert driver.poll() is None, driver.stderr.read()[-2000:]
+            assert time.monotonic() < deadline, "no block started in 90 s"
+            time.sleep(0.2)
+        assert ray.available_resources().get("CPU", 0) < 2  # the actors hold the cores
+        t0 = time.monotonic()
+        driver.send_signal(signal.SIGINT)
+        out, err = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert "interrupted" in out, err[-2000:]
+    assert time.monotonic() - t0 < 30  # not after the 120 s blocks
+    deadline = time.monotonic() + 30
+    while ray.available_resources().get("CPU", 0) < 2:  # the actors are gone with the job
+        assert time.monotonic() < deadline, f"actors still hold CPUs: {ray.available_resources()}"
+        time.sleep(0.5)
