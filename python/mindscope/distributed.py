@@ -339,11 +339,15 @@ def _run_ray(ray: Any, spec: str, blocks: list[tuple[int, int]], texts: list[str
             fn_constructor_kwargs={"model_spec": spec, "fn": fn, "corpus": corpus},
             runtime_env={"env_vars": _thread_env(threads)})
         rows = iter(ds.iter_rows())
+        seen: set[int] = set()
         for row in rows:
             status, i, value = pickle.loads(row["result"])
             if status == "error":
                 lo, hi, what, tb, cause_bytes = value
                 raise _failure(i, lo, hi, what, tb, cloudpickle.loads(cause_bytes) if cause_bytes else None)
+            if i in seen:  # a block's output recomputed by Ray (lineage reconstruction): once only
+                continue
+            seen.add(i)
             bar.update(blocks[i][1] - blocks[i][0])
             yield i, value
     finally:
