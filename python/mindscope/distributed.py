@@ -331,6 +331,7 @@ def _run_ray(ray: Any, spec: str, blocks: list[tuple[int, int]], texts: list[str
         _quiet_ray_data(ray)
         if not blocks:
             return
+        workers = min(workers, len(blocks))  # an actor without a block would only load a model
         items = [{"payload": pickle.dumps((i, lo, hi, None if texts is None else texts[lo:hi]))}
                  for i, (lo, hi) in enumerate(blocks)]
         ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
