@@ -23,7 +23,7 @@ import os as _os
 # set wins.
 _os.environ.setdefault("CANDLE_NUM_THREADS", "1")
 
-from . import analysis, backend, datasets, errors, experiments, plotting, stats, storage
+from . import analysis, backend, datasets, distributed, errors, experiments, plotting, stats, storage
 from ._native import __version__
 from .errors import *  # noqa: F401,F403  (typed exceptions at the top level)
 from .hooks import ActivationCache, Intervention, PerPrompt
@@ -40,6 +40,7 @@ from .experiments import (
 from .registry import DEFAULT_MODEL, list_models
 from .stats import CorpusStats, corpus_stats
 from .storage import Dump, load_dump
+from .distributed import extract, map_blocks
 
 __all__ = [
     "__version__",
@@ -53,6 +54,9 @@ __all__ = [
     "storage",
     "CorpusStats",
     "corpus_stats",
+    "distributed",
+    "extract",
+    "map_blocks",
     "Dump",
     "load_dump",
     "LieDetector",

@@ -260,16 +260,13 @@ def _cmd_tour(args: argparse.Namespace) -> int:
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
-    from .model import load_model
-    from .storage import read_texts
+    from .distributed import extract
 
-    # Read (and check) the prompts before loading the model: a bad file fails in a second.
-    texts = read_texts(args.input, column=args.column, skip_bad_lines=args.skip_bad_lines)
-    model = load_model(args.model)
-    d = model.dump(texts, args.out, names=args.names, positions=args.positions, dtype=args.dtype,
-                   batch_size=args.batch_size, part_size=args.part_size, resume=args.resume,
-                   overwrite=args.overwrite, quiet=args.quiet, column=args.column,
-                   skip_bad_lines=args.skip_bad_lines, format=args.format)
+    d = extract(args.model, args.input, args.out, names=args.names, positions=args.positions, dtype=args.dtype,
+                batch_size=args.batch_size, part_size=args.part_size, resume=args.resume,
+                overwrite=args.overwrite, quiet=args.quiet, column=args.column,
+                skip_bad_lines=args.skip_bad_lines, format=args.format, engine=args.engine,
+                ray_address=args.address, workers=args.workers, threads=args.threads)
     print(d)
     return 0
 
@@ -428,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
         e.set_defaults(func=_cmd_experiment)
 
     x = sub.add_parser("extract", help="stream activations over a corpus to an Arrow dump")
-    x.add_argument("input", help="prompts: .txt (one per line), .jsonl, .csv or .parquet")
+    x.add_argument("input", help="prompts: .txt (one per line), .jsonl, .csv or .parquet, or a folder of them "
+                                 "(read in name order)")
     x.add_argument("--out", required=True, help="dump folder")
     x.add_argument("--model", default="smollm2-135m", help="registered model name, Hub id or model path")
     x.add_argument("--names", default="blocks.*.hook_resid_post", help="hook name or glob")
@@ -444,6 +442,14 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--overwrite", action="store_true", help="replace an existing dump")
     x.add_argument("--skip-bad-lines", action="store_true", help="skip malformed input lines")
     x.add_argument("--quiet", action="store_true", help="no progress bar")
+    x.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local: in this process; ray: a Ray Data actor pool (pip install 'mindscope[ray]')")
+    x.add_argument("--address", default=None,
+                   help="Ray cluster to use (e.g. 127.0.0.1:6379, auto, ray://host:10001); default: a private "
+                        "local instance started for the run")
+    x.add_argument("--workers", type=POSITIVE, default=1, help="Ray actors, each with its own copy of the model")
+    x.add_argument("--threads", type=POSITIVE, default=None,
+                   help="cores per Ray actor (its num_cpus and thread pool); default 1")
     x.set_defaults(func=_cmd_extract)
 
     r = sub.add_parser("run", help="run an experiment from a TOML config")

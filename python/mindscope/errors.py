@@ -60,6 +60,17 @@ class ResourceError(MindscopeError, MemoryError):
     """A request would need more memory than the machine has; the message says how to ask for less."""
 
 
+class WorkerError(MindscopeError, RuntimeError):
+    """``fn`` (or loading the model) failed on a worker. ``block`` and ``prompt_range``
+    (``(lo, hi)``) say what it was working on, ``remote_traceback`` where it failed; the
+    original exception is the ``__cause__`` when it could be sent back."""
+
+    def __init__(self, message: str, block: int = -1, prompt_range: tuple[int, int] = (0, 0),
+                 remote_traceback: str = ""):
+        super().__init__(message)
+        self.block, self.prompt_range, self.remote_traceback = block, prompt_range, remote_traceback
+
+
 __all__ = [
     "MindscopeError",
     "InvalidArgumentError",
@@ -73,4 +84,5 @@ __all__ = [
     "ComputeError",
     "InternalError",
     "ResourceError",
+    "WorkerError",
 ]

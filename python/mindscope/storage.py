@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import time
+import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -46,7 +47,8 @@ _POSITIONS = ("last", "all")
 def read_texts(source: str | os.PathLike[str] | Sequence[str], column: str = "text",
                skip_bad_lines: bool = False) -> list[str]:
     """Prompts from a list, or from a file: ``.txt`` (one prompt per line), ``.jsonl``
-    (``{"text": ...}`` per line), ``.csv`` or ``.parquet`` (column ``column``). A malformed
+    (``{"text": ...}`` per line), ``.csv`` or ``.parquet`` (column ``column``), or from a folder
+    of such files (sorted by name, concatenated in that order). A malformed
     line raises :class:`DataError` with its number, unless ``skip_bad_lines``.
 
     CSV is read strictly: a quoted field may span lines, but a quote still open at the end of
@@ -64,6 +66,8 @@ def read_texts(source: str | os.PathLike[str] | Sequence[str], column: str = "te
             raise InvalidArgumentError("texts must be strings")
         return texts
     path = os.fspath(source)
+    if os.path.isdir(path):
+        return _read_folder(path, column, skip_bad_lines)
     if not os.path.isfile(path):
         raise StorageError(f"{path} does not exist or is not a file")
     out: list[str] = []
@@ -110,6 +114,23 @@ def read_texts(source: str | os.PathLike[str] | Sequence[str], column: str = "te
                 out = [line.rstrip("\r\n") for line in f if line.strip()]
     except UnicodeDecodeError:
         raise _not_utf8(path) from None
+    return out
+
+
+#: Extensions of the corpus files :func:`read_texts` reads from a folder (others are ignored).
+CORPUS_EXTENSIONS = (".txt", ".jsonl", ".csv", ".parquet")
+
+
+def _read_folder(path: str, column: str, skip_bad_lines: bool) -> list[str]:
+    """The prompts of every corpus file in the folder ``path`` (not its subfolders), files
+    sorted by name and concatenated in that order, so prompt ids are stable across runs."""
+    files = sorted(f for f in os.listdir(path)
+                   if f.endswith(CORPUS_EXTENSIONS) and os.path.isfile(os.path.join(path, f)))
+    if not files:
+        raise DataError(f"{path} holds no corpus files ({', '.join(CORPUS_EXTENSIONS)})")
+    out: list[str] = []
+    for name in files:
+        out.extend(read_texts(os.path.join(path, name), column, skip_bad_lines))
     return out
 
 
@@ -226,8 +247,31 @@ def dump(model: Any, texts: str | os.PathLike[str] | Sequence[str], path: str | 
     parts already complete are kept and the rest computed (no duplicate rows). An existing
     dump of another model or spec is refused unless ``overwrite``. ``format``: ``"arrow"``
     (Arrow IPC, memory-mapped on reading) or ``"parquet"`` (decoded on reading; DuckDB and Spark
-    read it natively).
+    read it natively). :func:`mindscope.extract` writes the same files, in-process or on Ray.
     """
+    check_dump_args(positions, dtype, format, part_size, batch_size)
+    prompts = read_texts(texts, column, skip_bad_lines)
+    if not prompts:
+        raise DataError("the corpus is empty: no prompts to dump")
+    hook_list = model.resolve_hooks(names)
+    out = Path(path)
+    spec = _spec(model, hook_list, positions, dtype, len(prompts), part_size, format)
+    manifest = open_dump(out, spec, resume, overwrite)
+    writer = PartWriter(out, spec)
+    finished = {p["index"] for p in manifest["parts"]}
+    progress = _Progress(len(prompts), quiet)
+    progress.update(sum(p["n_prompts"] for p in manifest["parts"]))
+    for k in range(-(-len(prompts) // part_size)):
+        if k in finished:
+            continue
+        lo, hi = k * part_size, min((k + 1) * part_size, len(prompts))
+        commit_part(out, manifest, writer.write(model, prompts[lo:hi], lo, batch_size, progress))
+    progress.close()
+    return load_dump(out)
+
+
+def check_dump_args(positions: str, dtype: str, format: str, part_size: int, batch_size: int) -> None:
+    """Raise :class:`InvalidArgumentError` for a dump argument mindscope cannot honour."""
     if positions not in _POSITIONS:
         raise InvalidArgumentError(f"positions must be one of {_POSITIONS}, got {positions!r}")
     if dtype not in ("float16", "float32"):
@@ -237,35 +281,65 @@ def dump(model: Any, texts: str | os.PathLike[str] | Sequence[str], path: str | 
     for key, value in (("part_size", part_size), ("batch_size", batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise InvalidArgumentError(f"{key} must be an integer of at least 1, got {value!r}")
-    prompts = read_texts(texts, column, skip_bad_lines)
-    if not prompts:
-        raise DataError("the corpus is empty: no prompts to dump")
-    hook_list = model.resolve_hooks(names)
-    out = Path(path)
-    spec = _spec(model, hook_list, positions, dtype, len(prompts), part_size, format)
+
+
+def open_dump(out: Path, spec: dict[str, Any], resume: bool, overwrite: bool) -> dict[str, Any]:
+    """Create or check the dump folder ``out`` for ``spec`` and write its manifest; returns the
+    manifest, whose ``parts`` are the verified parts kept (all of them empty unless ``resume``)."""
     done = _prepare_folder(out, spec, resume, overwrite)
     manifest = {**spec, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(), "parts": done}
     write_json_atomic(out / "manifest.json", manifest)
-    metadata = {"mindscope": json.dumps({k: v for k, v in spec.items()})}
-    n_parts = -(-len(prompts) // part_size)
-    finished = {p["index"] for p in done}
-    progress = _Progress(len(prompts), quiet)
-    progress.update(sum(p["n_prompts"] for p in done))
-    for k in range(n_parts):
-        if k in finished:
-            continue
-        lo, hi = k * part_size, min((k + 1) * part_size, len(prompts))
-        rows, arrays = _run_part(model, prompts, lo, hi, hook_list, positions, batch_size, progress)
-        name = f"part-{k:05d}{FILE_FORMATS[format]}"
-        nbytes, crc = _native.write_dump_part(out / name, *rows, [(h, arrays[h]) for h in hook_list], dtype,
-                                              metadata, format)
-        manifest["parts"].append({"index": k, "file": name, "first_prompt": lo, "n_prompts": hi - lo,
-                                  "rows": len(rows[0]), "bytes": nbytes, "crc32": f"{crc:08x}"})
-        manifest["parts"].sort(key=lambda p: p["index"])
-        write_json_atomic(out / "manifest.json", manifest)
-    progress.close()
-    return load_dump(out)
+    return manifest
 
+
+def commit_part(out: Path, manifest: dict[str, Any], entry: dict[str, Any]) -> None:
+    """Record a part (already renamed into place) in ``manifest`` and rewrite the manifest
+    atomically. Idempotent: an entry for the same index replaces the old one, so a block run
+    twice (a retried task) is listed once."""
+    manifest["parts"] = [p for p in manifest["parts"] if p["index"] != entry["index"]] + [entry]
+    manifest["parts"].sort(key=lambda p: p["index"])
+    write_json_atomic(out / "manifest.json", manifest)
+
+
+class PartWriter:
+    """Turns a block of prompts into one part file of a dump (rows and hook arrays from
+    :func:`_run_part`, then the native writer); picklable, so Ray workers run the same code as
+    :func:`dump`.
+
+    Each attempt writes under a name of its own (``.attempt-<random>-part-00003.arrow``) and
+    renames it onto ``part-00003.arrow``: two attempts at one block (a task retried while its
+    first attempt still runs) never write into the same file, and the last rename wins whole.
+    """
+
+    def __init__(self, out: Path, spec: dict[str, Any]):
+        self.out = Path(out)
+        self.hooks: list[str] = list(spec["hooks"])
+        self.positions: str = spec["positions"]
+        self.dtype: str = spec["dtype"]
+        self.format: str = spec.get("file_format", "arrow")
+        self.part_size: int = spec["part_size"]
+        self.metadata = {"mindscope": json.dumps(spec)}
+
+    def write(self, model: Any, texts: Sequence[str], first: int, batch_size: int,
+              progress: _Progress | None = None) -> dict[str, Any]:
+        """Compute prompts ``[first, first + len(texts))`` (which must be one whole block) and
+        write their part; returns its manifest entry (index, file, rows, bytes, crc32...)."""
+        if first % self.part_size:
+            raise InvalidArgumentError(f"a part starts at a multiple of part_size ({self.part_size}), got {first}")
+        k = first // self.part_size
+        rows, arrays = _run_part(model, list(texts), first, self.hooks, self.positions, batch_size, progress)
+        name = f"part-{k:05d}{FILE_FORMATS[self.format]}"
+        tmp = self.out / f".attempt-{uuid.uuid4().hex[:12]}-{name}"
+        try:
+            nbytes, crc = _native.write_dump_part(tmp, *rows, [(h, arrays[h]) for h in self.hooks], self.dtype,
+                                                  self.metadata, self.format)
+            os.replace(tmp, self.out / name)
+        except OSError as e:
+            raise StorageError(f"cannot write part {k} to {self.out / name}: {e}") from e
+        finally:
+            tmp.unlink(missing_ok=True)
+        return {"index": k, "file": name, "first_prompt": first, "n_prompts": len(texts),
+                "rows": len(rows[0]), "bytes": nbytes, "crc32": f"{crc:08x}"}
 
 
 def _prepare_folder(out: Path, spec: dict[str, Any], resume: bool, overwrite: bool) -> list[dict[str, Any]]:
@@ -277,8 +351,10 @@ def _prepare_folder(out: Path, spec: dict[str, Any], resume: bool, overwrite: bo
     if not os.access(out, os.W_OK):
         raise StorageError(f"output folder {out} is not writable")
     # Temporary files of a part that was being written when a previous run died.
-    for stale in out.glob(".part-*.partial"):
-        stale.unlink()
+    # (and of a part attempt: .attempt-*, whose own temporary file the native writer names ..attempt-*).
+    for pattern in (".part-*.partial", ".attempt-*", "..attempt-*"):
+        for stale in out.glob(pattern):
+            stale.unlink(missing_ok=True)
     manifest_path = out / "manifest.json"
     if not manifest_path.exists():
         if _part_files(out):
@@ -398,21 +474,24 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def _run_part(model: Any, prompts: list[str], lo: int, hi: int, hooks: list[str], positions: str,
-              batch_size: int, progress: _Progress) -> tuple[tuple[list[int], list[int], list[int], list[str]], dict[str, np.ndarray]]:
+def _run_part(model: Any, prompts: list[str], first: int, hooks: list[str], positions: str, batch_size: int,
+              progress: _Progress | None) -> tuple[tuple[list[int], list[int], list[int], list[str]], dict[str, np.ndarray]]:
+    """Rows of a part: ``(prompt_id, position, token_id, token_text)`` columns of ``rows`` entries
+    (prompt ids from ``first``) and, per hook, a ``[rows, d]`` float32 array (``d`` flattened
+    over heads)."""
     ids_col: list[int] = []
     pos_col: list[int] = []
     tok_col: list[int] = []
     text_col: list[str] = []
     chunks: dict[str, list[np.ndarray]] = {h: [] for h in hooks}
-    for start in range(lo, hi, batch_size):
-        batch = prompts[start:min(start + batch_size, hi)]
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start:start + batch_size]
         _, cache = model.run_with_cache(batch, names=hooks, positions=positions, return_logits=False,
                                         batch_size=batch_size)
         tokens = cache.tokens
         for j, toks in enumerate(tokens):
             keep = [len(toks) - 1] if positions == "last" else list(range(len(toks)))
-            ids_col.extend([start + j] * len(keep))
+            ids_col.extend([first + start + j] * len(keep))
             pos_col.extend(keep)
             tok_col.extend(toks[p] for p in keep)
             text_col.extend(model.to_str_tokens([toks[p] for p in keep]))
@@ -422,7 +501,8 @@ def _run_part(model: Any, prompts: list[str], lo: int, hi: int, hooks: list[str]
                 chunks[h].append(arr.reshape(arr.shape[0], -1))
             else:
                 chunks[h].append(np.concatenate([arr[j, :len(t)].reshape(len(t), -1) for j, t in enumerate(tokens)]))
-        progress.update(len(batch))
+        if progress is not None:
+            progress.update(len(batch))
     return (ids_col, pos_col, tok_col, text_col), {h: np.ascontiguousarray(np.concatenate(v)) for h, v in chunks.items()}
 
 
