@@ -935,10 +935,7 @@ def corpus_stats(model: Any, corpus: str | os.PathLike[str] | Sequence[str],
     if engine == "local":
         return _local(model, texts, blocks, names, batch_size, state_kwargs, total, ray_address, workers, threads,
                       progress, _Progress)
-    try:
-        from .distributed import map_blocks  # type: ignore[import-not-found]
-    except ImportError:
-        raise InvalidArgumentError('engine="ray" needs the ray extra: pip install "mindscope[ray]"') from None
+    from .distributed import map_blocks  # says how to install Ray when it is missing
     if callable(names) and not isinstance(names, str):
         raise InvalidArgumentError('engine="ray" needs hook names or globs, not a predicate')
     fn = partial(_block_state, options=BlockOptions(names, batch_size, state_kwargs))

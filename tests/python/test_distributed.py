@@ -322,3 +322,28 @@ except KeyboardInterrupt:
     while ray.available_resources().get("CPU", 0) < 2:  # the actors are gone with the job
         assert time.monotonic() < deadline, f"actors still hold CPUs: {ray.available_resources()}"
         time.sleep(0.5)
+
+
+STATS_KW = dict(names="blocks.3.hook_resid_post", stats=["mean", "cov", "hist", "topk"], range=(-20.0, 20.0), bins=16,
+                k=5, block_size=5, progress=False)
+
+
+def test_corpus_stats_on_ray_equal_a_local_run(ray_local, model, tmp_path):
+    # The local reference runs with one thread, like each actor: the same blocks then run the
+    # same chunks, so histograms and top-k must agree exactly (mean and covariance up to the
+    # float64 rounding of another merge order).
+    code = ("import sys, mindscope as ms; from test_distributed import STATS_KW, TEXTS; "
+            "ms.corpus_stats('smollm2-135m', TEXTS, **STATS_KW).save(sys.argv[1])")
+    env = {**os.environ, "RAYON_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "local.npz")], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-800:]
+    local = ms.CorpusStats.load(tmp_path / "local.npz")["blocks.3.hook_resid_post"]
+    remote = ms.corpus_stats("smollm2-135m", TEXTS, engine="ray", workers=2, threads=1,
+                             **STATS_KW)["blocks.3.hook_resid_post"]
+    assert remote["count"] == local["count"] == sum(len(model.to_tokens(t)) for t in TEXTS)
+    np.testing.assert_allclose(remote["mean"], local["mean"], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(remote["cov"], local["cov"], rtol=1e-10, atol=1e-10)
+    for key in ("hist", "hist_underflow", "hist_overflow", "topk_value", "topk_prompt", "topk_position",
+                "topk_tokens"):
+        np.testing.assert_array_equal(remote[key], local[key], err_msg=key)

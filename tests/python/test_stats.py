@@ -359,7 +359,7 @@ def test_run_time_errors(model):
 
 
 def test_ray_engine_without_the_extra_is_a_clear_error(model, monkeypatch):
-    monkeypatch.setitem(sys.modules, "mindscope.distributed", None)  # import fails
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails
     with pytest.raises(ms.InvalidArgumentError, match='pip install "mindscope\\[ray\\]"'):
         ms.corpus_stats("smollm2-135m", TEXTS[:2], names=RESID, engine="ray", progress=False)
 
