@@ -46,16 +46,17 @@ def _int_arg(value: Any, name: str, minimum: int) -> int:
     return int(value)
 
 
-def _not_utf8(path: str | os.PathLike[str]) -> DataError:
-    """A DataError naming the first line and byte of ``path`` that are not UTF-8."""
+def not_utf8_error(path: str | os.PathLike[str]) -> DataError:
+    """A DataError naming the first line and byte of ``path`` that are not UTF-8 (found by a
+    second, binary pass: a text reader's error gives an offset into its buffer, not the file)."""
     offset = 0
     with open(path, "rb") as f:
         for i, line in enumerate(f, 1):
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError as e:
-                return DataError(f"{path}:{i}: not UTF-8 text (byte {offset + e.start} of the file); "
-                                 "re-encode the file as UTF-8")
+                return DataError(f"{path}:{i}: not UTF-8 text (byte {offset + e.start} of the file is "
+                                 f"0x{line[e.start]:02x}); re-encode the file as UTF-8")
             offset += len(line)
     return DataError(f"{path}: not UTF-8 text; re-encode the file as UTF-8")
 
@@ -359,7 +360,7 @@ def _read_csv(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, str
             except csv.Error as e:
                 raise DataError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
     except UnicodeDecodeError:
-        raise _not_utf8(path) from None
+        raise not_utf8_error(path) from None
 
 
 def _check_file(path: str | os.PathLike[str]) -> None:
@@ -425,7 +426,7 @@ def ud_pos(path: str | os.PathLike[str], max_sentences: int | None = None) -> li
             if max_sentences is not None and len(out) >= max_sentences:
                 break
     except UnicodeDecodeError:
-        raise _not_utf8(path) from None
+        raise not_utf8_error(path) from None
     if not out:
         raise DataError(f"{path}: no sentences found")
     return out

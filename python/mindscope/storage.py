@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from . import _native
+from .datasets import not_utf8_error
 from .errors import DataError, InvalidArgumentError, StorageError
 from .experiments._result import write_json_atomic
 
@@ -113,7 +114,7 @@ def read_texts(source: str | os.PathLike[str] | Sequence[str], column: str = "te
                 # newline="" keeps "\r\n": strip both, or CRLF files give prompts ending in "\r".
                 out = [line.rstrip("\r\n") for line in f if line.strip()]
     except UnicodeDecodeError:
-        raise _not_utf8(path) from None
+        raise not_utf8_error(path) from None
     return out
 
 
@@ -179,21 +180,6 @@ def _read_csv_texts(f: Any, path: str, column: str, bad: Any) -> list[str]:
             continue
         out.append(value)
     return out
-
-
-def _not_utf8(path: str) -> DataError:
-    """A DataError naming the first line and byte that are not UTF-8 (found by a second,
-    binary pass: the text reader's error gives an offset into its buffer, not the file)."""
-    offset = 0
-    with open(path, "rb") as f:
-        for i, line in enumerate(f, 1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError as e:
-                return DataError(f"{path}:{i}: not UTF-8 text (byte {offset + e.start} of the file is "
-                                 f"0x{line[e.start]:02x}); re-encode the file as UTF-8")
-            offset += len(line)
-    return DataError(f"{path}: not UTF-8 text; re-encode the file as UTF-8")
 
 
 # --- writing --------------------------------------------------------------------------------
