@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError, InvalidArgumentError, MindscopeError, ShapeError, StorageError
+from .progress import ProgressBar
 
 STATS = ("mean", "cov", "hist", "topk")
 #: Widest hook whose covariance is kept: the state holds a [d, d] float64 matrix (8192 -> 512 MiB).
@@ -919,7 +920,7 @@ def corpus_stats(model: Any, corpus: str | os.PathLike[str] | Sequence[str],
         a :class:`CorpusStats`: ``result[hook][name]`` numpy arrays, ``.pca()``,
         ``.topk_table()``, ``.save()``.
     """
-    from .storage import _Progress, read_texts
+    from .storage import read_texts
 
     state_kwargs = dict(stats=stats, positions=positions, k=k, bins=bins, range=range,
                         direction_range=direction_range, directions=directions, neurons=neurons, window=window)
@@ -934,7 +935,7 @@ def corpus_stats(model: Any, corpus: str | os.PathLike[str] | Sequence[str],
     blocks = [(lo, min(lo + block_size, len(texts))) for lo in np.arange(0, len(texts), block_size).tolist()]
     if engine == "local":
         return _local(model, texts, blocks, names, batch_size, state_kwargs, total, ray_address, workers, threads,
-                      progress, _Progress)
+                      progress)
     from .distributed import map_blocks  # says how to install Ray when it is missing
     if callable(names) and not isinstance(names, str):
         raise InvalidArgumentError('engine="ray" needs hook names or globs, not a predicate')
@@ -947,7 +948,7 @@ def corpus_stats(model: Any, corpus: str | os.PathLike[str] | Sequence[str],
 
 def _local(model: Any, texts: list[str], blocks: list[tuple[int, int]], names: Any, batch_size: int,
            state_kwargs: dict[str, Any], total: CorpusStats, ray_address: str | None, workers: int,
-           threads: int | None, progress: bool, progress_cls: Any) -> CorpusStats:
+           threads: int | None, progress: bool) -> CorpusStats:
     from .model import HookedModel, load_model
 
     if workers != 1 or threads is not None or ray_address is not None:
@@ -959,7 +960,7 @@ def _local(model: Any, texts: list[str], blocks: list[tuple[int, int]], names: A
         raise InvalidArgumentError(f"model must be a HookedModel or a model name / path, got {type(model).__name__}")
     hooks = model.resolve_hooks(names)  # unknown hooks fail here, before any forward pass
     options = BlockOptions(hooks, batch_size, state_kwargs)
-    bar = progress_cls(len(texts), not progress)
+    bar = ProgressBar(len(texts), on=progress)
     try:
         for lo, hi in blocks:  # the same per-block work and merge as the distributed engine
             total.merge(_block_state(model, texts[lo:hi], lo, options, bar.update))

@@ -21,8 +21,6 @@ import csv
 import datetime as _dt
 import json
 import os
-import sys
-import time
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
@@ -34,6 +32,7 @@ import numpy as np
 from . import _native
 from .datasets import not_utf8_error
 from .errors import DataError, InvalidArgumentError, StorageError
+from .progress import ProgressBar
 from .experiments._result import write_json_atomic
 
 FORMAT = "mindscope.dump/1"
@@ -184,31 +183,6 @@ def _read_csv_texts(f: Any, path: str, column: str, bad: Any) -> list[str]:
 
 # --- writing --------------------------------------------------------------------------------
 
-class _Progress:
-    """A one-line progress bar with rate and ETA on a terminal; silent otherwise."""
-
-    def __init__(self, total: int, quiet: bool):
-        self.total, self.done, self.t0 = total, 0, time.perf_counter()
-        self.on = not quiet and sys.stderr.isatty()
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if not self.on:
-            return
-        dt = time.perf_counter() - self.t0
-        rate = self.done / dt if dt > 0 else 0.0
-        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-        width = 30
-        filled = int(width * self.done / max(self.total, 1))
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} prompts "
-                         f"{rate:.1f}/s ETA {eta:.0f}s ")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.on:
-            sys.stderr.write("\n")
-
-
 def _spec(model: Any, names: list[str], positions: str, dtype: str, n_prompts: int, part_size: int,
           file_format: str) -> dict[str, Any]:
     from . import __version__
@@ -245,7 +219,7 @@ def dump(model: Any, texts: str | os.PathLike[str] | Sequence[str], path: str | 
     manifest = open_dump(out, spec, resume, overwrite)
     writer = PartWriter(out, spec)
     finished = {p["index"] for p in manifest["parts"]}
-    progress = _Progress(len(prompts), quiet)
+    progress = ProgressBar(len(prompts), on=not quiet)
     progress.update(sum(p["n_prompts"] for p in manifest["parts"]))
     for k in range(-(-len(prompts) // part_size)):
         if k in finished:
@@ -307,7 +281,7 @@ class PartWriter:
         self.metadata = {"mindscope": json.dumps(spec)}
 
     def write(self, model: Any, texts: Sequence[str], first: int, batch_size: int,
-              progress: _Progress | None = None) -> dict[str, Any]:
+              progress: ProgressBar | None = None) -> dict[str, Any]:
         """Compute prompts ``[first, first + len(texts))`` (which must be one whole block) and
         write their part; returns its manifest entry (index, file, rows, bytes, crc32...)."""
         if first % self.part_size:
@@ -461,7 +435,7 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
 
 
 def _run_part(model: Any, prompts: list[str], first: int, hooks: list[str], positions: str, batch_size: int,
-              progress: _Progress | None) -> tuple[tuple[list[int], list[int], list[int], list[str]], dict[str, np.ndarray]]:
+              progress: ProgressBar | None) -> tuple[tuple[list[int], list[int], list[int], list[str]], dict[str, np.ndarray]]:
     """Rows of a part: ``(prompt_id, position, token_id, token_text)`` columns of ``rows`` entries
     (prompt ids from ``first``) and, per hook, a ``[rows, d]`` float32 array (``d`` flattened
     over heads)."""

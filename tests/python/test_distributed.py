@@ -21,6 +21,7 @@ import pytest
 
 import mindscope as ms
 from mindscope import distributed, storage
+from mindscope.progress import ProgressBar
 
 TEXTS = [f"Fact number {i}: the sky is {'blue' if i % 2 else 'green'}" for i in range(23)]
 HOOKS = ["blocks.3.hook_resid_post", "blocks.20.hook_resid_post"]
@@ -134,7 +135,7 @@ def test_progress_bar_shows_rate_and_eta_on_a_terminal_and_in_jupyter(monkeypatc
             return True
 
     monkeypatch.setattr(sys, "stderr", Tty())
-    bar = distributed._Bar(100, on=True)
+    bar = ProgressBar(100, on=True)
     bar.t0 -= 2.0  # as if 2 s had passed
     bar.update(40)
     bar.close()
@@ -159,11 +160,11 @@ def test_progress_bar_shows_rate_and_eta_on_a_terminal_and_in_jupyter(monkeypatc
     display_mod.display = lambda text, display_id: shown.append(text) or Handle()
     monkeypatch.setitem(sys.modules, "IPython", ipython)
     monkeypatch.setitem(sys.modules, "IPython.display", display_mod)
-    bar = distributed._Bar(10, on=True)
+    bar = ProgressBar(10, on=True)
     bar.update(5)
     bar.update(5)
     assert len(shown) == 3 and "10/10 prompts" in shown[-1] and "ETA 0s" in shown[-1]
-    assert distributed._Bar(10, on=False).handle is None
+    assert ProgressBar(10, on=False).handle is None
 
 
 def test_engine_ray_without_ray_says_how_to_install(monkeypatch, tmp_path):
