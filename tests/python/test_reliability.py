@@ -4,7 +4,6 @@ refuse up front what cannot fit), panics arrive as InternalError, and dumps catc
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
