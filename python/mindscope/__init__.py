@@ -28,6 +28,8 @@ from ._native import __version__
 from .errors import *  # noqa: F401,F403  (typed exceptions at the top level)
 from .hooks import ActivationCache, Intervention, PerPrompt
 from .model import Generation, HookedModel, load_model
+from .patching import activation_patching
+from .site_scores import SiteScores
 from .experiments import (
     LieDetector,
     attribution,
@@ -67,6 +69,8 @@ __all__ = [
     "truth_experiment",
     "world_map",
     "ActivationCache",
+    "activation_patching",
+    "SiteScores",
     "Generation",
     "HookedModel",
     "Intervention",

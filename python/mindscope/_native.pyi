@@ -109,6 +109,12 @@ class Model:
         packed, at most ``batch_size`` variants and about ``rows_per_batch`` recomputed
         positions per packed run (when several runs are needed, one runs per core); ``naive``
         runs one full forward per variant instead (the reference)."""
+    def activation_patching(self, request_json: str) -> dict[str, Any]:
+        """Activation patching. ``request_json``: JSON of ``{"clean_ids": [T], "corrupt_ids": [T],
+        "metric": {"kind": ..., "position": ...}, "sites": ["resid_pre" | "attn_out" | "mlp_out" |
+        "head"], "naive": bool}``. Returns ``{"clean": float, "corrupt": float, "scores": {site:
+        F32 [layer, position] or [layer, head]}}``: the corrupt run's metric with one clean
+        activation patched in per cell; ``naive`` runs one full forward per patch instead."""
 
 def use_blas(path: str) -> str:
     """Multiply with ``cblas_sgemm`` from the shared library at ``path`` (once per process);

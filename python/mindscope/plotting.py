@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import _native
+from .errors import InvalidArgumentError
 
 Panel = dict[str, Any]
 
@@ -103,3 +104,75 @@ def save_figure(path: str | os.PathLike[str], panels: Sequence[Panel], *, column
     path = os.fspath(path)
     _native.render_figure(json.dumps(spec, allow_nan=False), path)
     return path
+
+
+# --- per-site and per-token attribution heatmaps (activation / attribution patching, saliency) ---
+
+_SITE_TITLES = {"resid_pre": "residual stream (resid_pre)", "attn_out": "attention output",
+                "mlp_out": "MLP output", "head": "attention heads (z, all positions)"}
+
+
+def site_scores_panels(scores: Any, sites: Sequence[str] | None = None,
+                       relative_to: str | None = "auto") -> list[Panel]:
+    """One heatmap panel per site of a :class:`mindscope.site_scores.SiteScores`: layer x
+    position (token labels) for ``resid_pre``/``attn_out``/``mlp_out``, layer x head for
+    ``head``. ``relative_to``: a ``baseline`` key subtracted from the scores (``"auto"``:
+    ``"corrupt"`` for activation patching, whose scores are the patched run's metric, so cells
+    show the patch's effect; nothing for methods that already score effects)."""
+    names = list(scores.scores) if sites is None else list(sites)
+    missing = [s for s in names if s not in scores.scores]
+    if missing:
+        raise InvalidArgumentError(f"no scores for site(s) {missing}; these have: {list(scores.scores)}")
+    if relative_to == "auto":
+        relative_to = "corrupt" if scores.method == "activation_patching" else None
+    if relative_to is not None and relative_to not in scores.baseline:
+        raise InvalidArgumentError(
+            f"relative_to={relative_to!r} is not a baseline of these scores: {list(scores.baseline)}")
+    shift = scores.baseline[relative_to] if relative_to is not None else 0.0
+    what = f"{scores.metric} − {relative_to}" if relative_to is not None else scores.metric
+    panels = []
+    for site in names:
+        values = np.asarray(scores.scores[site], dtype=np.float64) - shift
+        layers = [str(i) for i in range(values.shape[0])]
+        if site == "head":
+            cols, x_label = [f"h{h}" for h in range(values.shape[1])], "head"
+        else:
+            cols, x_label = list(scores.tokens)[: values.shape[1]], "position"
+        panels.append(heatmap_panel(
+            values, row_labels=layers, col_labels=cols, diverging=True, x_label=x_label, y_label="layer",
+            title=f"{_SITE_TITLES.get(site, site)}: {what}"))
+    return panels
+
+
+def plot_site_scores(scores: Any, path: str | os.PathLike[str], site: str | Sequence[str] | None = None,
+                     relative_to: str | None = "auto") -> str:
+    """Heatmaps of a :class:`SiteScores` (all its sites, or ``site``) side by side into the PNG at
+    ``path``; see :func:`site_scores_panels`. Returns the path."""
+    sites = [site] if isinstance(site, str) else site
+    panels = site_scores_panels(scores, sites, relative_to)
+    n_layers = max(np.asarray(scores.scores[s]).shape[0] for s in (sites or list(scores.scores)))
+    columns = min(len(panels), 2)
+    rows = -(-len(panels) // columns)
+    height = rows * max(420, 22 * n_layers + 200)
+    return save_figure(path, panels, columns=columns, width=700 * columns, height=height,
+                       title=f"{scores.method.replace('_', ' ')}: {scores.metric}")
+
+
+def plot_token_scores(path: str | os.PathLike[str], tokens: Sequence[str],
+                      scores: Mapping[str, Any] | Any, *, title: str = "", annotate: bool = True) -> str:
+    """Per-token attributions (saliency, input x gradient, integrated gradients) as a heatmap
+    with one row per method over the prompt's ``tokens``: ``scores`` is ``{method: [T]}`` or a
+    single ``[T]`` array. A diverging scale centred on 0, each row as given (rows of different
+    methods share the colour scale, so normalise them first if their units differ). Returns the
+    path."""
+    rows = dict(scores) if isinstance(scores, Mapping) else {"score": scores}
+    values = []
+    for name, v in rows.items():
+        v = np.asarray(v, dtype=np.float64).ravel()
+        if v.shape[0] != len(tokens):
+            raise InvalidArgumentError(f"{name}: {v.shape[0]} scores for {len(tokens)} tokens")
+        values.append(v)
+    panel = heatmap_panel(np.stack(values), row_labels=list(rows), col_labels=list(tokens), title=title,
+                          diverging=True, annotate=annotate, x_label="token")
+    width = max(600, 60 * len(tokens) + 200)
+    return save_figure(path, [panel], width=min(width, 4000), height=260 + 45 * len(values))

@@ -18,6 +18,7 @@ use crate::interrupt::Cancel;
 pub mod analysis;
 pub mod convert;
 pub mod model;
+pub mod patching;
 pub mod plot;
 pub mod requests;
 pub mod storage;

@@ -8,13 +8,15 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::convert::array_to_py;
+use super::patching::patching_args;
 use super::requests::{ablation_args, embed_args, generate_args, run_args, token_ids};
 use super::{guarded, interruptible, to_py_err, IntoPyResult};
 use crate::error::{MsError, Result};
 use crate::hooks::CapturedArray;
 use crate::model::config::Residual;
 use crate::model::{
-    AblationJob, LanguageModel, PackLimits, SUPPORTED_ARCHITECTURES, SUPPORTED_MODEL_TYPES,
+    AblationJob, LanguageModel, PackLimits, PatchJob, SUPPORTED_ARCHITECTURES,
+    SUPPORTED_MODEL_TYPES,
 };
 
 /// Token ids and character spans of one text.
@@ -280,6 +282,44 @@ impl Model {
                 }
             })?;
             Ok((scores.clean, scores.ablated))
+        })
+    }
+
+    /// The corrupt prompt's metric with activations patched in from the clean prompt, one
+    /// patch at a time. `request_json`: see `bindings::patching::PatchingRequest`. Returns
+    /// `{"clean": float, "corrupt": float, "scores": {site: [layer, position | head]}}`.
+    fn activation_patching<'py>(
+        &self,
+        py: Python<'py>,
+        request_json: &str,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        guarded(|| {
+            let args = patching_args(request_json).py_err()?;
+            let r = &args.request;
+            let job = PatchJob {
+                clean: &r.clean_ids,
+                corrupt: &r.corrupt_ids,
+                metric: &r.metric,
+                sites: &args.sites,
+            };
+            let model = &self.inner;
+            let out = interruptible(py, |cancel| {
+                if r.naive {
+                    model.activation_patching_naive(&job, cancel)
+                } else {
+                    model.activation_patching(&job, cancel)
+                }
+            })?;
+            let d = PyDict::new(py);
+            d.set_item("clean", out.clean)?;
+            d.set_item("corrupt", out.corrupt)?;
+            let scores = PyDict::new(py);
+            for g in out.grids {
+                let a = CapturedArray::new(g.shape.to_vec(), g.values);
+                scores.set_item(g.site.name(), array_to_py(py, a)?)?;
+            }
+            d.set_item("scores", scores)?;
+            Ok(d)
         })
     }
 
