@@ -79,7 +79,7 @@ def activation_patching(
     out = model._native.activation_patching(json.dumps(request))
     return SiteScores(
         method="activation_patching",
-        metric=metric_name(metric),
+        metric=metric_name(metric, model),
         tokens=model.to_str_tokens(clean_ids),
         scores=dict(out["scores"]),
         baseline={"clean": float(out["clean"]), "corrupt": float(out["corrupt"])},

@@ -1,10 +1,10 @@
-"""PLACEHOLDER written against the shared issue-20 interface until the lead's
-``site_scores.py`` lands on main (take main's version on merge, then add ``plot``)."""
+"""Scores per model site (residual stream, attention and MLP outputs, heads): the result of
+attribution patching and activation patching."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -13,19 +13,29 @@ SITES = ("resid_pre", "attn_out", "mlp_out", "head")
 
 @dataclass(repr=False)
 class SiteScores:
+    """Scores of one method per site.
+
+    ``scores[site]`` is ``[layer, position]`` for ``"resid_pre"``, ``"attn_out"`` and
+    ``"mlp_out"``, and ``[layer, head]`` for ``"head"``. ``tokens`` are the (clean) prompt's
+    tokens; ``baseline`` holds reference metric values, e.g. ``{"clean": ..., "corrupt": ...}``.
+    """
+
     method: str
     metric: str
     tokens: list[str]
     scores: dict[str, np.ndarray]
-    baseline: dict[str, float]
+    baseline: dict[str, float] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in self.scores.items())
-        return f"SiteScores({self.method}, {self.metric}: {shapes})"
+        base = ", ".join(f"{k}={v:.4g}" for k, v in self.baseline.items())
+        return f"SiteScores({self.method}, metric={self.metric}, {len(self.tokens)} tokens, {shapes}{', ' + base if base else ''})"
 
-    def plot(self, path: str | os.PathLike[str], site: str | None = None) -> str:
-        """Heatmaps of the scores into the PNG at ``path`` (see
-        :func:`mindscope.plotting.plot_site_scores`); returns the path."""
+    def plot(self, path: str | os.PathLike[str], site: str | list[str] | None = None) -> str:
+        """Heatmaps into the PNG at ``path``, one panel per site (all, or ``site``): layer x
+        position with token labels, layer x head for ``"head"``. Activation patching is shown
+        relative to the corrupt run (the patch's effect). See
+        :func:`mindscope.plotting.plot_site_scores`; returns the path."""
         from .plotting import plot_site_scores
 
         return plot_site_scores(self, path, site=site)
