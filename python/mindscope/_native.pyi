@@ -112,7 +112,7 @@ class Model:
     def activation_patching(self, request_json: str) -> dict[str, Any]:
         """Activation patching. ``request_json``: JSON of ``{"clean_ids": [T], "corrupt_ids": [T],
         "metric": {"kind": ..., "position": ...}, "sites": ["resid_pre" | "attn_out" | "mlp_out" |
-        "head"], "naive": bool}``. Returns ``{"clean": float, "corrupt": float, "scores": {site:
+        "head"], "naive": bool, "rows_per_batch": int}``. Returns ``{"clean": float, "corrupt": float, "scores": {site:
         F32 [layer, position] or [layer, head]}}``: the corrupt run's metric with one clean
         activation patched in per cell; ``naive`` runs one full forward per patch instead."""
 

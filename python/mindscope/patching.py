@@ -48,6 +48,7 @@ def activation_patching(
     *,
     position: int | None = None,
     naive: bool = False,
+    rows_per_batch: int = 4096,
 ) -> SiteScores:
     """The corrupt prompt's ``metric`` with each activation patched in from the clean prompt,
     one patch at a time.
@@ -62,6 +63,9 @@ def activation_patching(
     position]`` (``[layer, head]`` for ``"head"``), and ``baseline`` ``{"clean", "corrupt"}``:
     the unpatched runs' metrics. A cell equal to ``baseline["corrupt"]`` means the patch does
     not matter; one at ``baseline["clean"]`` restores the clean behaviour.
+
+    ``rows_per_batch``: about how many patched positions one packed run holds (bounds memory;
+    several packs run one per core). ``naive=True``: one full forward per patch instead.
     """
     clean_ids = _ids(model, clean, "clean")
     corrupt_ids = _ids(model, corrupt, "corrupt")
@@ -74,7 +78,7 @@ def activation_patching(
     request = {
         "clean_ids": clean_ids, "corrupt_ids": corrupt_ids,
         "metric": resolve_metric(model, metric, position),
-        "sites": site_list, "naive": bool(naive),
+        "sites": site_list, "naive": bool(naive), "rows_per_batch": rows_per_batch,
     }
     out = model._native.activation_patching(json.dumps(request))
     return SiteScores(

@@ -301,6 +301,7 @@ impl Model {
                 corrupt: &r.corrupt_ids,
                 metric: &r.metric,
                 sites: &args.sites,
+                pack_rows: r.rows_per_batch,
             };
             let model = &self.inner;
             let out = interruptible(py, |cancel| {

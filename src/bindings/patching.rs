@@ -7,7 +7,8 @@ use crate::error::{MsError, Result};
 use crate::model::metric::Metric;
 use crate::model::PatchSite;
 
-/// `{"clean_ids": [...], "corrupt_ids": [...], "metric": {...}, "sites": [...], "naive": false}`
+/// `{"clean_ids": [...], "corrupt_ids": [...], "metric": {...}, "sites": [...], "naive": false,
+/// "rows_per_batch": 4096}`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PatchingRequest {
@@ -19,6 +20,13 @@ pub struct PatchingRequest {
     /// shared-prefix packed path.
     #[serde(default)]
     pub naive: bool,
+    /// About how many patched positions one packed run holds.
+    #[serde(default = "default_pack_rows")]
+    pub rows_per_batch: usize,
+}
+
+fn default_pack_rows() -> usize {
+    4096
 }
 
 /// A parsed request: its sites resolved (duplicates dropped, order kept).
@@ -30,6 +38,11 @@ pub struct PatchingArgs {
 pub fn patching_args(json: &str) -> Result<PatchingArgs> {
     let request: PatchingRequest = serde_json::from_str(json)
         .map_err(|e| MsError::invalid(format!("activation_patching: bad request: {e}")))?;
+    if request.rows_per_batch == 0 {
+        return Err(MsError::invalid(
+            "activation_patching: rows_per_batch must be at least 1",
+        ));
+    }
     let mut sites = Vec::new();
     for name in &request.sites {
         let site = PatchSite::parse(name)?;

@@ -82,13 +82,15 @@ impl PatchSite {
 }
 
 /// Which patches to measure: `clean` and `corrupt` token ids (same length), the metric read
-/// from the corrupt run's final logits, and the sites.
+/// from the corrupt run's final logits, and the sites. `pack_rows`: about how many patched
+/// positions one packed run holds (bounds its memory; packs beyond one run one per core).
 #[derive(Debug, Clone, Copy)]
 pub struct PatchJob<'a> {
     pub clean: &'a [u32],
     pub corrupt: &'a [u32],
     pub metric: &'a Metric,
     pub sites: &'a [PatchSite],
+    pub pack_rows: usize,
 }
 
 /// The patched run's metric at every cell of one site: row-major `[layer, position]` or
@@ -131,9 +133,6 @@ struct Patch {
     /// Where its metric goes: (grid index, cell index).
     cell: (usize, usize),
 }
-
-/// Patched positions recomputed by one packed run, at most (bounds its memory).
-const MAX_PACK_ROWS: usize = 4096;
 
 fn point_name(layer: usize, kind: HookKind) -> String {
     HookPoint::block(layer, kind).name()
@@ -270,8 +269,7 @@ impl LanguageModel {
                 )?);
             }
         }
-        let metrics =
-            self.run_patches(net, patches.iter().collect(), &kv, n, job.metric, cancel)?;
+        let metrics = self.run_patches(net, patches.iter().collect(), &kv, n, job, cancel)?;
         for (patch, m) in patches.iter().zip(metrics) {
             grids[patch.cell.0].values[patch.cell.1] = m;
         }
@@ -283,14 +281,14 @@ impl LanguageModel {
     }
 
     /// Metrics of `patches` (continuing the corrupt run cached in `kv`, `n` positions), in
-    /// order. Patches run in packs of about [`MAX_PACK_ROWS`] rows, one pack per core.
+    /// order. Patches run in packs of about `job.pack_rows` rows, one pack per core.
     fn run_patches(
         &self,
         net: &Transformer,
         patches: Vec<&Patch>,
         kv: &KvCache,
         n: usize,
-        metric: &Metric,
+        job: &PatchJob,
         cancel: &Cancel,
     ) -> Result<Vec<f32>> {
         let big_l = net.cfg.n_layers;
@@ -301,7 +299,7 @@ impl LanguageModel {
         let (mut current, mut rows) = (Vec::new(), 0);
         for &i in order.iter().filter(|&&i| patches[i].layer < big_l) {
             let r = n - patches[i].from;
-            if !current.is_empty() && rows + r > MAX_PACK_ROWS {
+            if !current.is_empty() && rows + r > job.pack_rows {
                 packs.push(std::mem::take(&mut current));
                 rows = 0;
             }
@@ -334,7 +332,7 @@ impl LanguageModel {
             .map(|r| r.ok_or_else(|| MsError::Compute("patching: a patch was not run".into())))
             .collect::<Result<_>>()?;
         let logits = net.unembed(&Tensor::cat(&rows, 0)?)?.to_vec2::<f32>()?;
-        Ok(logits.iter().map(|row| metric.value(row)).collect())
+        Ok(logits.iter().map(|row| job.metric.value(row)).collect())
     }
 
     /// The same scores by brute force: one full forward of the corrupt prompt per patch with
