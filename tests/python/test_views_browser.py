@@ -9,6 +9,7 @@ that installs it; MINDSCOPE_SKIP_BROWSER_TESTS=1 skips them explicitly.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -70,7 +71,10 @@ def alphas(browser: HeadlessBrowser, selector: str) -> list[float]:
 
 
 def shown(token: str) -> str:
-    """A token as the views print it (newlines and tabs as symbols, the empty token as ∅)."""
+    """A token as the views print it (newlines, tabs and all-space tokens as symbols, the empty
+    token as ∅)."""
+    if token and set(token) == {" "}:
+        return "␣" * len(token)
     return token.replace("\n", "↵").replace("\t", "⇥") or "∅"
 
 
@@ -104,12 +108,12 @@ def test_attention_view_hover_shows_the_pattern(model, browser, shots):
 
     last = model.n_layers - 1
     # Before any hover: the last token of the last layer, head 0.
-    assert readout(browser).startswith(f"'{tokens[-1]}' (position {n - 1}), layer {last}, head 0 attends to:")
+    assert readout(browser).startswith(f"'{shown(tokens[-1])}' (position {n - 1}), layer {last}, head 0 attends to:")
     check(patterns[last, 0, n - 1])
 
     browser.hover(".ms-token[data-i='5']")
     text = readout(browser)
-    assert text.startswith(f"'{tokens[5]}' (position 5), layer {last}, head 0 attends to:")
+    assert text.startswith(f"'{shown(tokens[5])}' (position 5), layer {last}, head 0 attends to:")
     check(patterns[last, 0, 5])
     assert alphas(browser, ".ms-token")[6:] == [0.0] * (n - 6), "a causal model attends to no later token"
     browser.screenshot(shots / "attention_hover.png")
@@ -128,7 +132,7 @@ def test_attention_view_hover_shows_the_pattern(model, browser, shots):
 
     browser.click(".ms-direction .ms-button[data-i='1']")   # what attends to the hovered token
     browser.hover(".ms-token[data-i='4']")
-    assert readout(browser).startswith(f"attending to '{tokens[4]}' (position 4), layer 2, mean of heads:")
+    assert readout(browser).startswith(f"attending to '{shown(tokens[4])}' (position 4), layer 2, mean of heads:")
     check(np.round(patterns[2, :, :, 4], 3).mean(0))
     browser.screenshot(shots / "attention_layer2_mean_keys.png")
 
@@ -163,10 +167,9 @@ def test_view_runs_when_inserted_like_a_notebook_output(browser, shots):
     load(browser, "<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>"
          "<div id='trusted'></div><div id='untrusted'></div></body></html>", shots / "inserted.html")
     browser.evaluate(f"""(() => {{
-        const html = {ms.views._page.json.dumps(view.html())};
-        document.getElementById('untrusted').innerHTML = html;
+        document.getElementById('untrusted').innerHTML = {json.dumps(view.html())};
         const out = document.getElementById('trusted');
-        out.innerHTML = html;
+        out.innerHTML = {json.dumps(view.html())};
         for (const old of out.querySelectorAll('script:not([type])')) {{
             const s = document.createElement('script');
             s.textContent = old.textContent;
@@ -174,8 +177,8 @@ def test_view_runs_when_inserted_like_a_notebook_output(browser, shots):
         }}
     }})()""")
     assert browser.errors() == []
-    assert browser.evaluate("document.querySelectorAll('#trusted .ms-lines').length") == 1
-    assert browser.evaluate("document.querySelectorAll('#untrusted .ms-lines').length") == 0
+    assert browser.evaluate("document.querySelectorAll('#trusted svg.ms-lines').length") == 1
+    assert browser.evaluate("document.querySelectorAll('#untrusted svg.ms-lines').length") == 0
     assert "needs JavaScript" in browser.evaluate("document.querySelector('#untrusted .ms-noscript').textContent")
     browser.hover("#trusted .ms-overlay", dx=0.99)
     assert readout(browser, "#trusted") == "layer 2: accuracy 0.900"
@@ -286,22 +289,23 @@ def test_probe_curve_views_read_each_layer(browser, shots):
         confidence=conf_values, correct=correct, answer_prob=conf_values, bin_confidence=cb, bin_accuracy=ab,
         bin_count=cnt, ece=ece)
 
-    def read(panel: int, k: int, of: int) -> str:
-        browser.hover(".ms-overlay", dx=k / (of - 1) * 0.98 + 0.01, index=panel)
+    def read(panel: int, x: float, xs: np.ndarray) -> str:
+        """Hover the plot of ``panel`` at ``x`` (of the plotted ``xs``) and return its readout."""
+        browser.hover(".ms-overlay", dx=(x - xs.min()) / (xs.max() - xs.min()) * 0.98 + 0.01, index=panel)
         return browser.evaluate(f"document.querySelectorAll('.ms-readout')[{panel}].textContent")
 
     load(browser, truth.view().page(), shots / "lie_detector.html")
     assert browser.evaluate("document.querySelectorAll('.ms-series').length") == 8   # 4 methods x (accuracy, AUROC)
     for k in (0, 7):
-        assert read(0, k, len(layers)) == f"layer {layers[k]}: " + " · ".join(
+        assert read(0, layers[k], layers) == f"layer {layers[k]}: " + " · ".join(
             f"{m} {acc[i, k]:.3f}" for i, m in enumerate(methods))
-        assert read(1, k, len(layers)).startswith(f"layer {layers[k]}: mass_mean {auc[0, k]:.3f}")
+        assert read(1, layers[k], layers).startswith(f"layer {layers[k]}: mass_mean {auc[0, k]:.3f}")
     browser.screenshot(shots / "lie_detector.png")
 
     load(browser, pos.view().page(), shots / "pos_probing.html")
     blocks = [i for i, r in enumerate(reps) if r >= -1]
-    for j, i in enumerate(blocks):
-        assert read(0, j, len(blocks)) == (f"layer {labels[i]}: accuracy {a[i]:.3f} · control accuracy {c[i]:.3f} · "
+    for i in blocks:
+        assert read(0, reps[i], reps[blocks]) == (f"layer {labels[i]}: accuracy {a[i]:.3f} · control accuracy {c[i]:.3f} · "
                                            f"selectivity {a[i] - c[i]:.3f}")
     legend = browser.evaluate("document.querySelector('.ms-legend').textContent")
     assert f"random proj. accuracy {a[1]:.3f}" in legend and "majority tag 0.170" in legend
@@ -309,8 +313,11 @@ def test_probe_curve_views_read_each_layer(browser, shots):
 
     load(browser, conf.view().page(), shots / "confidence.html")
     for b in range(10):
-        expect = f"{'–' if np.isnan(ab[b]) else f'{ab[b]:.3f}'}"
-        assert read(0, b, 10).startswith(f"confidence bin {b / 10:.1f}-{(b + 1) / 10:.1f}: accuracy {expect}")
-        assert read(0, b, 10).endswith(f"({cnt[b]} questions)")
+        text = read(0, (b + 0.5) / 10, (np.arange(10) + 0.5) / 10)
+        m = re.fullmatch(rf"confidence bin {b / 10:.1f}-{(b + 1) / 10:.1f}: accuracy (\S+) · mean confidence (\S+) "
+                         rf"\({cnt[b]} questions\)", text)
+        assert m, text
+        for shown_value, value in zip(m.groups(), (ab[b], cb[b])):   # a bin without questions shows a dash
+            assert shown_value == "–" if np.isnan(value) else abs(float(shown_value) - value) <= 5e-4 + 1e-12
     assert browser.evaluate("document.querySelectorAll('.ms-table tr').length") == 21
     browser.screenshot(shots / "confidence.png")

@@ -55,9 +55,11 @@ def attention_view(tokens: Sequence[str], patterns: Any, layer_names: Sequence[s
         raise InvalidArgumentError(
             f"{p.size:,} attention weights would make a page of tens of MB (limit "
             f"{MAX_ATTENTION_VALUES:,}): show fewer layers or a shorter prompt")
-    if not np.isfinite(p).all() or p.min() < -1e-3 or p.max() > 1 + 1e-3:
-        raise DataError("patterns must be probabilities in [0, 1] (finite); got values in "
-                        f"[{np.nanmin(p):.3g}, {np.nanmax(p):.3g}]")
+    if not np.isfinite(p).all():
+        raise DataError(f"patterns hold {int((~np.isfinite(p)).sum())} NaN or infinite values; "
+                        "they must be probabilities in [0, 1]")
+    if p.min() < -1e-3 or p.max() > 1 + 1e-3:
+        raise DataError(f"patterns must be probabilities in [0, 1]; got values in [{p.min():.3g}, {p.max():.3g}]")
     names = [f"layer {i}" for i in range(n_layers)] if layer_names is None else _strings(layer_names, "layer_names")
     if len(names) != n_layers:
         raise ShapeError(f"{len(names)} layer_names for {n_layers} layers")

@@ -29,8 +29,10 @@ function fmt(v, digits) {
   return v.toFixed(digits === undefined ? 3 : digits);
 }
 
-// Tokens keep their spaces; newlines and tabs are shown as symbols so every token has a width.
+// Tokens keep their spaces; newlines, tabs and tokens of spaces only are shown as symbols so
+// every token has a visible width.
 function tokenText(t) {
+  if (/^ +$/.test(t)) return t.replace(/ /g, "␣");
   return t.replace(/\n/g, "↵").replace(/\t/g, "⇥") || "∅";
 }
 
@@ -55,6 +57,12 @@ function legendKey(legend, name, colour, dashed) {
     "stroke-dasharray": dashed ? "4 3" : "none" }, s);
   el("span", "", key, name);
   return key;
+}
+
+// Colour an element by a value (see shade), with white text where the background is dark.
+function paint(e, v, max, diverging) {
+  e.style.background = shade(v, max, diverging);
+  e.style.color = v !== null && max > 0 && Math.abs(v / max) > 0.55 ? "#fff" : "";
 }
 
 function maxAbs(values) {
@@ -138,7 +146,7 @@ function attentionPanel(box, p) {
     const w = spans.map((_, j) => asQuery ? weight(layer, head, focus, j) : weight(layer, head, j, focus));
     const max = Math.max(...w);
     spans.forEach((s, j) => {
-      s.style.background = shade(w[j], max);
+      paint(s, w[j], max);
       s.classList.toggle("ms-focus", j === focus);
     });
     const top = w.map((v, j) => [v, j]).sort((a, b) => b[0] - a[0]).slice(0, 5);
@@ -169,7 +177,7 @@ function tokensPanel(box, p) {
   }
   function update() {
     const m = p.measures[pick], max = maxAbs(m.values);
-    spans.forEach((s, j) => { s.style.background = shade(m.values[j], max, m.diverging); });
+    spans.forEach((s, j) => paint(s, m.values[j], max, m.diverging));
   }
   update();
 }
@@ -203,7 +211,7 @@ function logitLensPanel(box, p) {
       `p(${quoted(p.target)}) ${fmt(p.target_prob[l][c])}, rank ${p.target_rank[l][c]}`;
   }
   function update() {
-    cells.forEach((row, l) => row.forEach((td, c) => { td.style.background = shade(colourings[pick][1](l, c), 1); }));
+    cells.forEach((row, l) => row.forEach((td, c) => paint(td, colourings[pick][1](l, c), 1)));
   }
   update();
 }
@@ -270,9 +278,10 @@ function linesPanel(box, p) {
     svg("line", { x1: L, x2: W - R, y1: sy(v), y2: sy(v), class: "ms-gridline" }, plot);
     svg("text", { x: L - 6, y: sy(v) + 4, class: "ms-tick", "text-anchor": "end" }, plot).textContent = fmt(v, 2);
   }
-  const step = Math.max(1, Math.ceil(p.x.length / 12));
+  let lastTick = -Infinity;  // skip a tick label that would overlap the previous one
   p.x.forEach((v, i) => {
-    if (i % step) return;
+    if (sx(v) - lastTick < 44) return;
+    lastTick = sx(v);
     svg("text", { x: sx(v), y: H - B + 16, class: "ms-tick", "text-anchor": "middle" }, plot).textContent = p.x_labels ? p.x_labels[i] : v;
   });
   svg("text", { x: (L + W - R) / 2, y: H - 6, class: "ms-axis", "text-anchor": "middle" }, plot).textContent = p.x_label;
@@ -291,7 +300,7 @@ function linesPanel(box, p) {
   });
   if (p.mark !== undefined && p.mark !== null) {
     svg("line", { x1: sx(p.mark), x2: sx(p.mark), y1: T, y2: H - B, class: "ms-mark" }, plot);
-    legendKey(legend, `best: ${p.x_label} ${p.mark}`, "#e15759", true);
+    legendKey(legend, `best: ${p.x_label} ${p.mark}`, "#555", true);
   }
   const guide = svg("line", { y1: T, y2: H - B, class: "ms-guide", visibility: "hidden" }, plot);
   const overlay = svg("rect", { x: L, y: T, width: W - L - R, height: H - T - B, class: "ms-overlay" }, plot);
@@ -324,7 +333,7 @@ function render(root) {
   const data = JSON.parse(root.querySelector("script.ms-data").textContent);
   root.querySelector(".ms-noscript").remove();
   for (const p of data.panels) {
-    const box = el("div", "ms-panel ms-" + p.kind, root);
+    const box = el("div", "ms-panel ms-panel-" + p.kind, root);
     if (p.title) el("div", "ms-title", box, p.title);
     PANELS[p.kind](box, p);
   }
