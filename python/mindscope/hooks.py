@@ -88,13 +88,26 @@ class ActivationCache(Mapping[str, np.ndarray]):
         self.tokens = tokens
         self.lengths = np.array([len(t) for t in tokens], dtype=np.int64)
         self.positions = positions
+        # Token texts are looked up when a view asks (the model's tokenizer), not for every run.
         self._token_texts = token_texts
+        self._str_tokens: list[list[str]] | None = None
 
     def str_tokens(self, prompt: int = 0) -> list[str]:
-        """Each token's text for prompt ``prompt`` (``[lengths[prompt]]``)."""
+        """Each token's text for prompt ``prompt`` (``[lengths[prompt]]``); ``"#id"`` for a cache
+        made without a tokenizer."""
         self._check_prompt(prompt)
         ids = self.tokens[prompt]
+        if self._str_tokens is not None:
+            return list(self._str_tokens[prompt])
         return list(self._token_texts(ids)) if self._token_texts is not None else [f"#{i}" for i in ids]
+
+    def __getstate__(self) -> dict:
+        # The tokenizer lives in the native model, which does not pickle: keep its texts instead.
+        state = dict(self.__dict__)
+        if self._token_texts is not None:
+            state["_str_tokens"] = [self.str_tokens(i) for i in range(len(self.tokens))]
+            state["_token_texts"] = None
+        return state
 
     def _check_prompt(self, prompt: int) -> None:
         if isinstance(prompt, bool) or not isinstance(prompt, (int, np.integer)) or not 0 <= prompt < len(self.tokens):

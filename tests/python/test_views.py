@@ -5,6 +5,8 @@ test_views_browser.py)."""
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import re
 
 import numpy as np
@@ -67,8 +69,6 @@ def test_to_html_and_show_outside_jupyter(tmp_path, capsys):
     try:
         assert shown in capsys.readouterr().out and open(shown, encoding="utf-8").read().startswith("<!DOCTYPE html>")
     finally:
-        import os
-
         os.unlink(shown)
     (tmp_path / "file").write_text("x")
     with pytest.raises(StorageError, match="cannot write the view"):
@@ -80,6 +80,9 @@ def test_cache_views(model, tmp_path):
                                     names=["blocks.0.attn.hook_pattern", "blocks.3.attn.hook_pattern",
                                            "blocks.3.hook_resid_post"], return_logits=False)
     assert cache.str_tokens(1) == model.to_str_tokens("The capital of France is")
+    copy = pickle.loads(pickle.dumps(cache))   # a cache still pickles (the tokenizer stays behind)
+    assert copy.str_tokens(1) == cache.str_tokens(1) and np.array_equal(copy["blocks.3.hook_resid_post"],
+                                                                        cache["blocks.3.hook_resid_post"])
     panel = _data(cache.attention_view(1, layers=[3]).html())["panels"][0]
     n = int(cache.lengths[1])
     assert panel["tokens"] == cache.str_tokens(1) and panel["layers"] == ["layer 3"]
