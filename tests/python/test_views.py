@@ -110,3 +110,13 @@ def test_results_have_views(model, tmp_path):
     assert panel["kind"] == "logit_lens" and panel["top_tokens"] == lens.top_tokens
     assert np.allclose(panel["target_prob"], lens.target_prob)
     assert lens.to_html(tmp_path / "lens.html").endswith("lens.html")
+
+
+def test_show_in_jupyter_displays_the_view(monkeypatch):
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(ms.views._page, "_in_jupyter", lambda: True)
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj))
+    view = ms.views.table_view(["a"], [[1]])
+    assert view.show() is None and shown == [view]
