@@ -9,6 +9,7 @@ that installs it; MINDSCOPE_SKIP_BROWSER_TESTS=1 skips them explicitly.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -32,6 +33,9 @@ def browser(tmp_path_factory):
     binary = find_chromium()
     if binary is None:
         pytest.fail(INSTALL_HINT)
+    if importlib.util.find_spec("websocket") is None:
+        pytest.fail("the view tests drive Chromium through websocket-client: pip install websocket-client "
+                    '(part of the test extra: pip install ".[test]")')
     b = HeadlessBrowser(binary, tmp_path_factory.mktemp("chromium-profile"))
     yield b
     b.close()
