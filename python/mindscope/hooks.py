@@ -144,14 +144,17 @@ class ActivationCache(Mapping[str, np.ndarray]):
 
     def view(self) -> View:
         """The attention view of prompt 0 when attention patterns were captured at every
-        position, else a table of the captured arrays and their shapes."""
+        position, else (or when that view would be too large) a table of the captured arrays."""
         from .views import table_view
 
+        title = f"ActivationCache: {len(self)} arrays, {len(self.tokens)} prompts, positions={self.positions!r}"
         if self._pattern_names() and isinstance(self.positions, str) and self.positions == "all":
-            return self.attention_view(0)
+            try:
+                return self.attention_view(0)
+            except InvalidArgumentError as e:  # too many weights: Jupyter shows the table, not a traceback
+                title += f" (no attention view: {e})"
         rows = [[name, " x ".join(map(str, a.shape)), str(a.dtype)] for name, a in self._arrays.items()]
-        return table_view(["hook", "shape", "dtype"], rows,
-                          title=f"ActivationCache: {len(self)} arrays, {len(self.tokens)} prompts, positions={self.positions!r}")
+        return table_view(["hook", "shape", "dtype"], rows, title=title)
 
     def _repr_html_(self) -> str:
         return self.view().html()

@@ -104,6 +104,16 @@ def test_cache_views(model, tmp_path):
     assert cache.to_html(tmp_path / "cache.html").endswith("cache.html")
 
 
+def test_cache_too_large_for_an_attention_view_shows_a_table():
+    pattern = np.zeros((1, 300, 120, 120), dtype=np.float32)   # 4.3 million weights
+    cache = ms.ActivationCache({"blocks.0.attn.hook_pattern": pattern}, [list(range(120))], "all")
+    with pytest.raises(InvalidArgumentError, match="fewer layers"):
+        cache.attention_view()
+    table = _data(cache._repr_html_())["panels"][0]
+    assert table["kind"] == "table" and table["rows"] == [["blocks.0.attn.hook_pattern", "1 x 300 x 120 x 120", "float32"]]
+    assert cache.str_tokens(0)[:2] == ["#0", "#1"]   # made without a tokenizer
+
+
 def test_results_have_views(model, tmp_path):
     lens = ms.logit_lens(model, "The capital of France is", " Paris", k=3)
     panel = _data(lens._repr_html_())["panels"][0]
