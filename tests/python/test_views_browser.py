@@ -325,3 +325,16 @@ def test_probe_curve_views_read_each_layer(browser, shots):
             assert shown_value == "–" if np.isnan(value) else abs(float(shown_value) - value) <= 5e-4 + 1e-12
     assert browser.evaluate("document.querySelectorAll('.ms-table tr').length") == 21
     browser.screenshot(shots / "confidence.png")
+
+
+def test_lines_with_missing_values(browser, shots):
+    """NaN (a layer without a value) breaks a line and reads as a dash; an all-NaN series
+    still draws the axes."""
+    view = ms.views.probe_curves_view([0, 1, 2], {"none": [np.nan] * 3, "gap": [0.2, np.nan, 0.4]})
+    load(browser, view.page(), shots / "missing.html")
+    paths = browser.evaluate("[...document.querySelectorAll('.ms-series')].map(e => e.getAttribute('d'))")
+    assert paths[0] == "" and paths[1].count("M") == 2 and "L" not in paths[1]
+    browser.hover(".ms-overlay", dx=0.5)
+    assert readout(browser) == "layer 1: none – · gap –"
+    browser.hover(".ms-overlay", dx=0.99)
+    assert readout(browser) == "layer 2: none – · gap 0.400"

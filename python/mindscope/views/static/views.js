@@ -264,6 +264,7 @@ function mapPanel(box, p) {
 function linesPanel(box, p) {
   const W = 640, H = 300, L = 52, R = 30, T = 12, B = 40;
   const values = p.series.flatMap((s) => s.y).concat((p.hlines || []).map((h) => h.y)).filter((v) => v !== null);
+  if (!values.length) values.push(0, 1);  // nothing to draw but the axes
   let lo = p.y_range ? p.y_range[0] : Math.min(...values), hi = p.y_range ? p.y_range[1] : Math.max(...values);
   if (hi - lo < 1e-9) { lo -= 0.5; hi += 0.5; }
   const pad = p.y_range ? 0 : (hi - lo) * 0.06;
