@@ -131,7 +131,8 @@ class HookedModel:
             "interventions": list(interventions) if interventions is not None else None,
             "batch_size": batch_size,
         })
-        return logits, ActivationCache(dict(entries), [list(t) for t in tokens], positions)
+        return logits, ActivationCache(dict(entries), [list(t) for t in tokens], positions,
+                                       token_texts=self._native.token_texts)
 
     def run(
         self,

@@ -62,8 +62,9 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 class ExperimentResult:
-    """Base of experiment results: ``metrics()`` (JSON-able summary), ``plot(path)`` and
-    ``save(folder)`` which writes ``metrics.json`` and the plot there."""
+    """Base of experiment results: ``metrics()`` (JSON-able summary), ``plot(path)``,
+    ``save(folder)`` which writes ``metrics.json`` and the plot there, and an interactive view
+    (``view()``, shown by Jupyter, ``show()``, ``to_html(path)``)."""
 
     name = "experiment"
 
@@ -72,6 +73,22 @@ class ExperimentResult:
 
     def plot(self, path: str | os.PathLike[str]) -> str:
         raise NotImplementedError
+
+    def view(self) -> Any:
+        """The interactive view of this result (a :class:`mindscope.views.View`)."""
+        raise NotImplementedError
+
+    def _repr_html_(self) -> str:
+        return self.view().html()
+
+    def show(self) -> str | None:
+        """Display the interactive view in Jupyter; elsewhere write it to a temporary HTML file
+        and return its path."""
+        return self.view().show()
+
+    def to_html(self, path: str | os.PathLike[str]) -> str:
+        """Save the interactive view as a self-contained HTML page; returns the path."""
+        return self.view().to_html(path)
 
     def save(self, folder: str | os.PathLike[str]) -> dict[str, str]:
         """Write ``metrics.json`` and ``<name>.png`` into ``folder``; returns their paths."""

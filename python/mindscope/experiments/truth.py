@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import plotting
+from .. import plotting, views
 from ..analysis import PCA, TruthDirection, auroc, map_parallel, train_test_split_indices
 from ..datasets import Statements, city_statements
 from ..errors import DataError, InvalidArgumentError, StorageError
@@ -102,6 +102,14 @@ class TruthResult(ExperimentResult):
                           **{f"{meth}_auroc": self.auroc[i] for i, meth in enumerate(self.methods)}},
             "generalization": self.generalization, "causal": self.causal,
         }
+
+    def view(self) -> views.View:
+        """Held-out accuracy and AUROC per layer for each method (hover to read a layer)."""
+        panels = [views.lines_panel(self.layers, dict(zip(self.methods, values)), "layer", label,
+                                    hlines={"chance": 0.5}, mark=self.best_layer, title=f"Held-out {label} per layer")
+                  for label, values in (("accuracy", self.accuracy), ("AUROC", self.auroc))]
+        return views.View(f"Truth directions in {self.model_name} (best: {self.best_method} at layer "
+                          f"{self.best_layer})", panels)
 
     def plot(self, path: str | os.PathLike[str]) -> str:
         """Top-2 PCA of held-out activations coloured by truth, accuracy per layer and method,
