@@ -5,10 +5,12 @@ corrupt run at every (layer, position) of SmolLM2-135M.
 mindscope: (1) `ms.activation_patching`, packed patches continuing the corrupt run's cache
 (blocks l.. on positions t.. only, nothing run before the first token where the prompts
 differ), (2) its naive mode, one full forward per patch with an Action::Replace intervention.
-With transformers + torch (a separate virtualenv, never in CI): (a) a plain loop, one forward
-per patch with a forward pre-hook replacing the layer's input at that position, and (b) the same
-loop skipping the positions before the first differing token (a patch there is a no-op), so the
-ratio to (b) is what packing and the shared cache give on their own.
+With transformers + torch (a separate virtualenv, never in CI): a plain loop, one forward per
+patch with a forward pre-hook replacing the layer's input at that position. Every such forward
+costs the same, so each round times --hf-sample patches spread over the grid (their values are
+checked against the reference too) and scales the time per patch to (a) all 420 patches and
+(b) the patches from the first differing token on (a patch before it is a no-op), so the ratio
+to (b) is what packing and the shared cache give on their own.
 Rounds interleave the implementations (transformers in a subprocess of --hf-python, its model
 load not timed), so the load of the shared machine affects all alike. Prints medians over
 --rounds and the ratios. Usage:
@@ -61,31 +63,30 @@ HF_JOB = textwrap.dedent(
             handle.remove()
         return (logits[a] - logits[b]).item()
 
-    first = next((i for i, (x, y) in enumerate(zip(clean, corrupt)) if x != y), len(clean))
-    start = first if job["skip_prefix"] else 0
+    cells = [tuple(c) for c in job["cells"]]
     with torch.no_grad():
         t = time.perf_counter()
-        out = [[patched_ld(l, p) if p >= start else float("nan") for p in range(len(corrupt))]
-               for l in range(len(layers))]
+        out = [patched_ld(l, p) for l, p in cells]
         elapsed = time.perf_counter() - t
     print(json.dumps({"seconds": elapsed, "scores": out}))
     """
 )
 
 
-def run_hf(python: str, payload: dict) -> tuple[float, np.ndarray]:
+def run_hf(python: str, payload: dict) -> tuple[float, list[float]]:
     res = subprocess.run([python, "-c", HF_JOB, json.dumps(payload)], capture_output=True, text=True, check=False,
                          env=dict(os.environ, OMP_NUM_THREADS=str(payload["threads"])))
     if res.returncode != 0:
         raise RuntimeError(f"transformers job failed:\n{res.stderr[-2000:]}")
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    return out["seconds"], np.array(out["scores"], dtype=np.float64)
+    return out["seconds"], out["scores"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--hf-sample", type=int, default=30, help="patches timed per round in the transformers loop")
     ap.add_argument("--hf-python", default="/work/venv-bench/bin/python",
                     help="a Python with torch + transformers (e.g. a separate virtualenv's), for the comparison")
     args = ap.parse_args()
@@ -111,20 +112,30 @@ def main() -> None:
                "a": model.token_id(pair["a"]), "b": model.token_id(pair["b"]), "threads": args.threads}
     times: dict[str, list[float]] = {}
     results: dict[str, np.ndarray] = {}
+    n_layers, n_pos = ref.shape
+    first = next(i for i, (x, y) in enumerate(zip(clean, corrupt)) if x != y)
+    grid = [(l, t) for l in range(n_layers) for t in range(n_pos)]
     impls["mindscope"]()  # warm-up
-    for _ in range(args.rounds):
+    for r in range(args.rounds):
         for name, fn in impls.items():
             t = time.perf_counter()
             results[name] = fn()
             times.setdefault(name, []).append(time.perf_counter() - t)
+            print(f"round {r}: {name} {times[name][-1]:.2f} s", file=sys.stderr, flush=True)
         if hf:
-            for name, skip in [("transformers loop", False), ("transformers loop, no-op patches skipped", True)]:
-                seconds, scores = run_hf(args.hf_python, {**payload, "skip_prefix": skip})
-                times.setdefault(name, []).append(seconds)
-                results[name] = scores
+            # A different spread of cells each round; the time per patch does not depend on the cell.
+            cells = [grid[(r + k * len(grid) // args.hf_sample) % len(grid)] for k in range(args.hf_sample)]
+            seconds, scores = run_hf(args.hf_python, {**payload, "cells": cells})
+            per_patch = seconds / len(cells)
+            times.setdefault("transformers loop, all patches", []).append(per_patch * len(grid))
+            times.setdefault("transformers loop, no-op patches skipped", []).append(
+                per_patch * n_layers * (n_pos - first))
+            got = results.setdefault("transformers loop, all patches", np.full(ref.shape, np.nan))
+            for (l, p), v in zip(cells, scores):
+                got[l, p] = v
+            results["transformers loop, no-op patches skipped"] = got
+            print(f"round {r}: transformers {per_patch:.3f} s per patch", file=sys.stderr, flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
-    n_layers, n_pos = ref.shape
-    first = next(i for i, (x, y) in enumerate(zip(clean, corrupt)) if x != y)
     print(f"Activation patching, SmolLM2-135M, resid_pre at every (layer, position): {n_layers} x {n_pos} = "
           f"{n_layers * n_pos} patches ({n_layers * (n_pos - first)} from the first differing token, {first}), "
           f"{args.threads} threads, median of {args.rounds} interleaved rounds "
@@ -137,7 +148,8 @@ def main() -> None:
     fast = med["mindscope"]
     print(f"mindscope is {med['mindscope naive'] / fast:.1f}x faster than its naive loop (one full forward per patch)")
     if hf:
-        print(f"mindscope is {med['transformers loop'] / fast:.1f}x faster than the plain transformers loop, "
+        print(f"transformers: {args.hf_sample} patches timed per round, scaled to the loop's patch count")
+        print(f"mindscope is {med['transformers loop, all patches'] / fast:.1f}x faster than the plain transformers loop, "
               f"{med['transformers loop, no-op patches skipped'] / fast:.1f}x faster than that loop skipping the "
               "no-op patches")
     else:
