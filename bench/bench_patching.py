@@ -15,7 +15,8 @@ Rounds interleave the implementations (transformers in a subprocess of --hf-pyth
 load not timed), so the load of the shared machine affects all alike. Prints medians over
 --rounds and the ratios. Usage:
 
-    python bench/bench_patching.py [--rounds 3] [--threads 2] [--hf-python /work/venv-bench/bin/python]
+    python bench/bench_patching.py [--rounds 3] [--threads 2] [--hf-threads 1] [--hf-sample 30]
+                                   [--hf-python /work/venv-bench/bin/python]
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--hf-threads", type=int, default=None,
+                    help="torch threads (default: --threads; on a loaded machine 2 OpenMP threads can be far slower than 1)")
     ap.add_argument("--hf-sample", type=int, default=30, help="patches timed per round in the transformers loop")
     ap.add_argument("--hf-python", default="/work/venv-bench/bin/python",
                     help="a Python with torch + transformers (e.g. a separate virtualenv's), for the comparison")
@@ -109,7 +112,7 @@ def main() -> None:
     impls = {"mindscope": mindscope(False), "mindscope naive": mindscope(True)}
     hf = have_transformers(args.hf_python)
     payload = {"path": ms.list_models()["smollm2-135m"], "clean": clean, "corrupt": corrupt,
-               "a": model.token_id(pair["a"]), "b": model.token_id(pair["b"]), "threads": args.threads}
+               "a": model.token_id(pair["a"]), "b": model.token_id(pair["b"]), "threads": args.hf_threads or args.threads}
     times: dict[str, list[float]] = {}
     results: dict[str, np.ndarray] = {}
     n_layers, n_pos = ref.shape
@@ -138,7 +141,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"Activation patching, SmolLM2-135M, resid_pre at every (layer, position): {n_layers} x {n_pos} = "
           f"{n_layers * n_pos} patches ({n_layers * (n_pos - first)} from the first differing token, {first}), "
-          f"{args.threads} threads, median of {args.rounds} interleaved rounds "
+          f"{args.threads} threads (torch: {payload['threads']}), median of {args.rounds} interleaved rounds "
           f"(load average {os.getloadavg()[0]:.2f})")
     print(f"{'implementation':44s} {'seconds':>8s} {'max |Δ| vs reference':>22s}")
     for name, t in med.items():
