@@ -27,7 +27,9 @@ from . import analysis, backend, datasets, distributed, errors, experiments, plo
 from ._native import __version__
 from .errors import *  # noqa: F401,F403  (typed exceptions at the top level)
 from .hooks import ActivationCache, Intervention, PerPrompt
-from .model import Generation, HookedModel, load_model
+from .model import Generation, Gradients, HookedModel, load_model
+from .gradients import attribution_patching, integrated_gradients, saliency
+from .site_scores import SiteScores
 from .experiments import (
     LieDetector,
     attribution,
@@ -68,6 +70,11 @@ __all__ = [
     "world_map",
     "ActivationCache",
     "Generation",
+    "Gradients",
+    "SiteScores",
+    "attribution_patching",
+    "integrated_gradients",
+    "saliency",
     "HookedModel",
     "Intervention",
     "PerPrompt",

@@ -3,6 +3,7 @@
 //! and input-ablation attribution are built on it.
 
 mod ablation;
+pub mod grad;
 pub mod budget;
 pub mod config;
 pub mod families;
