@@ -56,7 +56,7 @@ def saliency(model: HookedModel, prompt: str | list[int], target: Any, position:
     x = out.activations[EMBED][0]
     return Saliency(
         tokens=model.to_str_tokens(out.tokens[0]),
-        metric=metric_name(metric),
+        metric=metric_name(metric, model),
         value=float(out.metric[0]),
         grad_norm=np.linalg.norm(g.astype(np.float64), axis=-1),
         input_x_grad=(x.astype(np.float64) * g).sum(-1),
@@ -137,7 +137,7 @@ def integrated_gradients(
     tokens = model.to_str_tokens(prompt)
     return IntegratedGradients(
         tokens=tokens,
-        metric=metric_name(metric),
+        metric=metric_name(metric, model),
         attributions=attributions,
         attributions_full=full,
         metric_input=m_x,
@@ -204,7 +204,7 @@ def attribution_patching(
         scores[site] = np.stack(per_layer)
     return SiteScores(
         method="attribution_patching",
-        metric=metric_name(metric),
+        metric=metric_name(metric, model),
         tokens=model.to_str_tokens(clean_ids),
         scores=scores,
         baseline={"clean": m_clean, "corrupt": float(out.metric[0])},

@@ -272,7 +272,12 @@ impl Model {
                     .map(|(n, a)| Ok((n, array_to_py(py, a)?)))
                     .collect::<PyResult<Vec<_>>>()
             };
-            Ok((out.metric, named(out.grads)?, named(out.values)?, out.tokens))
+            Ok((
+                out.metric,
+                named(out.grads)?,
+                named(out.values)?,
+                out.tokens,
+            ))
         })
     }
 

@@ -12,8 +12,8 @@ use pyo3::types::{PyBool, PyDict, PyList, PyString, PyTuple};
 use super::convert::{array_from_py, array_to_py};
 use crate::error::{CallbackPayload, MsError, Result};
 use crate::hooks::{
-    Action, CaptureSpec, CapturedArray, HookFn, HookPoint, HookRegistry, Intervention,
-    LogitsMode, Positions,
+    Action, CaptureSpec, CapturedArray, HookFn, HookPoint, HookRegistry, Intervention, LogitsMode,
+    Positions,
 };
 use crate::model::metric::Metric;
 use crate::model::{Ablation, LanguageModel, SamplingParams};
@@ -814,12 +814,7 @@ pub fn gradient_args(obj: &Bound<'_, PyAny>, model: &LanguageModel) -> Result<Gr
     let spec = req.string("metric")?.ok_or_else(|| {
         MsError::invalid("gradients: metric is required (the JSON of a metric spec)")
     })?;
-    let metric: Metric = serde_json::from_str(&spec).map_err(|e| {
-        MsError::invalid(format!(
-            "gradients: metric must be {{\"kind\": \"logprob\" | \"logit_diff\" | \
-             \"logits_dot\", ...}}: {e}"
-        ))
-    })?;
+    let metric = Metric::from_json(&spec)?;
     let mut points = Vec::new();
     for p in names(&req, registry)? {
         points.extend(registry.resolve_pattern(&p)?);

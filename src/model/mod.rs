@@ -3,11 +3,11 @@
 //! and input-ablation attribution are built on it.
 
 mod ablation;
-pub mod grad;
 pub mod budget;
 pub mod config;
 pub mod families;
 mod generate;
+pub mod grad;
 pub mod metric;
 pub mod parts;
 pub mod plan;

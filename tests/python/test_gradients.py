@@ -105,7 +105,8 @@ def test_batched_prompts_of_different_lengths_match_single_runs(model):
         one = model.gradients([p], ("logprob", " the"), names="blocks.3.hook_mlp_out")
         g = one.grads["blocks.3.hook_mlp_out"][0]
         t = g.shape[0]
-        assert rel_err(both.grads["blocks.3.hook_mlp_out"][b, :t], g) <= 1e-4
+        # float32 sums in another order (a padded batch): the reference bound.
+        assert rel_err(both.grads["blocks.3.hook_mlp_out"][b, :t], g) <= REL
         assert np.all(both.grads["blocks.3.hook_mlp_out"][b, t:] == 0)
         assert both.metric[b] == pytest.approx(one.metric[0], abs=1e-4)
 
@@ -145,7 +146,7 @@ def test_bad_inputs_are_refused_with_what_was_wrong(model):
         model.gradients(["The capital of France is"], ("logprob", " Paris"), position=5)
     with pytest.raises(InvalidArgumentError, match="same number of tokens"):
         ms.attribution_patching(model, "When Mary and John went", "When Mary went", ("logit_diff", " Mary", " John"))
-    with pytest.raises(InvalidArgumentError, match="metric must be"):
+    with pytest.raises(InvalidArgumentError, match="unknown metric kind"):
         model.gradients(["The capital"], ("probability", " Paris"))
     with pytest.raises(InvalidArgumentError, match="no gradient"):
         model.gradients(["The capital"], ("logprob", " Paris"),

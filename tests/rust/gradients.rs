@@ -25,7 +25,10 @@ fn tiny(name: &str) -> LanguageModel {
 
 fn prompt(model: &LanguageModel) -> Vec<u32> {
     let v = model.config().vocab_size as u32;
-    [11, 250, 37, 401, 5, 77, 123].iter().map(|x| x % v).collect()
+    [11, 250, 37, 401, 5, 77, 123]
+        .iter()
+        .map(|x| x % v)
+        .collect()
 }
 
 /// The fast forward's metric with `ivs` applied.
@@ -40,7 +43,13 @@ fn metric_of(model: &LanguageModel, ids: &[u32], metric: &Metric, ivs: &[Interve
     f64::from(metric.value(&logits.data[p * vocab..(p + 1) * vocab]))
 }
 
-fn grads(model: &LanguageModel, ids: &[u32], metric: &Metric, names: &[&str], ivs: &[Intervention]) -> GradOutput {
+fn grads(
+    model: &LanguageModel,
+    ids: &[u32],
+    metric: &Metric,
+    names: &[&str],
+    ivs: &[Intervention],
+) -> GradOutput {
     let points = names
         .iter()
         .map(|n| model.hooks().resolve(n).unwrap())
@@ -75,7 +84,10 @@ fn row(g: &CapturedArray, pos: usize) -> Vec<f32> {
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum()
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum()
 }
 
 /// Central difference of the metric along `dir` (unit) at `name`/`pos`, with `base` interventions.
@@ -104,10 +116,14 @@ fn unit(v: &[f32]) -> Vec<f32> {
 
 /// A fixed pseudo-random unit vector.
 fn random_unit(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let v: Vec<f32> = (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
         })
         .collect();
@@ -133,7 +149,10 @@ fn check_site(
     let step = (1e-2 * scale.max(1e-2)) as f32;
     let norm = dot(&g, &g).sqrt();
     assert!(norm.is_finite(), "{name}: gradient not finite");
-    for (k, dir) in [unit(&g), random_unit(g.len(), pos as u64 + 7)].iter().enumerate() {
+    for (k, dir) in [unit(&g), random_unit(g.len(), pos as u64 + 7)]
+        .iter()
+        .enumerate()
+    {
         let fd = finite_difference(model, ids, metric, point, pos, dir, step, base);
         let analytic = dot(&g, dir);
         let err = (fd - analytic).abs();
@@ -189,7 +208,9 @@ fn logit_diff_and_logits_dot_at_a_given_position() {
     let model = tiny("llama3");
     let ids = prompt(&model);
     let vocab = model.config().vocab_size;
-    let weights: Vec<f32> = (0..vocab).map(|i| ((i * 37) % 11) as f32 / 11.0 - 0.5).collect();
+    let weights: Vec<f32> = (0..vocab)
+        .map(|i| ((i * 37) % 11) as f32 / 11.0 - 0.5)
+        .collect();
     for metric in [
         Metric::LogitDiff {
             a: 5,
@@ -202,7 +223,15 @@ fn logit_diff_and_logits_dot_at_a_given_position() {
         },
     ] {
         let out = grads(&model, &ids, &metric, &["blocks.1.hook_resid_pre"], &[]);
-        let norm = check_site(&model, &ids, &metric, &out, "blocks.1.hook_resid_pre", 1, &[]);
+        let norm = check_site(
+            &model,
+            &ids,
+            &metric,
+            &out,
+            "blocks.1.hook_resid_pre",
+            1,
+            &[],
+        );
         assert!(norm > 0.0);
         // Nothing after the metric's position can change it.
         let (_, g) = &out.grads[0];
@@ -236,10 +265,29 @@ fn gradients_go_through_a_steered_and_a_patched_run() {
     let names = ["blocks.0.hook_resid_post", "blocks.0.hook_resid_pre"];
     let out = grads(&model, &ids, &metric, &names, &ivs);
     let plain = grads(&model, &ids, &metric, &names, &[]);
-    assert!((out.metric[0] - plain.metric[0]).abs() > 1e-4, "the steering changes the metric");
+    assert!(
+        (out.metric[0] - plain.metric[0]).abs() > 1e-4,
+        "the steering changes the metric"
+    );
     for pos in [0, 4, ids.len() - 1] {
-        check_site(&model, &ids, &metric, &out, "blocks.0.hook_resid_post", pos, &ivs);
-        check_site(&model, &ids, &metric, &out, "blocks.0.hook_resid_pre", pos, &ivs);
+        check_site(
+            &model,
+            &ids,
+            &metric,
+            &out,
+            "blocks.0.hook_resid_post",
+            pos,
+            &ivs,
+        );
+        check_site(
+            &model,
+            &ids,
+            &metric,
+            &out,
+            "blocks.0.hook_resid_pre",
+            pos,
+            &ivs,
+        );
     }
     // Position 2 is replaced downstream of blocks.0.hook_resid_post: no gradient reaches it.
     let (_, g) = &out.grads[0];

@@ -94,9 +94,9 @@ impl LanguageModel {
             }
         };
         for (i, &len) in lengths.iter().enumerate() {
-            req.metric.position(len).map_err(|e| {
-                MsError::invalid(format!("prompt {i}: {e}"))
-            })?;
+            req.metric
+                .position(len)
+                .map_err(|e| MsError::invalid(format!("prompt {i}: {e}")))?;
         }
         let per_row = graph_bytes(cfg.n_heads, cfg.d_mlp, cfg.d_model, 1, t_max);
         let chunk = (ATTENTION_GRAPH_BUDGET / per_row.max(1)).clamp(1, req.batch_size.max(1));
@@ -182,16 +182,31 @@ impl LanguageModel {
                 layer,
                 rope: spec.rope.map(|k| &ropes[k]),
                 scale: spec.scale,
-                mask: &masks.iter().find(|(w, _)| *w == spec.window).expect("a mask").1,
+                mask: &masks
+                    .iter()
+                    .find(|(w, _)| *w == spec.window)
+                    .expect("a mask")
+                    .1,
             }
         };
         // Forward without graph, keeping each block's input.
         let mut none = Sites::none();
         let mut inputs = Vec::with_capacity(cfg.n_layers + 1);
-        inputs.push(graph::embedding_stage(&net.embed, x.clone(), &mut ctx, &mut none)?);
+        inputs.push(graph::embedding_stage(
+            &net.embed,
+            x.clone(),
+            &mut ctx,
+            &mut none,
+        )?);
         for (layer, blk) in net.blocks.iter().enumerate() {
             cancel.check()?;
-            let y = graph::block(blk, inputs[layer].clone(), &mut ctx, &mut none, &tables(layer))?;
+            let y = graph::block(
+                blk,
+                inputs[layer].clone(),
+                &mut ctx,
+                &mut none,
+                &tables(layer),
+            )?;
             inputs.push(y);
         }
         let mut collected: Vec<Tap> = Vec::new();
@@ -202,10 +217,20 @@ impl LanguageModel {
             .collect::<Result<_>>()?;
         let top = Var::from_tensor(&inputs[cfg.n_layers])?;
         let mut sites = Sites::new(req.points.clone());
-        let logits = graph::head_logits(final_norm, lm_head, top.as_tensor(), &rows, &mut ctx, &mut sites)?;
+        let logits = graph::head_logits(
+            final_norm,
+            lm_head,
+            top.as_tensor(),
+            &rows,
+            &mut ctx,
+            &mut sites,
+        )?;
         let host: Vec<Vec<f32>> = logits.to_vec2()?;
         let metric: Vec<f32> = host.iter().map(|row| req.metric.value(row)).collect();
-        let seed: Vec<f32> = host.iter().flat_map(|row| req.metric.grad_logits(row)).collect();
+        let seed: Vec<f32> = host
+            .iter()
+            .flat_map(|row| req.metric.grad_logits(row))
+            .collect();
         let seed = Tensor::from_vec(seed, logits.dims(), &Device::Cpu)?;
         let mut grad = pull(&logits, &seed, &top, sites, &mut collected)?;
         // The blocks, from the top.
@@ -232,19 +257,25 @@ impl LanguageModel {
         let mut grads = Vec::with_capacity(req.points.len());
         let mut values = Vec::new();
         for p in &req.points {
-            let tap = collected.iter_mut().find(|c| c.point == *p).ok_or_else(|| {
-                MsError::invalid(format!(
-                    "'{}' is not a site the gradient pass visits in this model",
-                    p.name()
-                ))
-            })?;
-            let mut g = std::mem::take(&mut tap.grad);
-            zero_padding(&mut g, p.kind, lengths);
-            grads.push((p.name(), g));
+            let at = collected
+                .iter()
+                .position(|c| c.point == *p)
+                .ok_or_else(|| {
+                    MsError::invalid(format!(
+                        "'{}' is not a site the gradient pass visits in this model",
+                        p.name()
+                    ))
+                })?;
+            let Tap {
+                mut grad,
+                mut value,
+                ..
+            } = collected.swap_remove(at);
+            zero_padding(&mut grad, p.kind, lengths);
+            grads.push((p.name(), grad));
             if req.with_values {
-                let mut v = std::mem::take(&mut tap.value);
-                zero_padding(&mut v, p.kind, lengths);
-                values.push((p.name(), v));
+                zero_padding(&mut value, p.kind, lengths);
+                values.push((p.name(), value));
             }
         }
         Ok(GradOutput {
