@@ -8,7 +8,9 @@
 //! is wanted gets a zero variable added to it ([`Sites`]): the sum has the site's value and
 //! the variable receives the site's gradient.
 
-use candle_core::{Device, Tensor, Var, D};
+use candle_core::{Device, Tensor, Var};
+
+use super::softmax::CausalSoftmax;
 
 use crate::error::Result;
 use crate::hooks::{HookContext, HookKind, HookPoint};
@@ -86,24 +88,14 @@ fn maybe_norm(x: Tensor, n: &Option<Norm>) -> Result<Tensor> {
     }
 }
 
-/// Softmax over the last axis of `scores + mask`; the row maximum is a constant (softmax
-/// does not depend on it), so no gradient flows through the max.
-fn masked_softmax(scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let x = scores.broadcast_add(mask)?;
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    let sum = e.sum_keepdim(D::Minus1)?;
-    Ok(e.broadcast_div(&sum)?)
-}
-
 /// What one block's attention needs besides its input.
 pub struct AttendTables<'a> {
     pub layer: usize,
     /// cos / sin `[pos, rotary_dim]` (`None`: no RoPE).
     pub rope: Option<&'a (Tensor, Tensor)>,
     pub scale: f64,
-    /// Additive mask broadcastable to `[batch, head, q, k]`.
-    pub mask: &'a Tensor,
+    /// The causal attention's sliding window, if any.
+    pub window: Option<usize>,
 }
 
 fn heads_first(x: &Tensor, rope: Option<&(Tensor, Tensor)>) -> Result<Tensor> {
@@ -147,7 +139,10 @@ fn attention(
         .reshape((b, kvh, group * n, dh))?
         .matmul(&k.t()?)?
         .reshape((b, h, n, n))?;
-    let pattern = masked_softmax(&(scores * t.scale)?, t.mask)?;
+    let pattern = scores.apply_op1(CausalSoftmax {
+        scale: t.scale as f32,
+        window: t.window,
+    })?;
     let pattern = site(ctx, sites, hp(HookKind::AttnPattern), pattern)?;
     let z = pattern
         .reshape((b, kvh, group * n, n))?

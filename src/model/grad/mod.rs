@@ -6,11 +6,13 @@
 //! down, block `l` is recomputed with a graph from its saved input ([`graph`]) and the
 //! incoming gradient is pulled through it by candle's reverse-mode autograd, which yields the
 //! gradient at the block's input and at its hook sites. Besides the saved inputs, memory is
-//! one block's graph: about ten `[batch, head, pos, pos]` attention arrays and ten
-//! `[batch, pos, d_mlp]` arrays (see [`graph_bytes`]). Interventions apply in both passes
+//! one block's graph: about five `[batch, head, pos, pos]` attention arrays (scores and
+//! pattern, their gradients, one transient; the softmax has its own backward, see
+//! [`softmax`]) and ten `[batch, pos, d_mlp]` arrays (see [`graph_bytes`]). Interventions apply in both passes
 //! (see [`HookContext::visit_differentiable`]).
 
 pub mod graph;
+mod softmax;
 
 use candle_core::{Device, Tensor, Var};
 
@@ -18,7 +20,6 @@ use crate::error::{MsError, Result};
 use crate::hooks::{CapturedArray, HookContext, HookKind, HookPoint, Intervention};
 use crate::interrupt::Cancel;
 use crate::model::metric::Metric;
-use crate::model::parts::causal_mask;
 use crate::model::LanguageModel;
 use graph::{AttendTables, Sites};
 
@@ -58,10 +59,10 @@ pub struct GradOutput {
 /// Bytes one chunk's attention graph may take before the chunk is split further.
 const ATTENTION_GRAPH_BUDGET: usize = 1 << 30;
 
-/// Bytes of one block's graph for `rows` prompts of `pos` tokens: about ten attention-sized
+/// Bytes of one block's graph for `rows` prompts of `pos` tokens: about five attention-sized
 /// and ten MLP-sized float arrays live at once (forward values and their gradients).
 pub fn graph_bytes(n_heads: usize, d_mlp: usize, d_model: usize, rows: usize, pos: usize) -> usize {
-    4 * rows * pos * (10 * n_heads * pos + 10 * d_mlp + 20 * d_model)
+    4 * rows * pos * (5 * n_heads * pos + 10 * d_mlp + 20 * d_model)
 }
 
 impl LanguageModel {
@@ -170,23 +171,13 @@ impl LanguageModel {
             .iter()
             .map(|r| r.tables(0..t))
             .collect::<Result<_>>()?;
-        let mut masks: Vec<(Option<usize>, Tensor)> = Vec::new();
-        for l in &cfg.layers {
-            if !masks.iter().any(|(w, _)| *w == l.window) {
-                masks.push((l.window, causal_mask(t, 0, l.window)?));
-            }
-        }
         let tables = |layer: usize| {
             let spec = &cfg.layers[layer];
             AttendTables {
                 layer,
                 rope: spec.rope.map(|k| &ropes[k]),
                 scale: spec.scale,
-                mask: &masks
-                    .iter()
-                    .find(|(w, _)| *w == spec.window)
-                    .expect("a mask")
-                    .1,
+                window: spec.window,
             }
         };
         // Forward without graph, keeping each block's input.
