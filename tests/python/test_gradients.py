@@ -157,3 +157,25 @@ def test_bad_inputs_are_refused_with_what_was_wrong(model):
         ms.integrated_gradients(model, "The capital", " Paris", baseline=np.zeros((1, 3)))
     with pytest.raises(InvalidArgumentError, match="n_steps"):
         ms.integrated_gradients(model, "The capital", " Paris", n_steps=0)
+
+
+@pytest.mark.parametrize("site", ["hook_embed", "blocks.2.hook_resid_pre", "blocks.5.hook_mlp_out"])
+def test_gemma3_gradient_equals_finite_difference(gemma, site):
+    """Gemma 3: scaled embeddings, sandwich norms, q/k norms, sliding-window layers."""
+    ids = gemma.to_tokens("The capital of France is")
+    metric = ("logprob", " Paris")
+    out = gemma.gradients([ids], metric, names=site, return_activations=True)
+    t = len(ids) - 2
+    g = out.grads[site][0, t].astype(np.float64)
+    u = g / np.linalg.norm(g)
+    step = 1e-2 * float(np.abs(out.activations[site][0, t]).mean())
+    target = gemma.token_id(" Paris")
+
+    def metric_at(s: float) -> float:
+        probe = ms.Intervention(site, "add", u.astype(np.float32), scale=s, positions=[t])
+        logits = gemma.run([ids], return_logits="last", interventions=[probe])[0].astype(np.float64)
+        return float(logits[target] - logits.max() - np.log(np.exp(logits - logits.max()).sum()))
+
+    assert metric_at(0.0) == pytest.approx(float(out.metric[0]), abs=1e-3)
+    fd = (metric_at(step) - metric_at(-step)) / (2 * step)
+    assert fd == pytest.approx(np.linalg.norm(g), rel=2e-2)
