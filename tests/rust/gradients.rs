@@ -90,17 +90,23 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
         .sum()
 }
 
-/// Central difference of the metric along `dir` (unit) at `name`/`pos`, with `base` interventions.
+/// Where and along what a finite difference probes: a site, a position, a unit direction.
+struct Probe<'a> {
+    point: HookPoint,
+    pos: usize,
+    dir: &'a [f32],
+}
+
+/// Central difference of the metric along the probe, with `base` interventions.
 fn finite_difference(
     model: &LanguageModel,
     ids: &[u32],
     metric: &Metric,
-    point: HookPoint,
-    pos: usize,
-    dir: &[f32],
+    probe: Probe,
     step: f32,
     base: &[Intervention],
 ) -> f64 {
+    let Probe { point, pos, dir } = probe;
     let at = |s: f32| {
         let mut ivs = base.to_vec();
         ivs.push(add_at(point, pos, dir.to_vec(), s));
@@ -153,7 +159,8 @@ fn check_site(
         .iter()
         .enumerate()
     {
-        let fd = finite_difference(model, ids, metric, point, pos, dir, step, base);
+        let probe = Probe { point, pos, dir };
+        let fd = finite_difference(model, ids, metric, probe, step, base);
         let analytic = dot(&g, dir);
         let err = (fd - analytic).abs();
         assert!(
