@@ -8,13 +8,13 @@
 //! is wanted gets a zero variable added to it ([`Sites`]): the sum has the site's value and
 //! the variable receives the site's gradient.
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor, Var};
 
 use super::softmax::CausalSoftmax;
 
 use crate::error::Result;
 use crate::hooks::{HookContext, HookKind, HookPoint};
-use crate::kernels::composed;
+use crate::kernels::{composed, matmul};
 use crate::model::config::{NormKind, Residual};
 use crate::model::parts::mlp::activate;
 use crate::model::parts::{Attention, Block, Embedding, Linear, Mlp, Norm};
@@ -59,19 +59,65 @@ fn site(ctx: &mut HookContext, sites: &mut Sites, point: HookPoint, t: Tensor) -
     Ok(out)
 }
 
-/// `x [..., in] @ W^T (+ b)`.
-pub fn linear(x: &Tensor, l: &Linear) -> Result<Tensor> {
+/// `x [rows, in] -> x @ W^T [rows, out]` as one op whose backward gives the input's gradient
+/// only (`dy @ W`): candle's matmul backward would also compute the weight's gradient, a
+/// third of the backward's products, which nothing here reads. The forward multiplies
+/// through the same path as the fast forward (the loaded BLAS, else candle's).
+struct LinearOp {
+    weight: Tensor,
+}
+
+impl CustomOp1 for LinearOp {
+    fn name(&self) -> &'static str {
+        "linear-input-grad-only"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, k) = l.shape().dims2()?;
+        let data = s.as_slice::<f32>()?;
+        let Some((a, b)) = l.contiguous_offsets() else {
+            candle_core::bail!("linear: the input is not contiguous");
+        };
+        let x = Tensor::from_slice(&data[a..b], (rows, k), &Device::Cpu)?;
+        let y = matmul::linear(&x, &self.weight, None)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let n = self.weight.dim(0)?;
+        Ok((
+            CpuStorage::F32(y.flatten_all()?.to_vec1()?),
+            Shape::from((rows, n)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad_res.contiguous()?.matmul(&self.weight)?))
+    }
+}
+
+/// `x [..., in] @ W^T` for a weight `[out, in]` (gradient for `x` only).
+pub fn matmul_wt(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let k = dims[dims.len() - 1];
     let rows = x.elem_count() / k.max(1);
-    let y = x.reshape((rows, k))?.matmul(&l.weight.t()?)?;
-    let y = match &l.bias {
+    let y = x.reshape((rows, k))?.contiguous()?.apply_op1(LinearOp {
+        weight: weight.clone(),
+    })?;
+    let mut shape = dims[..dims.len() - 1].to_vec();
+    shape.push(weight.dim(0)?);
+    Ok(y.reshape(shape)?)
+}
+
+/// `x [..., in] @ W^T (+ b)`.
+pub fn linear(x: &Tensor, l: &Linear) -> Result<Tensor> {
+    let y = matmul_wt(x, &l.weight)?;
+    Ok(match &l.bias {
         Some(b) => y.broadcast_add(b)?,
         None => y,
-    };
-    let mut shape = dims[..dims.len() - 1].to_vec();
-    shape.push(l.weight.dim(0)?);
-    Ok(y.reshape(shape)?)
+    })
 }
 
 pub fn norm(x: &Tensor, n: &Norm) -> Result<Tensor> {
@@ -281,5 +327,5 @@ pub fn head_logits(
         .collect();
     let idx = Tensor::from_vec(idx, b, &Device::Cpu)?;
     let picked = normed.reshape((b * t, d))?.index_select(&idx, 0)?;
-    Ok(picked.matmul(&lm_head.t()?)?)
+    matmul_wt(&picked, lm_head)
 }
