@@ -23,7 +23,7 @@ import os as _os
 # set wins.
 _os.environ.setdefault("CANDLE_NUM_THREADS", "1")
 
-from . import analysis, backend, datasets, distributed, errors, experiments, plotting, stats, storage
+from . import analysis, backend, datasets, distributed, errors, experiments, plotting, stats, storage, views
 from ._native import __version__
 from .errors import *  # noqa: F401,F403  (typed exceptions at the top level)
 from .hooks import ActivationCache, Intervention, PerPrompt
@@ -54,6 +54,7 @@ __all__ = [
     "plotting",
     "stats",
     "storage",
+    "views",
     "CorpusStats",
     "corpus_stats",
     "distributed",

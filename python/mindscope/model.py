@@ -121,7 +121,11 @@ class HookedModel:
                 or ``None`` for every hook.
             positions: ``"all"``, ``"last"`` (last real token of each prompt), an index or a
                 list of indices (negative counts from each prompt's end), or ``PerPrompt([...])``.
-            stop_at_layer: run blocks ``0..stop_at_layer`` only (no logits then).
+            stop_at_layer: ``k`` runs blocks ``0`` to ``k - 1`` and stops before block ``k``
+                (TransformerLens's meaning; ``0`` runs the embeddings only); no logits then. A
+                glob in ``names`` keeps the hooks that are computed (``"blocks.*.hook_resid_post"``
+                with ``stop_at_layer=3`` gives blocks 0, 1, 2); a hook named exactly that is not
+                computed is an error.
             return_logits: ``True`` (``"last"`` when ``positions`` is ``"last"``, else ``"all"``),
                 ``False``, ``"last"`` ``[batch, vocab]`` or ``"all"`` ``[batch, pos, vocab]``.
                 Without logits, layers after the last captured one are not computed.
@@ -143,7 +147,8 @@ class HookedModel:
             "interventions": list(interventions) if interventions is not None else None,
             "batch_size": batch_size,
         })
-        return logits, ActivationCache(dict(entries), [list(t) for t in tokens], positions)
+        return logits, ActivationCache(dict(entries), [list(t) for t in tokens], positions,
+                                       token_texts=self._native.token_texts)
 
     def run(
         self,

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import plotting
+from .. import plotting, views
 from ..errors import InvalidArgumentError
 from ._result import ExperimentResult, int_arg, text_arg
 
@@ -18,7 +18,7 @@ ABLATIONS = ("delete", "replace", "zero", "mean")
 UNITS = ("token", "word", "window")
 
 
-@dataclass
+@dataclass(repr=False)
 class AttributionResult(ExperimentResult):
     """``effect[i]`` = log p(target | prompt) − log p(target | prompt with span i ablated):
     positive where the span supports the target. ``spans`` are token ranges ``[start, end)`` of
@@ -67,6 +67,23 @@ class AttributionResult(ExperimentResult):
             "most_important": [self.span_labels[i] for i in order[:3]],
             "attention_last_layer": self.attention[-1], "rollout": self.rollout,
         }
+
+    def view(self) -> views.View:
+        """The prompt coloured by ablation effect (or attention, or rollout: buttons); hover a
+        token for all three."""
+        effect = f"Δ {self.measure}"
+        notes = [""] * len(self.tokens)
+        for (s, e), label in zip(self.spans, self.span_labels):
+            for i in range(s, e):
+                notes[i] = f"{notes[i]}, {label!r}" if notes[i] else f"in {label!r}"
+        query = "mean position" if self.measure == "cosine" else "last position"
+        return views.token_values_view(
+            self.tokens, {effect: self.token_effect(), f"attention of the {query} (last layer)": self.attention[-1],
+                          "attention rollout": self.rollout},
+            diverging=[effect], notes=notes,
+            header=f"Target {self.target!r}: {self.measure} {self.clean_logprob:.3f} on the whole prompt; "
+                   f"{effect} = drop when the span is ablated ({self.ablation}); red supports the target.",
+            title=f"What matters for {self.target!r} after {self.prompt!r} ({self.model_name})")
 
     def plot(self, path: str | os.PathLike[str]) -> str:
         """Tokens coloured by ablation effect, above the attention of the last position per

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import plotting
+from .. import plotting, views
 from ..errors import InvalidArgumentError, ShapeError
 from ._result import ExperimentResult, int_arg
 
@@ -25,7 +25,7 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
-@dataclass
+@dataclass(repr=False)
 class LogitLensResult(ExperimentResult):
     """``target_prob`` / ``target_rank`` ``[layers, positions]`` for ``target`` (the next
     token after each position is scored against the same target token), and
@@ -50,6 +50,13 @@ class LogitLensResult(ExperimentResult):
             "first_layer_target_is_top1": first,
             "top1_last_position": [layer[-1][0] for layer in self.top_tokens],
         }
+
+    def view(self) -> views.View:
+        """Every layer's top guess at every position (hover for the top k and the target)."""
+        n_layers = self.target_prob.shape[0]
+        return views.logit_lens_view(
+            self.tokens, [f"L{i}" for i in range(n_layers)], self.top_tokens, self.top_probs, self.target,
+            self.target_prob, self.target_rank, title=f"Logit lens on {self.prompt!r} ({self.model_name})")
 
     def plot(self, path: str | os.PathLike[str]) -> str:
         """Heatmap of the target's probability (layers x positions) and its rank per layer at
@@ -93,7 +100,7 @@ def logit_lens(model: Any, prompt: str, target: str | None = None, k: int = 5) -
     )
 
 
-@dataclass
+@dataclass(repr=False)
 class ConfidenceResult(ExperimentResult):
     """Per question: ``confidence`` (probability of the model's top next token), ``correct``
     (that token is the answer's first token), ``answer_prob`` (probability of the answer's first
@@ -122,6 +129,23 @@ class ConfidenceResult(ExperimentResult):
                          for p, a, q, c in list(zip(self.prompts, self.answers, self.predictions,
                                                     self.confidence.tolist()))[:10]],
         }
+
+    def view(self) -> views.View:
+        """Accuracy and mean confidence per confidence bin (hover a bin for its count), and the
+        first questions with the model's answers."""
+        n = len(self.bin_count)
+        bins = views.lines_panel(
+            (np.arange(n) + 0.5) / n, {"accuracy": self.bin_accuracy, "mean confidence": self.bin_confidence},
+            "confidence bin", "accuracy", dashed=["mean confidence"], y_range=(0, 1),
+            x_labels=[f"{b / n:.1f}-{(b + 1) / n:.1f}" for b in range(n)],
+            notes=[f"{c} questions" for c in self.bin_count.tolist()],
+            title=f"Reliability: accuracy {self.correct.mean():.2f}, ECE {self.ece:.3f}")
+        rows = [[p, a, q, f"{c:.3f}", "yes" if ok else "no"]
+                for p, a, q, c, ok in list(zip(self.prompts, self.answers, self.predictions, self.confidence.tolist(),
+                                               self.correct.tolist()))[:20]]
+        table = views.table_panel(["prompt", "answer", "model's answer", "confidence", "correct"], rows,
+                                  title=f"First {len(rows)} of {len(self.prompts)} questions")
+        return views.View(f"Does {self.model_name} know when it knows?", [bins, table])
 
     def plot(self, path: str | os.PathLike[str]) -> str:
         """Reliability diagram (accuracy per confidence bin against the diagonal) and how many

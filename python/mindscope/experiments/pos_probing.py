@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import plotting
+from .. import plotting, views
 from ..analysis import LogisticProbe, control_task_labels, map_parallel, train_test_split_indices
 from ..datasets import Sentence
 from ..errors import DataError, InvalidArgumentError
@@ -27,6 +27,10 @@ class WordActivations:
     words: list[str]
     tags: np.ndarray
     sentence: np.ndarray
+
+    def __repr__(self) -> str:
+        return (f"WordActivations({len(self.words)} words of {len(np.unique(self.sentence))} sentences, "
+                f"{len(self.features)} sites)")
 
 
 def word_token_spans(model: Any, sentence: Sentence) -> list[tuple[int, int]]:
@@ -63,7 +67,7 @@ def word_activations(model: Any, sentences: Sequence[Sentence], sites: Sequence[
     return WordActivations({n: np.concatenate(v) for n, v in feats.items()}, words, tags, sentence)
 
 
-@dataclass
+@dataclass(repr=False)
 class PosProbingResult(ExperimentResult):
     """Per representation (``labels``: ``"embed"``, ``"random proj."``, ``"L0"``, ...): held-out
     ``accuracy``, ``control_accuracy`` and ``selectivity`` (= accuracy − control), plus
@@ -96,6 +100,21 @@ class PosProbingResult(ExperimentResult):
                                    "control_accuracy": self.control_accuracy,
                                    "selectivity": self.selectivity},
         }
+
+    def view(self) -> views.View:
+        """Accuracy, control accuracy and selectivity per layer (hover to read a layer); the
+        majority tag and the random-projection baseline as dashed levels."""
+        blocks = self.layers >= -1
+        x = self.layers[blocks]
+        levels = {"majority tag": self.majority}
+        levels.update({f"{label} accuracy": float(a) for label, a, keep in zip(self.labels, self.accuracy, blocks) if not keep})
+        panel = views.lines_panel(
+            x, {"accuracy": self.accuracy[blocks], "control accuracy": self.control_accuracy[blocks],
+                "selectivity": self.selectivity[blocks]},
+            "layer", "held-out accuracy", dashed=["control accuracy"], hlines=levels, y_range=(0, 1),
+            x_labels=[label for label, keep in zip(self.labels, blocks) if keep],
+            title=f"POS probe, {self.n_test_words} held-out words")
+        return views.View(f"Part of speech in {self.model_name}: accuracy vs control task", [panel])
 
     def plot(self, path: str | os.PathLike[str]) -> str:
         """Accuracy, control accuracy and selectivity per layer (embedding at layer −1, the

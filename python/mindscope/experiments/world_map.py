@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import plotting
+from .. import plotting, views
 from ..analysis import PCA, RidgeProbe, map_parallel, great_circle_km, kfold_indices, proximity_error, r2_score, train_test_split_indices
 from ..datasets import Cities, world_cities
 from ..errors import InvalidArgumentError
@@ -37,7 +37,7 @@ def name_positions(model: Any, template: str, names: Sequence[str]) -> tuple[lis
     return prompts, PerPrompt(positions)
 
 
-@dataclass
+@dataclass(repr=False)
 class WorldMapResult(ExperimentResult):
     """Per-layer probe quality and the best layer's predictions.
 
@@ -69,6 +69,8 @@ class WorldMapResult(ExperimentResult):
     #: ``[n_cities, d_model]`` activations at ``best_layer`` and the split, to re-check findings.
     best_activations: np.ndarray = field(repr=False)
     train_index: np.ndarray = field(repr=False)
+    #: The held-out cities' names (``[n_test]``, same order as ``true_latlon``).
+    city_names: list[str] = field(default_factory=list)
     name = "world_map"
 
     @property
@@ -90,6 +92,19 @@ class WorldMapResult(ExperimentResult):
                           "alpha": self.alpha},
             "continent_holdout": self.continent_holdout,
         }
+
+    def view(self) -> views.View:
+        """The held-out cities at their predicted places (hover one: name, true and predicted
+        place, error) and the probe's R² per layer (hover to read a layer)."""
+        names = self.city_names or [f"city {i}" for i in self.test_index.tolist()]
+        km = great_circle_km(self.true_latlon, self.pred_latlon)
+        world = views.map_panel(names, self.continents, self.true_latlon, self.pred_latlon, km,
+                                title=f"Layer {self.best_layer}: held-out cities at their predicted places")
+        curves = views.lines_panel(
+            self.layers, {"R² latitude": self.r2_lat, "R² longitude": self.r2_lon, "train R² (mean)": self.train_r2_mean},
+            "layer", "R²", dashed=["train R² (mean)"], mark=self.best_layer,
+            notes=[f"median error {v:,.0f} km" for v in self.median_error_km], title="Held-out R² per layer")
+        return views.View(f"World map inside {self.model_name} ({self.n_cities} cities)", [world, curves])
 
     def plot(self, path: str | os.PathLike[str]) -> str:
         """World map of held-out predictions (lines to the true positions), the 2-D PCA of the
@@ -190,6 +205,7 @@ def world_map(
         pca_explained=pca.explained_variance_ratio_, continents=[cities.continent[i] for i in test.tolist()],
         continent_holdout=continent_holdout(X_best, cities, alphas, seed, holdout_min_cities),
         n_cities=len(cities), best_activations=X_best, train_index=train,
+        city_names=[cities.name[i] for i in test.tolist()],
     )
 
 
