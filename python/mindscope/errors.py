@@ -43,6 +43,11 @@ class DataError(MindscopeError, ValueError):
     """Input data that cannot be used: NaN/inf features, a single class, malformed lines."""
 
 
+class MissingDependencyError(DataError):
+    """An optional package a step needs is not installed; the message says what to install.
+    (A :class:`DataError`, as it was before it had a class of its own.)"""
+
+
 class StorageError(MindscopeError, OSError):
     """Reading or writing a file or dump failed."""
 
@@ -80,6 +85,7 @@ __all__ = [
     "UnsupportedArchitectureError",
     "NotFittedError",
     "DataError",
+    "MissingDependencyError",
     "StorageError",
     "ComputeError",
     "InternalError",

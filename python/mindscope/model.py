@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,17 @@ class Generation:
     token_ids: list[int]
     logprobs: list[float]
     prompt_ids: list[int]
+
+
+@dataclass
+class Gradients:
+    """What ``HookedModel.gradients`` returns: ``grads[name]`` (the activation's shape, batch
+    first), ``metric`` ``[batch]``, ``activations[name]`` (when asked for), token ids."""
+
+    grads: dict[str, np.ndarray]
+    metric: np.ndarray
+    activations: dict[str, np.ndarray]
+    tokens: list[list[int]]
 
 
 class HookedModel:
@@ -109,7 +121,11 @@ class HookedModel:
                 or ``None`` for every hook.
             positions: ``"all"``, ``"last"`` (last real token of each prompt), an index or a
                 list of indices (negative counts from each prompt's end), or ``PerPrompt([...])``.
-            stop_at_layer: run blocks ``0..stop_at_layer`` only (no logits then).
+            stop_at_layer: ``k`` runs blocks ``0`` to ``k - 1`` and stops before block ``k``
+                (TransformerLens's meaning; ``0`` runs the embeddings only); no logits then. A
+                glob in ``names`` keeps the hooks that are computed (``"blocks.*.hook_resid_post"``
+                with ``stop_at_layer=3`` gives blocks 0, 1, 2); a hook named exactly that is not
+                computed is an error.
             return_logits: ``True`` (``"last"`` when ``positions`` is ``"last"``, else ``"all"``),
                 ``False``, ``"last"`` ``[batch, vocab]`` or ``"all"`` ``[batch, pos, vocab]``.
                 Without logits, layers after the last captured one are not computed.
@@ -149,6 +165,60 @@ class HookedModel:
         )
         assert logits is not None
         return logits
+
+    def gradients(
+        self,
+        prompts: Prompts | None,
+        metric: tuple,
+        names: NamesSpec = "blocks.*.hook_resid_pre",
+        position: int | None = None,
+        interventions: Iterable[InterventionSpec] | None = None,
+        batch_size: int = 8,
+        return_activations: bool = False,
+        embeddings: np.ndarray | None = None,
+    ) -> Gradients:
+        """``d metric / d activation`` at hook sites (no weight gradients), through the same
+        forward as ``run_with_cache`` (interventions included: a replaced activation passes no
+        gradient, a steering vector is a constant).
+
+        Args:
+            prompts: a string, a list of strings, or a list of token-id lists (right-padded
+                to the longest); ``None`` when ``embeddings`` are given.
+            metric: ``("logprob", target)``, ``("logit_diff", a, b)`` or ``("logits_dot",
+                weights [vocab])``; targets are one-token strings or ids.
+            names: hook names or globs whose gradients are returned.
+            position: the position the metric reads (default: each prompt's last token).
+            interventions: as in ``run_with_cache`` (no callables, no batch means).
+            batch_size: prompts per chunk (long prompts run fewer at a time).
+            return_activations: also return the activations at the sites.
+            embeddings: ``[batch, pos, d_model]`` token embeddings (the ``hook_embed`` site)
+                fed instead of prompts.
+
+        Returns:
+            :class:`Gradients`: ``.grads[name]`` with the activation's shape (batch first,
+            padded positions zero), ``.metric`` ``[batch]``, ``.activations`` (if asked).
+
+        Memory: a forward keeps each block's input (``(n_layers + 1) * batch * pos * d_model``
+        floats), then recomputes one block at a time with its graph.
+        """
+        from .metrics import resolve_metric
+
+        spec = resolve_metric(self, metric, position)
+        metric_val, grads, acts, tokens = self._native.gradients({
+            "prompts": prompts,
+            "embeddings": None if embeddings is None else np.ascontiguousarray(embeddings, dtype=np.float32),
+            "metric": json.dumps(spec),
+            "names": names_request(names, self._hook_names),
+            "interventions": list(interventions) if interventions is not None else None,
+            "batch_size": batch_size,
+            "return_activations": return_activations,
+        })
+        return Gradients(
+            grads=dict(grads),
+            metric=np.asarray(metric_val, dtype=np.float32),
+            activations=dict(acts),
+            tokens=[list(t) for t in tokens],
+        )
 
     def embed(self, sentences: str | Sequence[str] | Sequence[Sequence[int]], batch_size: int = 32) -> np.ndarray:
         """Sentence embeddings of an encoder, as sentence-transformers computes them: the mean

@@ -9,11 +9,14 @@ use pyo3::types::PyDict;
 
 use super::convert::array_to_py;
 use super::patching::patching_args;
-use super::requests::{ablation_args, embed_args, generate_args, run_args, token_ids};
+use super::requests::{
+    ablation_args, embed_args, generate_args, gradient_args, run_args, token_ids,
+};
 use super::{guarded, interruptible, to_py_err, IntoPyResult};
 use crate::error::{MsError, Result};
 use crate::hooks::CapturedArray;
 use crate::model::config::Residual;
+use crate::model::grad::{GradInput, GradRequest};
 use crate::model::{
     AblationJob, LanguageModel, PackLimits, PatchJob, SUPPORTED_ARCHITECTURES,
     SUPPORTED_MODEL_TYPES,
@@ -21,6 +24,13 @@ use crate::model::{
 
 /// Token ids and character spans of one text.
 type TokensWithOffsets = (Vec<u32>, Vec<(usize, usize)>);
+
+/// Named arrays handed to Python.
+type NamedArrays<'py> = Vec<(String, Bound<'py, PyArrayDyn<f32>>)>;
+
+/// What `Model.gradients` returns: metric per prompt, gradients and activations by name,
+/// token ids.
+type GradientResult<'py> = (Vec<f32>, NamedArrays<'py>, NamedArrays<'py>, Vec<Vec<u32>>);
 
 /// What `Model.run` returns: logits, captured arrays by name, token ids.
 type RunResult<'py> = (
@@ -226,6 +236,50 @@ impl Model {
                 .map(|(n, a)| Ok((n, array_to_py(py, a)?)))
                 .collect::<PyResult<Vec<_>>>()?;
             Ok((logits, cache, out.tokens))
+        })
+    }
+
+    /// d metric / d activation at hook sites; returns `(metric per prompt, [(name, grad)],
+    /// [(name, activation)] (when `return_activations`), token ids)`. `request`: `{"prompts"
+    /// | "embeddings", "metric" (JSON), "names", "interventions", "batch_size",
+    /// "return_activations"}`, read in `bindings/requests.rs`.
+    fn gradients<'py>(
+        &self,
+        py: Python<'py>,
+        request: &Bound<'py, PyAny>,
+    ) -> PyResult<GradientResult<'py>> {
+        guarded(|| {
+            let model = &self.inner;
+            let args = gradient_args(request, model).py_err()?;
+            let out = interruptible(py, |cancel| {
+                let input = match (args.prompts, args.embeddings) {
+                    (Some(p), _) => GradInput::Ids(p.tokens(model)?),
+                    (None, Some(e)) => GradInput::Embeddings(e),
+                    (None, None) => return Err(MsError::invalid("gradients: no input")),
+                };
+                model.gradients(
+                    GradRequest {
+                        input,
+                        metric: &args.metric,
+                        points: args.points,
+                        interventions: &args.interventions,
+                        batch_size: args.batch_size,
+                        with_values: args.return_activations,
+                    },
+                    cancel,
+                )
+            })?;
+            let named = |v: Vec<(String, CapturedArray)>| {
+                v.into_iter()
+                    .map(|(n, a)| Ok((n, array_to_py(py, a)?)))
+                    .collect::<PyResult<Vec<_>>>()
+            };
+            Ok((
+                out.metric,
+                named(out.grads)?,
+                named(out.values)?,
+                out.tokens,
+            ))
         })
     }
 

@@ -12,8 +12,10 @@ use pyo3::types::{PyBool, PyDict, PyList, PyString, PyTuple};
 use super::convert::{array_from_py, array_to_py};
 use crate::error::{CallbackPayload, MsError, Result};
 use crate::hooks::{
-    Action, CaptureSpec, CapturedArray, HookFn, HookRegistry, Intervention, LogitsMode, Positions,
+    Action, CaptureSpec, CapturedArray, HookFn, HookPoint, HookRegistry, Intervention, LogitsMode,
+    Positions,
 };
+use crate::model::metric::Metric;
 use crate::model::{Ablation, LanguageModel, SamplingParams};
 
 /// A request dict, read key by key. Keys it does not know are refused (a misspelt option
@@ -768,4 +770,64 @@ pub fn text(v: &Bound<'_, PyAny>, what: &str) -> Result<String> {
 /// Token ids from any Python sequence of ints (for `decode`, `token_texts`).
 pub fn token_ids(v: &Bound<'_, PyAny>, what: &str) -> Result<Vec<u32>> {
     id_list(v).map_err(|why| MsError::invalid(format!("{what} must be {why}")))
+}
+
+/// A parsed `Model.gradients` request.
+pub struct GradientArgs {
+    /// Prompts, or `None` when the request gives embeddings.
+    pub prompts: Option<Prompts>,
+    pub embeddings: Option<CapturedArray>,
+    pub metric: Metric,
+    pub points: Vec<HookPoint>,
+    pub interventions: Vec<Intervention>,
+    pub batch_size: usize,
+    pub return_activations: bool,
+}
+
+/// `{"prompts" | "embeddings", "metric", "names", "interventions", "batch_size",
+/// "return_activations"}`. `metric` is the JSON of a [`Metric`] (what
+/// `mindscope.metrics.resolve_metric` builds), read by serde.
+pub fn gradient_args(obj: &Bound<'_, PyAny>, model: &LanguageModel) -> Result<GradientArgs> {
+    let req = Request::new(
+        obj,
+        "gradients",
+        &[
+            "prompts",
+            "embeddings",
+            "metric",
+            "names",
+            "interventions",
+            "batch_size",
+            "return_activations",
+        ],
+    )?;
+    let registry = model.hooks();
+    let (prompts, embeddings) = match (req.get("prompts"), req.get("embeddings")) {
+        (Some(_), Some(_)) => {
+            return Err(MsError::invalid(
+                "gradients: give prompts or embeddings, not both",
+            ))
+        }
+        (None, Some(e)) => (None, Some(float_array(&e, "embeddings")?)),
+        _ => (Some(Prompts::parse(&req, "prompts")?), None),
+    };
+    let spec = req.string("metric")?.ok_or_else(|| {
+        MsError::invalid("gradients: metric is required (the JSON of a metric spec)")
+    })?;
+    let metric = Metric::from_json(&spec)?;
+    let mut points = Vec::new();
+    for p in names(&req, registry)? {
+        points.extend(registry.resolve_pattern(&p)?);
+    }
+    points.sort_by_key(|p| registry.index(*p));
+    points.dedup();
+    Ok(GradientArgs {
+        prompts,
+        embeddings,
+        metric,
+        points,
+        interventions: interventions(&req, registry)?,
+        batch_size: req.count("batch_size", 1, 8)?,
+        return_activations: req.bool("return_activations", false)?,
+    })
 }

@@ -373,6 +373,68 @@ impl<'a> HookContext<'a> {
     }
 }
 
+impl HookContext<'_> {
+    /// Hand a hook site's tensor of a differentiable forward over: the interventions registered
+    /// there apply to its value as in [`visit`](Self::visit), and gradients flow through the
+    /// elements they keep (a steering vector adds a constant) but not through the elements
+    /// they replace (zero, mean, patched values are constants). Nothing is captured.
+    ///
+    /// A Python hook function has no gradient, and a mean over "this batch" would depend on
+    /// the batch: both are refused.
+    pub fn visit_differentiable(&mut self, point: HookPoint, t: Tensor) -> Result<Tensor> {
+        if !self.intervenes(point) {
+            return Ok(t);
+        }
+        let pos_axis = point.kind.pos_axis();
+        let name = point.name();
+        let mut act = to_array(&t)?;
+        let mut pass = CapturedArray::new(act.shape.clone(), vec![1.0; act.data.len()]);
+        for (p, iv) in &self.interventions {
+            if *p != point {
+                continue;
+            }
+            match &iv.action {
+                Action::Custom(_) => {
+                    return Err(MsError::invalid(format!(
+                        "intervention at '{name}': a Python hook function has no gradient; \
+                         gradients compose with zero, replace (patch), mean (with a given \
+                         vector) and add (steer) interventions"
+                    )))
+                }
+                Action::Mean(None) => {
+                    return Err(MsError::invalid(format!(
+                        "intervention at '{name}': a mean over this batch depends on the \
+                         batch, so its gradient is ambiguous; pass the mean vector explicitly"
+                    )))
+                }
+                Action::Add { .. } => {}
+                Action::Zero | Action::Replace(_) | Action::Mean(Some(_)) => apply_action(
+                    &name,
+                    &Action::Zero,
+                    &mut pass,
+                    pos_axis,
+                    &iv.positions,
+                    &self.lengths,
+                )?,
+            }
+            apply_action(
+                &name,
+                &iv.action,
+                &mut act,
+                pos_axis,
+                &iv.positions,
+                &self.lengths,
+            )?;
+        }
+        let dev = t.device().clone();
+        let values = Tensor::from_slice(&act.data, act.shape.as_slice(), &dev)?;
+        let pass = Tensor::from_slice(&pass.data, act.shape.as_slice(), &dev)?;
+        // (t - detach(t)) is exactly zero, with t's gradient: the value is `values` bit for
+        // bit, the gradient `pass` element-wise.
+        Ok(((&t - t.detach())?.mul(&pass)? + values)?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

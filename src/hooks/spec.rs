@@ -1,6 +1,6 @@
 //! What to capture: which hook points, at which positions, and how far to run the model.
 
-use super::{HookPoint, HookRegistry, HookSet};
+use super::{is_glob, HookKind, HookPoint, HookRegistry, HookSet};
 use crate::error::{MsError, Result};
 
 /// Token positions to keep, resolved per prompt against its real (unpadded) length.
@@ -89,13 +89,34 @@ pub struct CaptureSpec {
     pub points: Vec<HookPoint>,
     pub set: HookSet,
     pub positions: Positions,
-    /// Run blocks `0..stop_at_layer` only (TransformerLens semantics); no logits then.
+    /// Run blocks `0..stop_at_layer` only, i.e. blocks 0 to `stop_at_layer - 1`
+    /// (TransformerLens semantics); no logits then.
     pub stop_at_layer: Option<usize>,
     pub logits: LogitsMode,
 }
 
+/// The blocks `stop_at_layer=stop` runs, in words.
+fn blocks_run(stop: usize) -> String {
+    match stop {
+        0 => "no block (the embeddings only)".to_string(),
+        1 => "block 0".to_string(),
+        _ => format!("blocks 0 to {}", stop - 1),
+    }
+}
+
+/// Whether `point` is computed when only blocks `0..stop` run: the embedding stage always
+/// is, a block's hooks when the block runs, `ln_final` never.
+fn computed_with_stop(point: &HookPoint, stop: usize) -> bool {
+    match point.layer {
+        Some(layer) => layer < stop,
+        None => matches!(point.kind, HookKind::Embed | HookKind::PosEmbed),
+    }
+}
+
 impl CaptureSpec {
-    /// Build a spec from hook names or globs (`blocks.*.hook_resid_post`).
+    /// Build a spec from hook names or globs (`blocks.*.hook_resid_post`). With
+    /// `stop_at_layer`, a glob keeps the hooks that are computed (blocks `0..stop_at_layer`
+    /// and the embeddings), while a hook named exactly that is not computed is an error.
     pub fn new(
         registry: &HookRegistry,
         patterns: &[String],
@@ -103,14 +124,6 @@ impl CaptureSpec {
         stop_at_layer: Option<usize>,
         logits: LogitsMode,
     ) -> Result<Self> {
-        let mut points = Vec::new();
-        for p in patterns {
-            points.extend(registry.resolve_pattern(p)?);
-        }
-        points.sort();
-        points.dedup();
-        // Keep forward order so the cache iterates like the model runs.
-        points.sort_by_key(|p| registry.index(*p));
         let n_layers = registry.n_layers();
         if let Some(stop) = stop_at_layer {
             if stop > n_layers {
@@ -118,20 +131,42 @@ impl CaptureSpec {
                     "stop_at_layer={stop} but the model has {n_layers} layers (allowed: 0 to {n_layers})"
                 )));
             }
-            if let Some(p) = points
-                .iter()
-                .find(|p| p.layer.is_none_or(|l| l >= stop) && p.name() != "hook_embed")
-            {
-                return Err(MsError::invalid(format!(
-                    "hook '{}' is not computed with stop_at_layer={stop}",
-                    p.name()
-                )));
+        }
+        let mut points = Vec::new();
+        for p in patterns {
+            let mut found = registry.resolve_pattern(p)?;
+            if let Some(stop) = stop_at_layer {
+                if is_glob(p) {
+                    found.retain(|point| computed_with_stop(point, stop));
+                    if found.is_empty() {
+                        return Err(MsError::invalid(format!(
+                            "the pattern '{p}' matches only hooks that are not computed with \
+                             stop_at_layer={stop}, which runs {}; raise stop_at_layer or drop it",
+                            blocks_run(stop)
+                        )));
+                    }
+                } else if let Some(point) = found.iter().find(|pt| !computed_with_stop(pt, stop)) {
+                    let need = match point.layer {
+                        Some(l) => format!("use stop_at_layer={} or more", l + 1),
+                        None => "drop stop_at_layer".to_string(),
+                    };
+                    return Err(MsError::invalid(format!(
+                        "hook '{}' is not computed with stop_at_layer={stop}, which runs {} only; {need}",
+                        point.name(),
+                        blocks_run(stop),
+                    )));
+                }
             }
-            if logits != LogitsMode::None {
-                return Err(MsError::invalid(
-                    "logits cannot be returned with stop_at_layer: the LM head is not run",
-                ));
-            }
+            points.extend(found);
+        }
+        points.sort();
+        points.dedup();
+        // Keep forward order so the cache iterates like the model runs.
+        points.sort_by_key(|p| registry.index(*p));
+        if stop_at_layer.is_some() && logits != LogitsMode::None {
+            return Err(MsError::invalid(
+                "logits cannot be returned with stop_at_layer: the LM head is not run",
+            ));
         }
         let mut set = registry.empty_set();
         for p in &points {
@@ -163,6 +198,46 @@ impl CaptureSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn names(spec: &CaptureSpec) -> Vec<String> {
+        spec.points.iter().map(HookPoint::name).collect()
+    }
+
+    #[test]
+    fn stop_at_layer_keeps_the_computed_hooks_a_glob_matches() {
+        let reg = HookRegistry::new(5, &HookKind::PER_BLOCK, true, true);
+        let spec = |patterns: &[&str], stop| {
+            let patterns: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
+            CaptureSpec::new(&reg, &patterns, Positions::Last, stop, LogitsMode::None)
+        };
+        let s = spec(&["blocks.*.hook_resid_post"], Some(2)).unwrap();
+        assert_eq!(
+            names(&s),
+            ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+        );
+        // The embedding stage always runs; ln_final never does with stop_at_layer.
+        let s = spec(&["*embed", "blocks.[0-1].hook_mlp_out"], Some(1)).unwrap();
+        assert_eq!(
+            names(&s),
+            ["hook_embed", "hook_pos_embed", "blocks.0.hook_mlp_out"]
+        );
+        let s = spec(&["*"], Some(0)).unwrap();
+        assert_eq!(names(&s), ["hook_embed", "hook_pos_embed"]);
+        // Exact names that are not computed, or a glob with nothing computed, are errors.
+        let e = spec(&["blocks.3.hook_resid_post"], Some(2)).unwrap_err();
+        assert!(e
+            .to_string()
+            .contains("runs blocks 0 to 1 only; use stop_at_layer=4"));
+        let e = spec(&["blocks.[3-4].*"], Some(2)).unwrap_err();
+        assert!(e
+            .to_string()
+            .contains("matches only hooks that are not computed"));
+        assert!(spec(&["ln_final.hook_normalized"], Some(5)).is_err());
+        assert!(spec(&["ln_final.*"], Some(5)).is_err());
+        // Without stop_at_layer every match is kept.
+        let s = spec(&["blocks.*.hook_resid_post"], None).unwrap();
+        assert_eq!(s.points.len(), 5);
+    }
 
     #[test]
     fn positions_resolve_against_real_lengths() {

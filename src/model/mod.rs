@@ -7,6 +7,7 @@ pub mod budget;
 pub mod config;
 pub mod families;
 mod generate;
+pub mod grad;
 pub mod metric;
 pub mod parts;
 pub mod patching;

@@ -44,7 +44,11 @@ fn select_positions(p: &Positions, rows: &[usize]) -> Positions {
 }
 
 /// The part of an intervention that applies to the prompts `rows`.
-fn intervention_rows(iv: &Intervention, rows: &[usize], n_prompts: usize) -> Result<Intervention> {
+pub(crate) fn intervention_rows(
+    iv: &Intervention,
+    rows: &[usize],
+    n_prompts: usize,
+) -> Result<Intervention> {
     let action = match &iv.action {
         Action::Replace(values) => {
             if values.shape.first() != Some(&n_prompts) {

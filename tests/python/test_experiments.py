@@ -116,6 +116,27 @@ def test_truth_logistic_matches_sklearn(truth):
     assert ours > 0.75
 
 
+def test_truth_layer_is_chosen_on_validation_and_reported_on_test(truth):
+    """Each method's layer is its best on the validation split (directions fitted on train);
+    the best method is the best on validation at its layer; the accuracy reported for it is
+    the test split's at that layer (fitted on train + validation). Test statements are about
+    cities that neither the fits nor the choices saw."""
+    assert not set(truth.val_index.tolist()) & set(truth.test_index.tolist())
+    assert set(truth.val_index.tolist()) <= set(truth.train_index.tolist())
+    m = truth.metrics()
+    for i, meth in enumerate(truth.methods):
+        k = int(np.nanargmax(truth.val_accuracy[i]))
+        assert truth.chosen_layers[meth] == int(truth.layers[k])
+        assert m["chosen_layers"][meth]["test_accuracy"] == truth.accuracy[i, k]
+    best = truth.methods.index(truth.best_method)
+    k = int(np.flatnonzero(truth.layers == truth.best_layer)[0])
+    assert truth.best_layer == truth.chosen_layers[truth.best_method]
+    assert truth.val_accuracy[best, k] == max(np.nanmax(row) for row in truth.val_accuracy)
+    assert m["best_accuracy"] == truth.accuracy[best, k]
+    assert m["n_statements"]["validation"] == len(truth.val_index)
+    assert len(repr(truth)) < 400 and "array(" not in repr(truth)
+
+
 def test_truth_report(truth, tmp_path):
     m = truth.metrics()
     assert 0 in truth.layers  # the control layer is always there
@@ -161,19 +182,55 @@ def test_city_statements_are_debiased():
 
 def test_lie_detector_fit_score_save_load(model, tmp_path):
     det = LieDetector.fit(model, layer=14, n_cities=120)
-    scores = det.score(["The city of Paris is in France.", "The city of Paris is in Peru.",
-                        "The city of Tokyo is in Japan.", "The city of Tokyo is in Brazil."])
+    claims = ["The city of Paris is in France.", "The city of Paris is in Peru.",
+              "The city of Tokyo is in Japan.", "The city of Tokyo is in Brazil."]
+    scores = det.score(claims)
     assert scores[0] > scores[1] and scores[2] > scores[3]
     path = det.save(tmp_path / "det.json")
     again = LieDetector.load(path, model)
     np.testing.assert_allclose(again.direction, det.direction)
+    np.testing.assert_allclose(again.predict_proba(claims), det.predict_proba(claims))
     data = json.loads(open(path).read())
+    old = {k: v for k, v in data.items() if k != "calibration"}  # as saved before predict_proba existed
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    with pytest.raises(ms.NotFittedError, match="fit it again"):
+        LieDetector.load(tmp_path / "old.json", model).predict_proba(claims)
     data["model"]["d_model"] = 640
     (tmp_path / "other.json").write_text(json.dumps(data))
     with pytest.raises(ms.InvalidArgumentError, match="fitted on model"):
         LieDetector.load(tmp_path / "other.json", model)
     with pytest.raises(ms.StorageError):
         LieDetector.load(tmp_path / "missing.json", model)
+
+
+def test_lie_detector_predict_proba_is_calibrated(model):
+    """predict_proba is the signed score through a logistic curve fitted on the detector's
+    training statements: in [0, 1], ordered like the score, equal to scikit-learn's logistic
+    regression on those scores (Platt's targets as weights), and its mean on the training
+    statements is their (smoothed) fraction of true ones. The layer is chosen on validation."""
+    from sklearn.linear_model import LogisticRegression
+
+    from mindscope.experiments.truth import three_way_split
+
+    det = LieDetector.fit(model, n_cities=100)
+    assert det.metrics["layer_chosen_on"] == "validation" and 0 <= det.metrics["validation_accuracy"] <= 1
+    s = city_statements(n_cities=100, seed=0, negations=True)
+    fit_idx, test, _, _ = three_way_split(s, 0.2, 0.2, 0)
+    texts = [s.text[i] for i in fit_idx]
+    score, p = det.score(texts), det.predict_proba(texts)
+    assert ((p >= 0) & (p <= 1)).all()
+    assert np.all(np.diff(p[np.argsort(score)]) >= 0)
+    y = s.label[fit_idx]
+    n1, n0 = int(y.sum()), int((1 - y).sum())
+    t = np.where(y == 1, (n1 + 1) / (n1 + 2), 1 / (n0 + 2))
+    sk = LogisticRegression(C=np.inf, tol=1e-10, max_iter=10_000).fit(
+        np.r_[score, score][:, None], np.r_[np.ones(len(y)), np.zeros(len(y))], sample_weight=np.r_[t, 1 - t])
+    np.testing.assert_allclose(p, sk.predict_proba(score[:, None])[:, 1], atol=1e-4)
+    assert abs(p.mean() - t.mean()) < 1e-4  # exact on the fit's scores; these are recomputed
+    # The reported held-out accuracy is this detector's on the test split.
+    test_pred = det.predict([s.text[i] for i in test])
+    # (recomputed in other batches: a statement on the threshold may flip)
+    assert abs(np.mean(test_pred == s.label[test]) - det.metrics["held_out_accuracy"]) <= 1 / len(test) + 1e-9
 
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"

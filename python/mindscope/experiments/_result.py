@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -46,17 +46,32 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+def create_temp_beside(path: Path) -> tuple[int, str]:
+    """Open a new, uniquely named temporary file beside ``path`` for writing: ``(fd, name)``.
+    Created with mode 0o666 minus the umask, the permissions any file the user creates gets
+    (``tempfile.mkstemp`` would make it 0600, and so the renamed file)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = str(path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.partial")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:  # pragma: no cover - a 48-bit random name taken
+            continue
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON to a temporary file beside ``path`` and rename it into place, so an existing
-    file is either the old or the new version, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    file is either the old or the new version, never half of one. The file gets the user's
+    normal permissions (0o666 minus the umask)."""
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = create_temp_beside(path)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(to_jsonable(obj), f, indent=2)
         os.replace(tmp, path)
     except OSError as e:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         raise StorageError(f"cannot write {path}: {e}") from e
 

@@ -18,7 +18,7 @@ ABLATIONS = ("delete", "replace", "zero", "mean")
 UNITS = ("token", "word", "window")
 
 
-@dataclass
+@dataclass(repr=False)
 class AttributionResult(ExperimentResult):
     """``effect[i]`` = log p(target | prompt) − log p(target | prompt with span i ablated):
     positive where the span supports the target. ``spans`` are token ranges ``[start, end)`` of

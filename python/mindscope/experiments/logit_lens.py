@@ -25,7 +25,7 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
-@dataclass
+@dataclass(repr=False)
 class LogitLensResult(ExperimentResult):
     """``target_prob`` / ``target_rank`` ``[layers, positions]`` for ``target`` (the next
     token after each position is scored against the same target token), and
@@ -100,7 +100,7 @@ def logit_lens(model: Any, prompt: str, target: str | None = None, k: int = 5) -
     )
 
 
-@dataclass
+@dataclass(repr=False)
 class ConfidenceResult(ExperimentResult):
     """Per question: ``confidence`` (probability of the model's top next token), ``correct``
     (that token is the answer's first token), ``answer_prob`` (probability of the answer's first

@@ -28,6 +28,10 @@ class WordActivations:
     tags: np.ndarray
     sentence: np.ndarray
 
+    def __repr__(self) -> str:
+        return (f"WordActivations({len(self.words)} words of {len(np.unique(self.sentence))} sentences, "
+                f"{len(self.features)} sites)")
+
 
 def word_token_spans(model: Any, sentence: Sentence) -> list[tuple[int, int]]:
     """``(first, last)`` token index of each word: the tokens whose characters overlap it."""
@@ -63,7 +67,7 @@ def word_activations(model: Any, sentences: Sequence[Sentence], sites: Sequence[
     return WordActivations({n: np.concatenate(v) for n, v in feats.items()}, words, tags, sentence)
 
 
-@dataclass
+@dataclass(repr=False)
 class PosProbingResult(ExperimentResult):
     """Per representation (``labels``: ``"embed"``, ``"random proj."``, ``"L0"``, ...): held-out
     ``accuracy``, ``control_accuracy`` and ``selectivity`` (= accuracy − control), plus

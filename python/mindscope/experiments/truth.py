@@ -17,7 +17,7 @@ import numpy as np
 from .. import plotting, views
 from ..analysis import PCA, TruthDirection, auroc, map_parallel, train_test_split_indices
 from ..datasets import Statements, city_statements
-from ..errors import DataError, InvalidArgumentError, StorageError
+from ..errors import DataError, InvalidArgumentError, NotFittedError, StorageError
 from ..hooks import Intervention
 from ._result import ExperimentResult, int_arg, write_json_atomic
 
@@ -61,18 +61,29 @@ def _pairs_within(method: str, s: Statements, index: np.ndarray) -> list[tuple[i
     return out
 
 
-@dataclass
+@dataclass(repr=False)
 class TruthResult(ExperimentResult):
-    """``accuracy`` / ``auroc`` ``[methods, layers]`` on held-out city statements (layer 0 is
-    the control: it holds little beyond the tokens themselves); ``generalization[train][test]`` at ``best_layer`` (mass-mean and
-    logistic); ``causal`` the intervention effect on P(True); ``pca_2d`` + ``pca_labels`` of the
-    held-out activations at ``best_layer``."""
+    """Truth directions per method and layer, with the layer chosen on a validation split.
+
+    The statements are split by city into train (60 %), validation (20 %) and test (20 %).
+    ``val_accuracy`` / ``val_auroc`` ``[methods, layers]``: directions fitted on train, scored on
+    validation; they alone choose ``chosen_layers[method]`` (the layer of best validation
+    accuracy), ``best_method`` (the best validation accuracy at its chosen layer) and
+    ``best_layer`` (its chosen layer). ``accuracy`` / ``auroc`` ``[methods, layers]``:
+    directions fitted on train + validation (``train_index``), scored on the test split
+    (``test_index``), which plays no part in any choice. Layer 0 is the control (it holds
+    little beyond the tokens themselves). ``generalization[method][train][test]`` at
+    ``best_layer`` (mass-mean and logistic); ``causal`` the intervention effect on P(True);
+    ``pca_2d`` + ``pca_labels`` of the test activations at ``best_layer``."""
 
     model_name: str
     methods: list[str]
     layers: np.ndarray
     accuracy: np.ndarray
     auroc: np.ndarray
+    val_accuracy: np.ndarray
+    val_auroc: np.ndarray
+    chosen_layers: dict[str, int]
     best_layer: int
     best_method: str
     generalization: dict[str, dict[str, dict[str, dict[str, float]]]]
@@ -84,22 +95,32 @@ class TruthResult(ExperimentResult):
     labels: np.ndarray = field(repr=False)
     train_index: np.ndarray = field(repr=False)
     test_index: np.ndarray = field(repr=False)
+    val_index: np.ndarray = field(repr=False)
     name = "lie_detector"
 
     def metrics(self) -> dict[str, Any]:
         m = self.methods.index(self.best_method)
         b = int(np.flatnonzero(self.layers == self.best_layer)[0])
         control = int(np.flatnonzero(self.layers == 0)[0])
+        at = {meth: int(np.flatnonzero(self.layers == layer)[0]) for meth, layer in self.chosen_layers.items()}
         return {
             "model": self.model_name, "n_statements": self.n_statements, "best_layer": self.best_layer,
             "best_method": self.best_method, "best_accuracy": self.accuracy[m, b], "best_auroc": self.auroc[m, b],
+            "selection": "layer per method and best method chosen by validation accuracy (directions fitted "
+                         "on train); accuracies are on the test split (directions fitted on train + validation)",
+            "chosen_layers": {meth: {"layer": self.chosen_layers[meth],
+                                     "val_accuracy": self.val_accuracy[i, at[meth]],
+                                     "test_accuracy": self.accuracy[i, at[meth]],
+                                     "test_auroc": self.auroc[i, at[meth]]}
+                              for i, meth in enumerate(self.methods) if meth in at},
             "control_layer0": {meth: {"accuracy": self.accuracy[i, control], "auroc": self.auroc[i, control]}
                                   for i, meth in enumerate(self.methods)},
             "at_best_layer": {meth: {"accuracy": self.accuracy[i, b], "auroc": self.auroc[i, b]}
                               for i, meth in enumerate(self.methods)},
             "per_layer": {"layer": self.layers,
                           **{f"{meth}_accuracy": self.accuracy[i] for i, meth in enumerate(self.methods)},
-                          **{f"{meth}_auroc": self.auroc[i] for i, meth in enumerate(self.methods)}},
+                          **{f"{meth}_auroc": self.auroc[i] for i, meth in enumerate(self.methods)},
+                          **{f"{meth}_val_accuracy": self.val_accuracy[i] for i, meth in enumerate(self.methods)}},
             "generalization": self.generalization, "causal": self.causal,
         }
 
@@ -148,23 +169,29 @@ def truth_experiment(
     facts: Statements | None = None,
     layers: Sequence[int] | None = None,
     methods: Sequence[str] = METHODS,
-    n_cities: int | None = None,
+    n_cities: int | None = 400,
     test_size: float = 0.2,
     seed: int = 0,
     causal_scale: float = 4.0,
     causal_n: int = 40,
     batch_size: int = 32,
+    val_size: float = 0.2,
 ) -> TruthResult:
-    """Fit each truth direction on every layer and evaluate it on held-out statements.
+    """Fit each truth direction on every layer, choose each method's layer on a validation
+    split, and report its accuracy on a test split that played no part in the choice.
 
     ``statements`` default to :func:`city_statements` with negations (``n_cities`` cities,
-    false countries drawn from the true countries' distribution), split by city. LAT and CCS
-    use the (statement, negation) pairs. At the best layer, directions trained on the
+    400 by default, i.e. 1,600 statements; ``None`` takes every unambiguous city, about 1,000;
+    false countries drawn from the true countries' distribution), split by city into train,
+    validation (``val_size``) and test (``test_size``). LAT and CCS use the (statement,
+    negation) pairs. See :class:`TruthResult` for what is chosen on which split. At the best
+    layer, directions trained on the
     affirmative statements, the negated ones, or both are tested on each of them and on
     ``facts`` (an out-of-distribution set, e.g. ``facts_true_false.csv``): the generalization
     matrix. Causal check: ``causal_scale`` times the class-mean separation along the mass-mean
     direction is added to the residual stream at the best of the first 60% of layers while the
-    model answers "True or False?" for ``causal_n`` held-out statements.
+    model answers "True or False?" for ``causal_n`` test statements (the layer chosen by mean
+    validation accuracy).
     """
     seed = int_arg(seed, "seed", 0)
     causal_n = int_arg(causal_n, "causal_n", 1)
@@ -180,15 +207,24 @@ def truth_experiment(
     chosen = sorted(set([0] + model.check_layers(layers)))
     acts = statement_activations(model, s, chosen, batch_size)
     layer_ids = np.array(chosen)
-    train, test = train_test_split_indices(len(s), test_size, seed, groups=s.group)
+    fit_idx, test, train, val = three_way_split(s, test_size, val_size, seed)
     jobs = [(meth, X) for meth in methods for X in acts]
-    scores = map_parallel(lambda job: _score_split(job[0], job[1], s, train, test, seed), jobs)
-    acc = np.array([sc[0] for sc in scores]).reshape(len(methods), len(acts))
-    auc = np.array([sc[1] for sc in scores]).reshape(len(methods), len(acts))
-    # Best block by the mean accuracy over methods.
-    b = int(np.nanargmax(np.nanmean(acc, axis=0)))
+    # Per (method, layer): fitted on train and scored on validation (for the choices), then
+    # fitted on train + validation and scored on test (the reported numbers).
+    scores = map_parallel(lambda job: (_score_split(job[0], job[1], s, train, val, seed),
+                                       _score_split(job[0], job[1], s, fit_idx, test, seed)), jobs)
+    shape = (len(methods), len(acts))
+    val_acc = np.array([sc[0][0] for sc in scores]).reshape(shape)
+    val_auc = np.array([sc[0][1] for sc in scores]).reshape(shape)
+    acc = np.array([sc[1][0] for sc in scores]).reshape(shape)
+    auc = np.array([sc[1][1] for sc in scores]).reshape(shape)
+    picks = choose_on_validation(val_acc)
+    if not picks:
+        raise DataError(f"{s.name}: no method found a direction at any layer (the activations do not vary)")
+    chosen_layers = {methods[i]: int(layer_ids[k]) for i, k in picks.items()}
+    m_best = max(picks, key=lambda i: (val_acc[i, picks[i]], -i))  # ties: the first method listed
+    best_method, b = methods[m_best], picks[m_best]
     best_layer = int(layer_ids[b])
-    best_method = methods[int(np.argmax(acc[:, b]))]
     X = acts[b]
 
     negated = s.negated.astype(bool)
@@ -199,7 +235,7 @@ def truth_experiment(
     if facts is not None:
         _check_balanced(facts)
         test_sets["facts"] = (statement_activations(model, facts, [best_layer], batch_size)[0], facts.label)
-    train_sets = {"affirmative": train[~negated[train]], "negated": train[negated[train]], "both": train}
+    train_sets = {"affirmative": fit_idx[~negated[fit_idx]], "negated": fit_idx[negated[fit_idx]], "both": fit_idx}
     generalization: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     for meth in ("mass_mean", "logistic"):
         generalization[meth] = {}
@@ -209,22 +245,46 @@ def truth_experiment(
             d = _fit_direction(meth, X[idx], s.label[idx], None, seed)
             generalization[meth][tname] = {k: d.evaluate(Xt, yt) for k, (Xt, yt) in test_sets.items() if len(yt)}
 
-    pca = PCA(2).fit(X[train])
+    pca = PCA(2).fit(X[fit_idx])
     # Marks & Tegmark find truth directions causal in the middle of the network; later layers
     # may classify well but no longer feed the answer. Intervene at the best layer among the
     # first 60% of blocks (measured on SmolLM2: effect largest at blocks 14-18, nil at 22).
     early = [k for k, layer in enumerate(layer_ids) if 0 < layer <= 0.6 * model.n_layers] or [b]
-    c = max(early, key=lambda k: np.nanmean(acc[:, k]))
-    causal = causal_check(model, acts[c][train], s.label[train], int(layer_ids[c]),
+    c = max(early, key=lambda k: np.nanmean(val_acc[:, k]))
+    causal = causal_check(model, acts[c][fit_idx], s.label[fit_idx], int(layer_ids[c]),
                           [s.text[i] for i in test[:causal_n]], s.label[test[:causal_n]], causal_scale, seed)
     return TruthResult(
         model_name=model.name, methods=list(methods), layers=layer_ids, accuracy=acc, auroc=auc,
+        val_accuracy=val_acc, val_auroc=val_auc, chosen_layers=chosen_layers,
         best_layer=best_layer, best_method=best_method, generalization=generalization, causal=causal,
         pca_2d=pca.transform(X[test]), pca_labels=s.label[test],
-        n_statements={"train": int(len(train)), "test": int(len(test)),
+        n_statements={"train": int(len(train)), "validation": int(len(val)), "test": int(len(test)),
                       **({"facts": len(facts)} if facts is not None else {})},
-        best_layer_activations=X, labels=s.label, train_index=train, test_index=test,
+        best_layer_activations=X, labels=s.label, train_index=fit_idx, test_index=test, val_index=val,
     )
+
+
+def three_way_split(s: Statements, test_size: float, val_size: float,
+                    seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Split statements by group (city) into ``(train + validation, test, train, validation)``
+    index arrays; ``test_size`` and ``val_size`` are fractions of all statements. The test
+    split is the one a two-way ``train_test_split_indices(n, test_size, seed)`` gives."""
+    for name, v in (("test_size", test_size), ("val_size", val_size)):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not 0 < v < 1:
+            raise InvalidArgumentError(f"{name} must be a fraction in (0, 1), got {v!r}")
+    if test_size + val_size >= 1:
+        raise InvalidArgumentError(f"test_size + val_size must be below 1 (the rest is the training split), "
+                                   f"got {test_size} + {val_size}")
+    fit_idx, test = train_test_split_indices(len(s), test_size, seed, groups=s.group)
+    tr, va = train_test_split_indices(len(fit_idx), val_size / (1 - test_size), seed, groups=s.group[fit_idx])
+    return fit_idx, test, fit_idx[tr], fit_idx[va]
+
+
+def choose_on_validation(val_accuracy: np.ndarray) -> dict[int, int]:
+    """Per method (row of ``val_accuracy`` ``[methods, layers]``), the layer index of its best
+    validation accuracy (ties: the earlier layer); methods without any direction (all NaN)
+    are left out."""
+    return {i: int(np.nanargmax(row)) for i, row in enumerate(val_accuracy) if np.isfinite(row).any()}
 
 
 def _p_true(model: Any, statements: Sequence[str], interventions: list[Intervention] | None) -> np.ndarray:
@@ -254,16 +314,51 @@ def causal_check(model: Any, X: np.ndarray, y: np.ndarray, layer: int, statement
     return out
 
 
+def platt_scaling(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """``(a, b)`` with ``P(true) = 1 / (1 + exp(-(a * score + b)))`` fitted by maximum
+    likelihood (Newton's method) on Platt's (1999) targets ``(n_true + 1) / (n_true + 2)`` and
+    ``1 / (n_false + 2)`` instead of 1 and 0, so that separable scores still give finite
+    ``a`` and ``b`` (probabilities short of exactly 0 and 1)."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels)
+    n_true, n_false = int((y == 1).sum()), int((y == 0).sum())
+    if n_true == 0 or n_false == 0 or len(s) != len(y):
+        raise DataError("calibration needs scores of both true and false statements")
+    t = np.where(y == 1, (n_true + 1) / (n_true + 2), 1 / (n_false + 2))
+    # Newton on standardized scores (well conditioned), mapped back at the end.
+    mu, sd = float(s.mean()), float(s.std())
+    z = (s - mu) / sd if sd > 0 else np.zeros_like(s)
+    A = np.stack([z, np.ones_like(z)], axis=1)
+    w = np.array([0.0, math.log(t.mean() / (1 - t.mean()))])
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-(A @ w)))
+        grad = A.T @ (p - t)
+        hess = A.T @ (A * (p * (1 - p))[:, None]) + 1e-12 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    a = w[0] / sd if sd > 0 else 0.0
+    return float(a), float(w[1] - a * mu)
+
+
 class LieDetector:
-    """A truth direction at one layer of one model: ``score(statements)`` returns a truth score
-    per statement (``> 0`` reads as true), ``predict`` 1/0, and ``save`` / ``load`` keep it.
+    """A truth direction at one layer of one model.
+
+    - ``score(statements)``: the signed distance of each statement's activation from the
+      decision threshold along the (unit-norm) direction, in activation units; ``> 0`` reads
+      as true. Comparable between statements, not a probability.
+    - ``predict_proba(statements)``: P(true) in [0, 1], the score passed through a logistic
+      curve fitted on the detector's training statements (Platt scaling).
+    - ``predict``: 1 where ``score > 0``, else 0. ``save`` / ``load`` keep the detector.
 
     >>> detector = ms.LieDetector.fit(model)                      # city statements, best layer
-    >>> detector.score(["The city of Paris is in France.", "The city of Paris is in Peru."])
+    >>> detector.predict_proba(["The city of Paris is in France.", "The city of Paris is in Peru."])
     """
 
     def __init__(self, model: Any, layer: int, direction: np.ndarray, threshold: float, method: str,
-                 fingerprint: dict[str, Any], metrics: dict[str, Any] | None = None):
+                 fingerprint: dict[str, Any], metrics: dict[str, Any] | None = None,
+                 calibration: tuple[float, float] | None = None):
         self.model = model
         self.layer = layer
         self.direction = np.asarray(direction, dtype=np.float64)
@@ -271,6 +366,8 @@ class LieDetector:
         self.method = method
         self.fingerprint = fingerprint
         self.metrics = metrics or {}
+        #: ``(a, b)`` of ``predict_proba`` (``None`` for a detector saved before it existed).
+        self.calibration = None if calibration is None else (float(calibration[0]), float(calibration[1]))
 
     @staticmethod
     def model_fingerprint(model: Any) -> dict[str, Any]:
@@ -281,9 +378,12 @@ class LieDetector:
     @classmethod
     def fit(cls, model: Any, statements: Statements | None = None, layer: int | None = None,
             method: str = "logistic", n_cities: int | None = 400, seed: int = 0) -> LieDetector:
-        """Fit on ``statements`` (default: city statements with negations). Without ``layer``,
-        every block is evaluated on a held-out split and the best one is kept; the direction is
-        then refitted on all statements."""
+        """Fit on ``statements`` (default: city statements with negations from ``n_cities``
+        cities), split by group into train (60 %), validation (20 %) and test (20 %). Without
+        ``layer``, a direction fitted on train is scored on validation at every block and the
+        best block is kept. The detector is then fitted on train + validation at that layer,
+        ``predict_proba`` calibrated on the same statements, and ``metrics`` report its accuracy
+        on the test split (``held_out_accuracy``), which no choice has seen."""
         if method not in METHODS:
             raise InvalidArgumentError(f"method '{method}' is not known; allowed: {', '.join(METHODS)}")
         seed = int_arg(seed, "seed", 0)
@@ -293,17 +393,26 @@ class LieDetector:
         _check_balanced(s)
         layers = model.check_layers(None if layer is None else [layer])
         acts = statement_activations(model, s, layers)
-        train, test = train_test_split_indices(len(s), 0.2, seed, groups=s.group)
-        held = map_parallel(lambda X: _score_split(method, X, s, train, test, seed), list(acts))
-        k = int(np.argmax([h[0] for h in held]))
-        all_idx = np.arange(len(s))
-        d = _fit_direction(method, acts[k], s.label, _pairs_within(method, s, all_idx), seed)
+        fit_idx, test, train, val = three_way_split(s, 0.2, 0.2, seed)
+        val_scores = map_parallel(lambda X: _score_split(method, X, s, train, val, seed), list(acts))
+        picks = choose_on_validation(np.array([[v[0] for v in val_scores]]))
+        if not picks:
+            raise DataError(f"{s.name}: method '{method}' found no direction at any layer")
+        k = picks[0]
+        X = acts[k]
+        d = _fit_direction(method, X[fit_idx], s.label[fit_idx], _pairs_within(method, s, fit_idx), seed)
+        test_eval = d.evaluate(X[test], s.label[test])
+        calibration = platt_scaling(X[fit_idx] @ d.direction_ - d.threshold_, s.label[fit_idx])
         return cls(model, layers[k], d.direction_, d.threshold_, method, cls.model_fingerprint(model),
-                   {"held_out_accuracy": held[k][0], "held_out_auroc": held[k][1], "n_statements": len(s)})
+                   {"held_out_accuracy": test_eval["accuracy"], "held_out_auroc": test_eval["auroc"],
+                    "validation_accuracy": val_scores[k][0], "layer_chosen_on": "validation",
+                    "n_statements": len(s), "n_train": int(len(fit_idx)), "n_test": int(len(test))},
+                   calibration)
 
     def score(self, statements: Sequence[str]) -> np.ndarray:
-        """Truth score per statement ``[n]``: signed distance from the threshold along the
-        direction (positive = true)."""
+        """Truth score per statement ``[n]``: the signed distance of its activation from the
+        decision threshold along the unit-norm direction (positive = true, in activation
+        units; not a probability: see :meth:`predict_proba`)."""
         if isinstance(statements, str):
             statements = [statements]
         if not statements:
@@ -311,7 +420,17 @@ class LieDetector:
         X = statement_activations(self.model, list(statements), [self.layer])[0]
         return X @ self.direction - self.threshold
 
+    def predict_proba(self, statements: Sequence[str]) -> np.ndarray:
+        """P(true) per statement ``[n]``, in [0, 1]: :meth:`score` through the logistic curve
+        fitted on the detector's training statements (Platt scaling, ``calibration``)."""
+        if self.calibration is None:
+            raise NotFittedError("this detector has no calibration (saved by an older mindscope); "
+                                 "fit it again with LieDetector.fit to get predict_proba")
+        a, b = self.calibration
+        return 1.0 / (1.0 + np.exp(-(a * self.score(statements) + b)))
+
     def predict(self, statements: Sequence[str]) -> np.ndarray:
+        """1 (true) where :meth:`score` is positive, else 0."""
         return (self.score(statements) > 0).astype(np.int64)
 
     def evaluate(self, statements: Statements) -> dict[str, float]:
@@ -323,7 +442,8 @@ class LieDetector:
         write_json_atomic(Path(path), {"format": "mindscope.lie_detector/1", "layer": self.layer,
                                        "method": self.method, "threshold": self.threshold,
                                        "direction": self.direction, "model": self.fingerprint,
-                                       "metrics": self.metrics})
+                                       "metrics": self.metrics,
+                                       "calibration": None if self.calibration is None else list(self.calibration)})
         return os.fspath(path)
 
     @classmethod
@@ -354,7 +474,7 @@ class LieDetector:
             raise DataError(f"{path}: layer {fields['layer']} / a direction of {len(fields['direction'])} values "
                             f"does not fit this model ({mine['n_layers']} layers, d_model {mine['d_model']})")
         return cls(model, fields["layer"], fields["direction"], fields["threshold"], fields["method"],
-                   fields["model"], fields["metrics"])
+                   fields["model"], fields["metrics"], fields["calibration"])
 
     def __repr__(self) -> str:
         acc = self.metrics.get("held_out_accuracy")
@@ -393,5 +513,10 @@ def _detector_fields(path: str | os.PathLike[str], data: dict[str, Any]) -> dict
     metrics = data.get("metrics", {})
     if metrics is not None and not isinstance(metrics, dict):
         raise fail("metrics", "an object")
+    calibration = data.get("calibration")  # absent in files saved before predict_proba existed
+    if calibration is not None and not (isinstance(calibration, list) and len(calibration) == 2
+                                        and all(number(v) for v in calibration)):
+        raise fail("calibration", "null or a list of two finite numbers [a, b]")
     return {"layer": layer, "method": method, "threshold": float(threshold),
-            "direction": np.asarray(direction, dtype=np.float64), "model": model, "metrics": metrics}
+            "direction": np.asarray(direction, dtype=np.float64), "model": model, "metrics": metrics,
+            "calibration": None if calibration is None else (float(calibration[0]), float(calibration[1]))}

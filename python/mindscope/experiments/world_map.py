@@ -37,7 +37,7 @@ def name_positions(model: Any, template: str, names: Sequence[str]) -> tuple[lis
     return prompts, PerPrompt(positions)
 
 
-@dataclass
+@dataclass(repr=False)
 class WorldMapResult(ExperimentResult):
     """Per-layer probe quality and the best layer's predictions.
 
