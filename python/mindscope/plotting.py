@@ -28,8 +28,10 @@ Panel = dict[str, Any]
 
 #: Markers a scatter group can use.
 MARKERS = ("circle", "ring", "triangle", "cross")
-#: Legend places: a corner, beside the plot, or ``"auto"`` (a corner no data passes through, else beside).
-LEGEND_PLACES = ("auto", "upper_left", "upper_right", "lower_left", "lower_right", "outside")
+#: Legend places: a corner or side of the plot area, beside it, or ``"auto"`` (the first of those no
+#: data passes through, else beside).
+LEGEND_PLACES = ("auto", "upper_left", "upper_right", "lower_left", "lower_right", "center_left", "center_right",
+                 "outside")
 #: Pixel aspect (height of a degree of latitude over width of a degree of longitude) of the
 #: world map: an equirectangular projection true at 37.5 degrees, whose areas are within a few
 #: tens of percent of true size where most cities are.
@@ -69,8 +71,8 @@ def scatter_panel(
     """Points ``[n]`` coloured by ``groups`` (any labels; legend in sorted order, or in the
     order of ``group_styles``, which maps each group to ``(palette index, marker)`` with a
     marker from :data:`MARKERS`), with optional faint segments to ``line_to = (x_end, y_end)``
-    (ends marked by dark dots of ``end_point_size``), a light grid every ``graticule`` units,
-    ``land`` underneath (:func:`world_land`) and a fixed ``aspect`` (pixels per y unit / per x
+    (ends marked by dark dots of ``end_point_size``), a light grid every ``graticule`` units
+    (with ``land``: at the tick labels instead), ``land`` underneath (:func:`world_land`) and a fixed ``aspect`` (pixels per y unit / per x
     unit)."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     keep = np.isfinite(x) & np.isfinite(y)
@@ -114,7 +116,7 @@ def lines_panel(
     x_range: tuple[float, float] | None = None,
 ) -> Panel:
     """Named ``(x, y)`` series, e.g. a metric per layer; ``hlines`` are dashed reference
-    levels (chance) with optional ``hline_labels``, ``dashed`` names series drawn dashed
+    levels (chance) named in the legend by ``hline_labels``, ``dashed`` names series drawn dashed
     (controls), ``point_labels[name]`` is a text per point of that series (e.g. counts);
     ``legend`` is one of :data:`LEGEND_PLACES` (default: a free corner, else beside the plot)."""
     out: list[dict[str, Any]] = []

@@ -11,9 +11,19 @@ use crate::error::Result;
 /// What a legend entry shows before its name.
 #[derive(Debug, Clone, Copy)]
 pub enum Swatch {
-    Line { color: RGBColor, dashed: bool },
-    Point { color: RGBColor, marker: Marker },
-    Bar { color: RGBColor },
+    /// `dash`: (dash, gap) lengths in pixels; solid when absent.
+    Line {
+        color: RGBColor,
+        dash: Option<(i32, i32)>,
+        width: u32,
+    },
+    Point {
+        color: RGBColor,
+        marker: Marker,
+    },
+    Bar {
+        color: RGBColor,
+    },
 }
 
 pub struct Legend {
@@ -54,7 +64,7 @@ pub fn place(
     }
     let (lw, lh) = legend.size();
     let (lw, lh) = (f64::from(lw + INSET + 4), f64::from(lh + INSET + 4));
-    if lw > pw * 0.6 || lh > ph * 0.7 {
+    if lw > pw * 0.75 || lh > ph * 0.7 {
         return LegendCorner::Outside;
     }
     let pixels: Vec<(f64, f64)> = samples
@@ -62,9 +72,15 @@ pub fn place(
         .filter(|(x, y)| x.is_finite() && y.is_finite())
         .map(|&(x, y)| ((x - x0) / (x1 - x0) * pw, (y1 - y) / (y1 - y0) * ph))
         .collect();
-    let free = |left: bool, top: bool| {
+    let free = |corner: LegendCorner, left: bool, top: bool| {
         let xs = if left { (0.0, lw) } else { (pw - lw, pw) };
-        let ys = if top { (0.0, lh) } else { (ph - lh, ph) };
+        let ys = match corner {
+            LegendCorner::CenterLeft | LegendCorner::CenterRight => {
+                ((ph - lh) / 2.0, (ph + lh) / 2.0)
+            }
+            _ if top => (0.0, lh),
+            _ => (ph - lh, ph),
+        };
         !pixels
             .iter()
             .any(|&(x, y)| x >= xs.0 && x <= xs.1 && y >= ys.0 && y <= ys.1)
@@ -74,9 +90,11 @@ pub fn place(
         (LegendCorner::UpperLeft, true, true),
         (LegendCorner::LowerRight, false, false),
         (LegendCorner::LowerLeft, true, false),
+        (LegendCorner::CenterRight, false, false),
+        (LegendCorner::CenterLeft, true, false),
     ]
     .into_iter()
-    .find(|&(_, left, top)| free(left, top))
+    .find(|&(c, left, top)| free(c, left, top))
     .map_or(LegendCorner::Outside, |(c, _, _)| c)
 }
 
@@ -108,14 +126,16 @@ pub fn draw<DB: DrawingBackend>(
         _ => {
             let (pw, ph) = plot.dim_in_pixel();
             let (pw, ph) = (pw as i32, ph as i32);
-            let (left, top) = match corner {
-                LegendCorner::UpperLeft => (true, true),
-                LegendCorner::LowerLeft => (true, false),
-                LegendCorner::LowerRight => (false, false),
-                _ => (false, true),
-            };
+            let left = matches!(
+                corner,
+                LegendCorner::UpperLeft | LegendCorner::LowerLeft | LegendCorner::CenterLeft
+            );
             let x = if left { INSET } else { pw - lw - INSET };
-            let y = if top { INSET } else { ph - lh - INSET };
+            let y = match corner {
+                LegendCorner::LowerLeft | LegendCorner::LowerRight => ph - lh - INSET,
+                LegendCorner::CenterLeft | LegendCorner::CenterRight => (ph - lh) / 2,
+                _ => INSET,
+            };
             (plot, x, y)
         }
     };
@@ -133,15 +153,15 @@ pub fn draw<DB: DrawingBackend>(
         let cy = y + 4 + ROW_H / 2 + i as i32 * ROW_H;
         let sx = x + 8;
         match *swatch {
-            Swatch::Line { color, dashed } => {
-                let style = ShapeStyle::from(color).stroke_width(2);
-                if dashed {
-                    for k in 0..3 {
-                        area.draw(&PathElement::new(
-                            vec![(sx + k * 8, cy), (sx + k * 8 + 5, cy)],
-                            style,
-                        ))
-                        .map_err(draw_err)?;
+            Swatch::Line { color, dash, width } => {
+                let style = ShapeStyle::from(color).stroke_width(width);
+                if let Some((on, off)) = dash {
+                    let mut x0 = sx;
+                    while x0 < sx + 24 {
+                        let x1 = (x0 + on).min(sx + 24);
+                        area.draw(&PathElement::new(vec![(x0, cy), (x1, cy)], style))
+                            .map_err(draw_err)?;
+                        x0 = x1 + off;
                     }
                 } else {
                     area.draw(&PathElement::new(vec![(sx, cy), (sx + 22, cy)], style))

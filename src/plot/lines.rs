@@ -11,6 +11,15 @@ use super::spec::LinesPanel;
 use super::{colors, draw_err, padded_range, FAMILY};
 use crate::error::Result;
 
+/// Reference lines (chance, baselines): grey, each with its own dash pattern so the legend
+/// tells them apart.
+const GREY: RGBColor = RGBColor(110, 110, 110);
+const SERIES_DASH: (i32, i32) = (8, 5);
+
+fn reference_dash(k: usize) -> (i32, i32) {
+    [(6, 4), (2, 3), (12, 3), (4, 8)][k % 4]
+}
+
 pub fn validate(l: &LinesPanel) -> std::result::Result<(), String> {
     if l.series.is_empty() {
         return Err("a lines panel needs at least one series".into());
@@ -70,10 +79,27 @@ pub fn draw<DB: DrawingBackend>(l: &LinesPanel, area: &DrawingArea<DB, Shift>) -
                     s.name.clone(),
                     Swatch::Line {
                         color: colors::category(i),
-                        dashed: s.dashed,
+                        dash: s.dashed.then_some(SERIES_DASH),
+                        width: 2,
                     },
                 )
             })
+            .chain(
+                l.hline_labels
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, t)| !t.is_empty())
+                    .map(|(k, t)| {
+                        (
+                            t.clone(),
+                            Swatch::Line {
+                                color: GREY,
+                                dash: Some(reference_dash(k)),
+                                width: 1,
+                            },
+                        )
+                    }),
+            )
             .collect(),
     };
     let mut samples: Vec<(f64, f64)> = l
@@ -90,7 +116,7 @@ pub fn draw<DB: DrawingBackend>(l: &LinesPanel, area: &DrawingArea<DB, Shift>) -
         area,
         &l.axes,
         (x_range, y_range),
-        Some(&legend),
+        (legend.entries.len() > 1).then_some(&legend),
         l.legend,
         &samples,
     )?;
@@ -114,40 +140,28 @@ pub fn draw<DB: DrawingBackend>(l: &LinesPanel, area: &DrawingArea<DB, Shift>) -
         .light_line_style(RGBColor(244, 244, 244))
         .draw()
         .map_err(draw_err)?;
-    let grey = RGBColor(120, 120, 120);
     for (k, &h) in l.hlines.iter().enumerate() {
+        let (on, off) = reference_dash(k);
         chart
             .draw_series(DashedLineSeries::new(
                 vec![(x_range.0, h), (x_range.1, h)],
-                6,
-                4,
-                grey.into(),
+                on,
+                off,
+                GREY.stroke_width(1),
             ))
             .map_err(draw_err)?;
-        if let Some(text) = l.hline_labels.get(k).filter(|t| !t.is_empty()) {
-            let (px, py) = chart.backend_coord(&(x_range.1, h));
-            frame
-                .chart
-                .draw(&Text::new(
-                    text.clone(),
-                    (
-                        px - 6 - frame.chart.get_base_pixel().0,
-                        py - 3 - frame.chart.get_base_pixel().1,
-                    ),
-                    (FAMILY, 12)
-                        .into_font()
-                        .color(&grey)
-                        .pos(Pos::new(HPos::Right, VPos::Bottom)),
-                ))
-                .map_err(draw_err)?;
-        }
     }
     for (i, s) in l.series.iter().enumerate() {
         let color = colors::category(i);
         let pts = points(s);
         let style = ShapeStyle::from(color).stroke_width(2);
         if s.dashed {
-            chart.draw_series(DashedLineSeries::new(pts.clone(), 8, 5, style))
+            chart.draw_series(DashedLineSeries::new(
+                pts.clone(),
+                SERIES_DASH.0,
+                SERIES_DASH.1,
+                style,
+            ))
         } else {
             chart.draw_series(LineSeries::new(pts.clone(), style))
         }
@@ -162,23 +176,38 @@ pub fn draw<DB: DrawingBackend>(l: &LinesPanel, area: &DrawingArea<DB, Shift>) -
                 .zip(&s.y)
                 .zip(&s.point_labels)
                 .filter(|((x, y), t)| x.is_finite() && y.is_finite() && !t.is_empty());
+        let font = TextStyle::from((FAMILY, 12).into_font()).color(&RGBColor(50, 50, 50));
+        let (bx, by) = frame.chart.get_base_pixel();
         for ((&x, &y), text) in labelled {
             let (px, py) = chart.backend_coord(&(x, y));
-            let (bx, by) = frame.chart.get_base_pixel();
+            // Below and right of the point (free of the line on rising curves), on a light
+            // backing so a crossing line does not hide it.
+            let (tx, ty) = (px - bx + 6, py - by + 4);
+            let (tw, th) = frame
+                .chart
+                .estimate_text_size(text, &font)
+                .map_err(draw_err)?;
+            frame
+                .chart
+                .draw(&Rectangle::new(
+                    [(tx - 1, ty), (tx + tw as i32 + 1, ty + th as i32)],
+                    WHITE.mix(0.8).filled(),
+                ))
+                .map_err(draw_err)?;
             frame
                 .chart
                 .draw(&Text::new(
                     text.clone(),
-                    // Below and right of the point: free of the line on rising curves.
-                    (px - bx + 6, py - by + 4),
-                    (FAMILY, 12)
-                        .into_font()
-                        .color(&RGBColor(50, 50, 50))
-                        .pos(Pos::new(HPos::Left, VPos::Top)),
+                    (tx, ty),
+                    font.clone().pos(Pos::new(HPos::Left, VPos::Top)),
                 ))
                 .map_err(draw_err)?;
         }
     }
-    let plot = chart.plotting_area().strip_coord_spec();
-    legend::draw(&legend, frame.corner, &plot, frame.legend_outside.as_ref())
+    // A lone series is named by the title and axis; a legend would only cover data.
+    if legend.entries.len() > 1 {
+        let plot = chart.plotting_area().strip_coord_spec();
+        legend::draw(&legend, frame.corner, &plot, frame.legend_outside.as_ref())?;
+    }
+    Ok(())
 }

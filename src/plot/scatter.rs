@@ -143,16 +143,17 @@ pub fn draw<DB: DrawingBackend>(s: &ScatterPanel, area: &DrawingArea<DB, Shift>)
         .x_label_formatter(&fmt)
         .y_label_formatter(&fmt)
         .light_line_style(WHITE);
-    if s.graticule.is_some() || s.land.is_some() {
+    if s.land.is_some() {
+        // On a map the grid follows the tick labels, so every labelled meridian and parallel
+        // is drawn (a separate graticule step would not match the labels).
+        mesh.bold_line_style(RGBColor(170, 180, 195).mix(0.45))
+            .light_line_style(TRANSPARENT);
+    } else if s.graticule.is_some() {
         mesh.disable_mesh();
     }
     mesh.draw().map_err(draw_err)?;
-    if let Some(step) = s.graticule.filter(|g| *g > 0.0) {
-        let grid = if s.land.is_some() {
-            RGBColor(200, 205, 212).mix(0.7)
-        } else {
-            RGBColor(215, 215, 215).mix(1.0)
-        };
+    if let Some(step) = s.graticule.filter(|g| *g > 0.0 && s.land.is_none()) {
+        let grid = RGBColor(215, 215, 215);
         let lines = |lo: f64, hi: f64| {
             let first = (lo / step).ceil() as i64;
             let last = (hi / step).floor() as i64;

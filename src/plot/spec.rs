@@ -136,7 +136,7 @@ pub struct LinesPanel {
     /// Horizontal reference lines (chance level, ...).
     #[serde(default)]
     pub hlines: Vec<f64>,
-    /// Text written above each reference line at its right end (same order as `hlines`).
+    /// Legend name of each reference line (same order as `hlines`; empty: not in the legend).
     #[serde(default)]
     pub hline_labels: Vec<String>,
     /// Corner of the legend: put it where the data is not.
@@ -144,8 +144,8 @@ pub struct LinesPanel {
     pub legend: LegendCorner,
 }
 
-/// Where a legend sits: a corner of the plot area, right of it (`outside`), or `auto`: the
-/// first corner no data passes through, else outside.
+/// Where a legend sits: a corner or the middle of a side of the plot area, right of it
+/// (`outside`), or `auto`: the first of those places no data passes through, else outside.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LegendCorner {
@@ -155,6 +155,8 @@ pub enum LegendCorner {
     UpperRight,
     LowerLeft,
     LowerRight,
+    CenterLeft,
+    CenterRight,
     Outside,
 }
 

@@ -14,7 +14,7 @@ import pytest
 import mindscope as ms
 from mindscope import plotting
 from mindscope.experiments import attribution, confidence, logit_lens, truth_experiment, world_map
-from mindscope.experiments.world_map import continent_separation
+from mindscope.experiments.world_map import variance_share
 from mindscope.datasets import city_statements, world_cities
 
 # The renderer's fixed layout (src/plot/layout.rs): margin and tick-label areas, in pixels.
@@ -139,12 +139,12 @@ def test_plot_requests_are_validated(tmp_path):
     assert read_png(plotting.save_figure(tmp_path / "b.png", [bars], width=300, height=200)).shape == (200, 300, 3)
 
 
-def test_continent_separation_is_zero_for_mixed_and_one_for_separate_groups():
+def test_variance_share_is_zero_for_mixed_and_one_for_separate_groups():
     rng = np.random.default_rng(0)
     labels = ["a", "b"] * 200
-    assert continent_separation(rng.normal(size=(400, 2)), labels) < 0.02
+    assert variance_share(rng.normal(size=(400, 2)), labels) < 0.02
     apart = np.array([[0.0, 0.0] if g == "a" else [10.0, 0.0] for g in labels]) + rng.normal(size=(400, 2)) * 0.01
-    assert continent_separation(apart, labels) > 0.99
+    assert variance_share(apart, labels) > 0.99
 
 
 @pytest.fixture

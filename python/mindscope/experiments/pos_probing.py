@@ -107,7 +107,7 @@ class PosProbingResult(ExperimentResult):
         random = [i for i, label in enumerate(self.labels) if label == "random proj."]
         if random:
             levels.append(float(self.accuracy[random[0]]))
-            names.append(f"probe on random projection of embeddings ({levels[-1]:.2f})")
+            names.append(f"probe on random projection ({levels[-1]:.2f})")
         acc = plotting.lines_panel(
             {"POS accuracy": (x, self.accuracy[blocks]), "control task accuracy": (x, self.control_accuracy[blocks])},
             dashed=["control task accuracy"], hlines=levels, hline_labels=names, y_range=(0, 1),

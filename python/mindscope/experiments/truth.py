@@ -20,6 +20,7 @@ from ..datasets import Statements, city_statements
 from ..errors import DataError, InvalidArgumentError, StorageError
 from ..hooks import Intervention
 from ._result import ExperimentResult, int_arg, write_json_atomic
+from .world_map import variance_share
 
 METHODS = ("mass_mean", "logistic", "lat", "ccs")
 QUESTION = "Is the following statement true or false?\nStatement: {statement}\nAnswer (True or False):"
@@ -117,12 +118,16 @@ class TruthResult(ExperimentResult):
             styles = {"affirmative, true": (0, "circle"), "affirmative, false": (3, "circle"),
                       "negated, true": (0, "triangle"), "negated, false": (3, "triangle")}
             styles = {k: v for k, v in styles.items() if k in set(groups)}
+            share = variance_share(self.pca_2d, form)
+            what = (f"the clusters are affirmative vs negated ({share * 100:.0f}% of PC 1-2 variance)"
+                    if share >= 0.5 else f"statement form explains {share * 100:.0f}% of PC 1-2 variance")
         else:
             groups, styles = list(truth), {"true": (0, "circle"), "false": (3, "circle")}
+            what = "coloured by truth"
         pca = plotting.scatter_panel(
             self.pca_2d[:, 0], self.pca_2d[:, 1], groups, group_styles=styles, legend="outside",
             x_label="PC 1", y_label="PC 2",
-            title=f"Held-out statements, layer {self.best_layer} (top-2 PCA)")
+            title=f"Held-out statements, layer {self.best_layer}, top-2 PCA: {what}")
         curves = plotting.lines_panel(
             {meth: (self.layers, self.accuracy[i]) for i, meth in enumerate(self.methods)},
             hlines=[0.5], hline_labels=["chance"], y_range=(0.3, 1.0), x_label="layer (0 = control)",

@@ -107,7 +107,7 @@ class WorldMapResult(ExperimentResult):
         lo, hi = np.percentile(self.pca_2d, [1, 99], axis=0)
         pad = (hi - lo) * 0.08
         ev = self.pca_explained * 100
-        eta = continent_separation(self.pca_2d, self.continents)
+        eta = variance_share(self.pca_2d, self.continents)
         verdict = (f"continent explains {eta * 100:.0f}% of PC 1-2 variance" if eta >= 0.05
                    else f"no continent structure (continent explains {eta * 100:.0f}% of PC 1-2 variance)")
         pca = plotting.scatter_panel(
@@ -121,16 +121,16 @@ class WorldMapResult(ExperimentResult):
             dashed=["mean, training cities"], hlines=[0.0], title="Probe R² per layer",
             x_label="layer", y_label="R²")
         return plotting.save_figure(path, [world, pca, curves], columns=3, width=2400, height=640,
-                                    widths=[1.25, 0.95, 0.8],
+                                    widths=[1.2, 0.9, 0.9],
                                     title=f"World map inside {self.model_name} ({self.n_cities} cities)")
 
 
-def continent_separation(points: np.ndarray, continents: Sequence[str]) -> float:
-    """Share of the variance of ``points`` ``[n, k]`` explained by continent (between-group sum
-    of squares over total, summed over the k axes): 0 when continents overlap completely, 1
-    when each is a single point."""
+def variance_share(points: np.ndarray, labels: Sequence[str]) -> float:
+    """Share of the variance of ``points`` ``[n, k]`` explained by ``labels`` ``[n]`` (e.g.
+    continents): between-group over total sum of squares, summed over the k axes. 0 when the
+    groups overlap completely (same means), 1 when each group is a single point."""
     points = np.asarray(points, dtype=np.float64)
-    labels = np.asarray(continents)
+    labels = np.asarray(labels)
     centred = points - points.mean(axis=0)
     total = float((centred ** 2).sum())
     if total == 0:
