@@ -263,9 +263,10 @@ mod tests {
         };
         let land = scatter::LAND;
         let water = scatter::WATER;
-        assert_eq!(at(5.0, 5.0), (land.0, land.1, land.2));
-        assert_eq!(at(-10.0, -10.0), (water.0, water.1, water.2));
-        assert_eq!(at(15.0, 5.0), (water.0, water.1, water.2));
+        // Odd coordinates: away from the grid lines drawn at the tick labels.
+        assert_eq!(at(3.0, 7.0), (land.0, land.1, land.2));
+        assert_eq!(at(-13.0, -7.0), (water.0, water.1, water.2));
+        assert_eq!(at(17.0, 3.0), (water.0, water.1, water.2));
     }
 
     #[test]

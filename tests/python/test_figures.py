@@ -77,7 +77,7 @@ def _on_land(lon: float, lat: float) -> bool:
 
 PLACES = {"Paris": (2.35, 48.86, True), "Nairobi": (36.8, -1.3, True), "Moscow": (37.6, 55.75, True),
           "Ulaanbaatar": (106.9, 47.9, True), "Brasilia": (-47.9, -15.8, True), "Chicago": (-87.6, 41.9, True),
-          "mid-Atlantic": (-40.0, 30.0, False), "mid-Pacific": (-150.0, 0.0, False),
+          "mid-Atlantic": (-40.0, 30.0, False), "mid-Pacific": (-145.0, 5.0, False),
           "Indian Ocean": (80.0, -20.0, False), "Caspian Sea": (50.5, 42.0, False)}
 
 
@@ -191,7 +191,7 @@ def test_attribution_figure_drops_a_rollout_that_sits_on_one_token(model, captur
     result = attribution(model, "The Eiffel Tower is in the city of", " Paris")
     result.plot("x.png")
     titles = [p["title"] for p in captured[0]["panels"]]
-    concentrated = result.rollout.max() >= 0.9
+    concentrated = bool(result.rollout.max() >= 0.9)
     assert ("Attention rollout" in titles) is not concentrated
     assert ("rollout not shown" in titles[1]) is concentrated
     heights = captured[0]["heights"]
