@@ -4,8 +4,11 @@
 //! out as a grid of panels and rendered in pure Rust: no system fonts or libraries are needed
 //! because the DejaVu Sans font ships inside the binary.
 
+mod bars;
 mod colors;
 mod heatmap;
+mod layout;
+mod legend;
 mod lines;
 mod scatter;
 pub mod spec;
@@ -67,8 +70,23 @@ fn validate(spec: &FigureSpec) -> Result<()> {
             Panel::Scatter(s) => scatter::validate(s),
             Panel::Lines(l) => lines::validate(l),
             Panel::Heatmap(h) => heatmap::validate(h),
+            Panel::Bars(b) => bars::validate(b),
         }
         .map_err(|e| MsError::invalid(format!("panel {i}: {e}")))?;
+    }
+    let rows = spec.panels.len().div_ceil(spec.columns);
+    for (name, weights, n) in [
+        ("widths", &spec.widths, spec.columns),
+        ("heights", &spec.heights, rows),
+    ] {
+        if let Some(w) = weights {
+            if w.len() != n || w.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+                return Err(MsError::invalid(format!(
+                    "{name} must be {n} positive numbers (one per {}), got {w:?}",
+                    if name == "widths" { "column" } else { "row" }
+                )));
+            }
+        }
     }
     Ok(())
 }
@@ -114,6 +132,22 @@ pub fn render(spec: &FigureSpec, path: &Path) -> Result<()> {
     })
 }
 
+/// Pixel offsets where the `n` cells of `total` pixels split, by relative `weights` (equal
+/// when absent).
+fn breakpoints(weights: Option<&[f64]>, n: usize, total: u32) -> Vec<i32> {
+    let equal = vec![1.0; n];
+    let w = weights.unwrap_or(&equal);
+    let sum: f64 = w.iter().sum();
+    let mut acc = 0.0;
+    w[..n.saturating_sub(1)]
+        .iter()
+        .map(|v| {
+            acc += v;
+            (acc / sum * f64::from(total)).round() as i32
+        })
+        .collect()
+}
+
 fn draw(spec: &FigureSpec, path: &Path) -> Result<()> {
     let root = BitMapBackend::new(path, (spec.width, spec.height)).into_drawing_area();
     root.fill(&WHITE).map_err(draw_err)?;
@@ -122,12 +156,16 @@ fn draw(spec: &FigureSpec, path: &Path) -> Result<()> {
         _ => root.clone(),
     };
     let rows = spec.panels.len().div_ceil(spec.columns);
-    let areas = body.split_evenly((rows, spec.columns));
+    let (w, h) = body.dim_in_pixel();
+    let xs = breakpoints(spec.widths.as_deref(), spec.columns, w);
+    let ys = breakpoints(spec.heights.as_deref(), rows, h);
+    let areas = body.split_by_breakpoints(xs, ys);
     for (panel, area) in spec.panels.iter().zip(areas.iter()) {
         match panel {
             Panel::Scatter(s) => scatter::draw(s, area)?,
             Panel::Lines(l) => lines::draw(l, area)?,
             Panel::Heatmap(h) => heatmap::draw(h, area)?,
+            Panel::Bars(b) => bars::draw(b, area)?,
         }
     }
     root.present().map_err(|e| match e {
@@ -164,6 +202,99 @@ mod tests {
         assert!(err.to_string().contains("row 1 has 1 values"), "{err}");
         let empty: FigureSpec = serde_json::from_str(r#"{"panels": []}"#).unwrap();
         assert!(render(&empty, Path::new("x.png")).is_err());
+    }
+
+    #[test]
+    fn rows_and_columns_split_by_weight() {
+        assert_eq!(breakpoints(None, 3, 300), vec![100, 200]);
+        assert_eq!(breakpoints(Some(&[1.0, 3.0]), 2, 400), vec![100]);
+        assert!(breakpoints(None, 1, 300).is_empty());
+        let spec: FigureSpec = serde_json::from_str(
+            r#"{"heights": [1, 0], "columns": 1, "panels": [
+                {"kind": "lines", "series": [{"name": "a", "x": [0], "y": [0]}]},
+                {"kind": "lines", "series": [{"name": "a", "x": [0], "y": [0]}]}]}"#,
+        )
+        .unwrap();
+        let err = render(&spec, Path::new("/tmp/never-written.png")).unwrap_err();
+        assert!(
+            err.to_string().contains("heights must be 2 positive"),
+            "{err}"
+        );
+    }
+
+    /// Render `spec` and return the image as RGB rows, to check what was drawn where.
+    fn pixels(spec: &str) -> (u32, u32, Vec<u8>) {
+        let spec: FigureSpec = serde_json::from_str(spec).unwrap();
+        let path = std::env::temp_dir().join(format!(
+            "mindscope-plot-px-{}-{:?}.png",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        render(&spec, &path).unwrap();
+        let mut reader = png::Decoder::new(std::fs::File::open(&path).unwrap())
+            .read_info()
+            .unwrap();
+        let mut buf = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(info.color_type, png::ColorType::Rgb);
+        buf.truncate(info.buffer_size());
+        (info.width, info.height, buf)
+    }
+
+    #[test]
+    fn land_is_drawn_where_land_is_and_water_elsewhere() {
+        // A square island from x 0..10, y 0..10 in a -20..20 frame, no title, no axes text.
+        let (w, h, px) = pixels(
+            r#"{"width": 400, "height": 400, "panels": [{"kind": "scatter", "x": [], "y": [],
+                "x_range": [-20, 20], "y_range": [-20, 20],
+                "land": {"land": [[0, 0, 10, 0, 10, 10, 0, 10, 0, 0]]}}]}"#,
+        );
+        let (pw, ph) = layout::plot_size(w, h);
+        let (left, top) = (
+            f64::from(layout::MARGIN + layout::Y_LABEL_AREA),
+            f64::from(layout::MARGIN),
+        );
+        let at = |x: f64, y: f64| {
+            let cx = (left + (x + 20.0) / 40.0 * pw) as usize;
+            let cy = (top + (20.0 - y) / 40.0 * ph) as usize;
+            let i = (cy * w as usize + cx) * 3;
+            (px[i], px[i + 1], px[i + 2])
+        };
+        let land = scatter::LAND;
+        let water = scatter::WATER;
+        // Odd coordinates: away from the grid lines drawn at the tick labels.
+        assert_eq!(at(3.0, 7.0), (land.0, land.1, land.2));
+        assert_eq!(at(-13.0, -7.0), (water.0, water.1, water.2));
+        assert_eq!(at(17.0, 3.0), (water.0, water.1, water.2));
+    }
+
+    #[test]
+    fn heatmap_cells_carry_their_text() {
+        // Two equal cells: one with text, one without. Text pixels differ from the fill.
+        let spec = |text: &str| {
+            format!(
+                r#"{{"width": 400, "height": 200, "panels": [{{"kind": "heatmap",
+                "values": [[0.5, 0.5]], "vmin": 0, "vmax": 1, "cell_text": [["{text}", ""]]}}]}}"#
+            )
+        };
+        let (w, h, with) = pixels(&spec("0.93\\nAUROC 0.12"));
+        let (_, _, without) = pixels(&spec(""));
+        let differing = |x_lo: usize, x_hi: usize| {
+            (0..h as usize)
+                .flat_map(|y| (x_lo..x_hi).map(move |x| (y * w as usize + x) * 3))
+                .filter(|&i| with[i..i + 3] != without[i..i + 3])
+                .count()
+        };
+        // The grid starts after a small row-label margin and spans two cells before the colour bar.
+        let grid_end = w as usize - 84;
+        let mid = (8 + grid_end) / 2;
+        assert!(differing(8, mid) > 100, "no text drawn in the first cell");
+        assert_eq!(
+            differing(mid + 2, w as usize),
+            0,
+            "text leaked into the second cell"
+        );
     }
 
     #[test]

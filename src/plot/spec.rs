@@ -18,6 +18,12 @@ pub struct FigureSpec {
     #[serde(default)]
     pub title: Option<String>,
     pub panels: Vec<Panel>,
+    /// Relative widths of the columns and heights of the rows (equal when absent), so a
+    /// one-row heatmap need not take as much room as a 30-row one.
+    #[serde(default)]
+    pub widths: Option<Vec<f64>>,
+    #[serde(default)]
+    pub heights: Option<Vec<f64>>,
 }
 
 fn default_width() -> u32 {
@@ -36,6 +42,7 @@ pub enum Panel {
     Scatter(ScatterPanel),
     Lines(LinesPanel),
     Heatmap(HeatmapPanel),
+    Bars(BarsPanel),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -47,6 +54,9 @@ pub struct Axes {
     /// Fixed ranges; otherwise the data's range with a margin.
     pub x_range: Option<(f64, f64)>,
     pub y_range: Option<(f64, f64)>,
+    /// Pixels per y unit over pixels per x unit; the plot area shrinks to keep it (a map in
+    /// degrees: `1 / cos(standard parallel)`). Free when absent.
+    pub aspect: Option<f64>,
 }
 
 /// Points coloured by group, optionally with faint segments to a second position
@@ -70,6 +80,47 @@ pub struct ScatterPanel {
     pub graticule: Option<f64>,
     #[serde(default = "default_point_size")]
     pub point_size: u32,
+    /// Size of a dark dot drawn at each `line_to` end (0: none).
+    #[serde(default)]
+    pub end_point_size: u32,
+    /// Colour (palette index) and marker per group; palette order and circles when absent.
+    #[serde(default)]
+    pub group_styles: Vec<GroupStyle>,
+    /// Land drawn under the points (map panels).
+    #[serde(default)]
+    pub land: Option<Land>,
+    #[serde(default)]
+    pub legend: LegendCorner,
+}
+
+/// How one group's points look.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct GroupStyle {
+    pub color: usize,
+    #[serde(default)]
+    pub marker: Marker,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Marker {
+    #[default]
+    Circle,
+    /// An open circle: tells a second set apart without a second colour.
+    Ring,
+    Triangle,
+    Cross,
+}
+
+/// Land shading for a map in the panel's data coordinates: rings as flat
+/// `[x0, y0, x1, y1, ...]` lists. `land` rings are filled, `lakes` filled back with water,
+/// `coast` polylines stroked.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Land {
+    pub land: Vec<Vec<f64>>,
+    pub lakes: Vec<Vec<f64>>,
+    pub coast: Vec<Vec<f64>>,
 }
 
 fn default_point_size() -> u32 {
@@ -85,20 +136,28 @@ pub struct LinesPanel {
     /// Horizontal reference lines (chance level, ...).
     #[serde(default)]
     pub hlines: Vec<f64>,
+    /// Legend name of each reference line (same order as `hlines`; empty: not in the legend).
+    #[serde(default)]
+    pub hline_labels: Vec<String>,
     /// Corner of the legend: put it where the data is not.
     #[serde(default)]
     pub legend: LegendCorner,
 }
 
-/// Where a legend sits inside the plot area.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+/// Where a legend sits: a corner or the middle of a side of the plot area, right of it
+/// (`outside`), or `auto`: the first of those places no data passes through, else outside.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LegendCorner {
+    #[default]
+    Auto,
     UpperLeft,
     UpperRight,
     LowerLeft,
-    #[default]
     LowerRight,
+    CenterLeft,
+    CenterRight,
+    Outside,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,6 +169,28 @@ pub struct Series {
     pub markers: bool,
     #[serde(default)]
     pub dashed: bool,
+    /// Text beside each point (e.g. how many samples it averages); empty: none.
+    #[serde(default)]
+    pub point_labels: Vec<String>,
+}
+
+/// Bars at `x` (centres) of width `width`; several series stack (a histogram split by
+/// outcome).
+#[derive(Debug, Deserialize)]
+pub struct BarsPanel {
+    #[serde(flatten)]
+    pub axes: Axes,
+    pub x: Vec<f64>,
+    pub width: f64,
+    pub series: Vec<BarSeries>,
+    #[serde(default)]
+    pub legend: LegendCorner,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct BarSeries {
+    pub name: String,
+    pub heights: Vec<f64>,
 }
 
 fn yes() -> bool {
@@ -134,6 +215,19 @@ pub struct HeatmapPanel {
     /// Print each value in its cell.
     #[serde(default)]
     pub annotate: bool,
+    /// Text per cell `[rows][cols]` instead of the value (lines split at `\n`), drawn whether
+    /// or not `annotate` is set.
+    #[serde(default)]
+    pub cell_text: Option<Vec<Vec<String>>>,
+    /// Colour by log10 of the value (probabilities spanning decades); values must be positive
+    /// unless `vmin` is given, below which everything takes the lowest colour.
+    #[serde(default)]
+    pub log_scale: bool,
+    /// Colour range; the data's range when absent.
+    #[serde(default)]
+    pub vmin: Option<f64>,
+    #[serde(default)]
+    pub vmax: Option<f64>,
     #[serde(default)]
     pub x_label: String,
     #[serde(default)]

@@ -86,21 +86,33 @@ class AttributionResult(ExperimentResult):
             title=f"What matters for {self.target!r} after {self.prompt!r} ({self.model_name})")
 
     def plot(self, path: str | os.PathLike[str]) -> str:
-        """Tokens coloured by ablation effect, above the attention of the last position per
-        layer and its rollout."""
+        """Tokens coloured by ablation effect (one compact row), above the attention of the last
+        position per layer and, when it says more than "everything on one token", its rollout."""
         effect = plotting.heatmap_panel(
-            self.token_effect(), col_labels=self.tokens, row_labels=[f"Δ {self.measure}"], diverging=True, annotate=True,
-            title=f"Ablation ({self.ablation}): drop in {self.measure} ({self.target!r}); red = supports the target")
+            self.token_effect(), col_labels=self.tokens, row_labels=["effect"], diverging=True, annotate=True,
+            title=f"Ablation ({self.ablation}): drop in {self.measure} of {self.target!r}; red = supports it")
         layers = np.arange(self.attention.shape[0])
         query = "every position (mean)" if self.measure == "cosine" else "the last position"
         attn = plotting.heatmap_panel(
             self.attention, col_labels=self.tokens, row_labels=[f"L{i}" for i in layers],
             title=f"Attention of {query} (mean over heads)", y_label="layer")
-        roll = plotting.heatmap_panel(self.rollout, col_labels=self.tokens, row_labels=["rollout"], annotate=True,
-                                      title="Attention rollout")
+        panels, heights = [effect, attn], [1.0, 0.6 + 0.12 * len(layers)]
+        top = int(np.argmax(self.rollout))
+        if self.rollout[top] >= ROLLOUT_UNINFORMATIVE:
+            attn["title"] += f"; rollout not shown ({self.rollout[top]:.2f} of it on {self.tokens[top]!r})"
+        else:
+            panels.append(plotting.heatmap_panel(self.rollout, col_labels=self.tokens, row_labels=["rollout"],
+                                                 annotate=True, title="Attention rollout"))
+            heights.append(1.0)
         width = max(900, min(2400, 70 * len(self.tokens) + 200))
-        return plotting.save_figure(path, [effect, attn, roll], columns=1, width=width, height=1250,
-                                    title=f"What matters for {self.target!r} after {self.prompt!r}")
+        unit = 150  # pixels per unit of height: a one-row heatmap with rotated token labels
+        return plotting.save_figure(path, panels, columns=1, width=width, height=int(unit * sum(heights)) + 40,
+                                    heights=heights, title=f"What matters for {self.target!r} in this prompt")
+
+
+#: A rollout with at least this share on one token (usually the first: attention sinks) says
+#: nothing about the other tokens, so the figure leaves it out.
+ROLLOUT_UNINFORMATIVE = 0.9
 
 
 def _target_ids(model: Any, prompt_ids: list[int], target: str | None) -> tuple[list[int], str]:

@@ -59,20 +59,33 @@ class LogitLensResult(ExperimentResult):
             self.target_prob, self.target_rank, title=f"Logit lens on {self.prompt!r} ({self.model_name})")
 
     def plot(self, path: str | os.PathLike[str]) -> str:
-        """Heatmap of the target's probability (layers x positions) and its rank per layer at
-        the last position."""
+        """Heatmap of the target's probability (layers x positions, log colour scale) with each
+        layer's top-1 token written in its cell, and the probabilities per layer at the last
+        position."""
         n_layers = self.target_prob.shape[0]
+        text = [[_cell_token(layer[pos][0]) for pos in range(len(self.tokens))] for layer in self.top_tokens]
         heat = plotting.heatmap_panel(
             self.target_prob, col_labels=self.tokens, row_labels=[f"L{i}" for i in range(n_layers)],
-            title=f"Logit lens: p({self.target!r}) read from each layer's residual stream", y_label="layer")
+            cell_text=text, log_scale=True, vmin=LENS_VMIN, vmax=1.0, y_label="layer", x_label="position",
+            title=f"Colour: p({self.target!r}) from each layer (log scale); text: that layer's top-1 token")
         layers = np.arange(n_layers)
         curve = plotting.lines_panel(
             {f"p({self.target!r})": (layers, self.target_prob[:, -1]),
              "p(top-1 token)": (layers, self.top_probs[:, -1, 0])},
             dashed=["p(top-1 token)"], title="At the last position", x_label="layer", y_label="probability",
-            y_range=(0, 1))
-        return plotting.save_figure(path, [heat, curve], columns=2, width=1800, height=700,
-                                    title=f"Logit lens on {self.model_name}: {self.prompt!r}")
+            y_range=(0, 1), legend="auto")
+        return plotting.save_figure(path, [heat, curve], columns=2, width=2000, height=max(700, 26 * n_layers + 140),
+                                    widths=[1.45, 0.55], title=f"Logit lens on {self.model_name}: {self.prompt!r}")
+
+
+#: Lowest probability the logit-lens colour scale resolves; smaller ones share its colour.
+LENS_VMIN = 1e-6
+
+
+def _cell_token(token: str, limit: int = 9) -> str:
+    """A token as cell text: spaces and newlines visible (as in the axis labels), long ones cut."""
+    shown = token.replace(" ", "·").replace("\n", "↵").replace("\t", "→")
+    return shown if len(shown) <= limit else shown[:limit - 1] + "…"
 
 
 def logit_lens(model: Any, prompt: str, target: str | None = None, k: int = 5) -> LogitLensResult:
@@ -148,19 +161,26 @@ class ConfidenceResult(ExperimentResult):
         return views.View(f"Does {self.model_name} know when it knows?", [bins, table])
 
     def plot(self, path: str | os.PathLike[str]) -> str:
-        """Reliability diagram (accuracy per confidence bin against the diagonal) and how many
-        answers fall in each bin."""
+        """Reliability diagram (accuracy per confidence bin against the diagonal, each bin's
+        question count written beside it) and a histogram of the confidences, split into right
+        and wrong answers."""
         has = self.bin_count > 0
         rel = plotting.lines_panel(
             {"perfect calibration": ([0, 1], [0, 1]),
              "model": (self.bin_confidence[has], self.bin_accuracy[has])},
+            point_labels={"model": [f"n={c}" for c in self.bin_count[has]]},
             dashed=["perfect calibration"], x_label="confidence (probability of own answer)",
-            y_label="accuracy", y_range=(0, 1),
-            title=f"Reliability: accuracy {self.correct.mean():.2f}, ECE {self.ece:.3f}")
-        centers = (np.arange(len(self.bin_count)) + 0.5) / len(self.bin_count)
-        hist = plotting.lines_panel({"questions per bin": (centers, self.bin_count)}, x_label="confidence",
-                                    y_label="questions", title="Confidence histogram")
-        return plotting.save_figure(path, [rel, hist], columns=2, width=1400, height=560,
+            y_label="accuracy", y_range=(0, 1), x_range=(0, 1), legend="upper_left",
+            title=f"Reliability: accuracy {self.correct.mean():.2f}, ECE {self.ece:.3f} (n = questions per bin)")
+        n_hist = 20
+        edges = np.linspace(0, 1, n_hist + 1)
+        right = np.histogram(self.confidence[self.correct], bins=edges)[0]
+        wrong = np.histogram(self.confidence[~self.correct], bins=edges)[0]
+        hist = plotting.bars_panel(
+            (edges[:-1] + edges[1:]) / 2, {"right": right, "wrong": wrong}, width=1 / n_hist, x_range=(0, 1),
+            x_label="confidence (probability of own answer)", y_label="questions",
+            title=f"Confidence histogram ({n_hist} bins)")
+        return plotting.save_figure(path, [rel, hist], columns=2, width=1500, height=600,
                                     title=f"Does {self.model_name} know when it knows? ({len(self.prompts)} questions)")
 
 

@@ -117,17 +117,25 @@ class PosProbingResult(ExperimentResult):
         return views.View(f"Part of speech in {self.model_name}: accuracy vs control task", [panel])
 
     def plot(self, path: str | os.PathLike[str]) -> str:
-        """Accuracy, control accuracy and selectivity per layer (embedding at layer −1, the
-        random-projection baseline as a dashed level)."""
+        """Accuracy and control accuracy per layer (embedding at layer −1) with the majority-tag
+        and random-projection baselines drawn as labelled levels, and selectivity (accuracy −
+        control) on its own axis."""
         blocks = self.layers >= -1
         x = self.layers[blocks]
-        panel = plotting.lines_panel(
-            {"accuracy": (x, self.accuracy[blocks]), "control accuracy": (x, self.control_accuracy[blocks]),
-             "selectivity": (x, self.selectivity[blocks])},
-            dashed=["control accuracy"], hlines=[self.majority], y_range=(0, 1), x_label="layer (−1 = embeddings)",
-            y_label="held-out accuracy",
-            title=f"POS probe (17 UPOS tags), {self.n_test_words} held-out words; dashed line: majority tag")
-        return plotting.save_figure(path, [panel], width=1000, height=560,
+        levels, names = [self.majority], [f"majority tag ({self.majority:.2f})"]
+        random = [i for i, label in enumerate(self.labels) if label == "random proj."]
+        if random:
+            levels.append(float(self.accuracy[random[0]]))
+            names.append(f"probe on random projection ({levels[-1]:.2f})")
+        acc = plotting.lines_panel(
+            {"POS accuracy": (x, self.accuracy[blocks]), "control task accuracy": (x, self.control_accuracy[blocks])},
+            dashed=["control task accuracy"], hlines=levels, hline_labels=names, y_range=(0, 1),
+            x_label="layer (−1 = embeddings)", y_label="held-out accuracy",
+            title=f"POS probe (17 UPOS tags) and control task, {self.n_test_words} held-out words")
+        sel = plotting.lines_panel(
+            {"selectivity": (x, self.selectivity[blocks])}, hlines=[0.0], x_label="layer (−1 = embeddings)",
+            y_label="selectivity (accuracy − control accuracy)", title="Selectivity (Hewitt & Liang 2019)")
+        return plotting.save_figure(path, [acc, sel], columns=2, width=1600, height=580, widths=[1.2, 0.8],
                                     title=f"Part of speech in {self.model_name}: accuracy vs control task")
 
 

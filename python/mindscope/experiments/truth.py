@@ -20,6 +20,7 @@ from ..datasets import Statements, city_statements
 from ..errors import DataError, InvalidArgumentError, NotFittedError, StorageError
 from ..hooks import Intervention
 from ._result import ExperimentResult, int_arg, write_json_atomic
+from .world_map import variance_share
 
 METHODS = ("mass_mean", "logistic", "lat", "ccs")
 QUESTION = "Is the following statement true or false?\nStatement: {statement}\nAnswer (True or False):"
@@ -96,6 +97,8 @@ class TruthResult(ExperimentResult):
     train_index: np.ndarray = field(repr=False)
     test_index: np.ndarray = field(repr=False)
     val_index: np.ndarray = field(repr=False)
+    #: ``[n_test]`` which held-out statements are negated (the PCA's two clusters); None if unknown.
+    pca_negated: np.ndarray | None = field(default=None, repr=False)
     name = "lie_detector"
 
     def metrics(self) -> dict[str, Any]:
@@ -133,23 +136,43 @@ class TruthResult(ExperimentResult):
                           f"{self.best_layer})", panels)
 
     def plot(self, path: str | os.PathLike[str]) -> str:
-        """Top-2 PCA of held-out activations coloured by truth, accuracy per layer and method,
-        and the generalization matrix of the logistic direction."""
+        """Top-2 PCA of held-out activations (affirmative and negated statements, coloured by
+        truth), accuracy per layer and method, and the generalization matrix of the logistic
+        direction (accuracy and AUROC per cell)."""
+        truth = np.where(self.pca_labels == 1, "true", "false")
+        if self.pca_negated is not None:
+            form = np.where(self.pca_negated, "negated", "affirmative")
+            groups = [f"{f}, {t}" for f, t in zip(form, truth)]
+            # Truth is the colour (blue true, red false); the statement form is the marker.
+            styles = {"affirmative, true": (0, "circle"), "affirmative, false": (3, "circle"),
+                      "negated, true": (0, "triangle"), "negated, false": (3, "triangle")}
+            styles = {k: v for k, v in styles.items() if k in set(groups)}
+            share = variance_share(self.pca_2d, form)
+            what = (f"the clusters are affirmative vs negated ({share * 100:.0f}% of PC 1-2 variance)"
+                    if share >= 0.5 else f"statement form explains {share * 100:.0f}% of PC 1-2 variance")
+        else:
+            groups, styles = list(truth), {"true": (0, "circle"), "false": (3, "circle")}
+            what = "coloured by truth"
         pca = plotting.scatter_panel(
-            self.pca_2d[:, 0], self.pca_2d[:, 1], np.where(self.pca_labels == 1, "true", "false"),
-            x_label="PC 1", y_label="PC 2", title=f"Held-out statements, layer {self.best_layer} (top-2 PCA)")
+            self.pca_2d[:, 0], self.pca_2d[:, 1], groups, group_styles=styles, legend="outside",
+            x_label="PC 1", y_label="PC 2",
+            title=f"Held-out statements, layer {self.best_layer}, top-2 PCA: {what}")
         curves = plotting.lines_panel(
             {meth: (self.layers, self.accuracy[i]) for i, meth in enumerate(self.methods)},
-            hlines=[0.5], y_range=(0.3, 1.0), x_label="layer (0 = control)",
+            hlines=[0.5], hline_labels=["chance"], y_range=(0.3, 1.0), x_label="layer (0 = control)",
             y_label="held-out accuracy", title="Truth directions per layer")
         gen = self.generalization.get("logistic", {})
         trains = list(gen)
         tests = list(next(iter(gen.values()))) if gen else []
-        matrix = np.array([[gen[a][b]["accuracy"] for b in tests] for a in trains]) if gen else np.zeros((1, 1))
-        heat = plotting.heatmap_panel(matrix, row_labels=[f"train {t}" for t in trains], col_labels=tests,
-                                      annotate=True, title=f"Logistic direction, layer {self.best_layer}: accuracy")
-        return plotting.save_figure(path, [pca, curves, heat], columns=3, width=2100, height=600,
-                                    title=f"A lie detector in {self.model_name}")
+        acc = np.array([[gen[a][b]["accuracy"] for b in tests] for a in trains]) if gen else np.full((1, 1), np.nan)
+        auc = np.array([[gen[a][b]["auroc"] for b in tests] for a in trains]) if gen else np.full((1, 1), np.nan)
+        # Accuracy near 0.5 can hide a direction that separates perfectly but flipped (AUROC near 0).
+        text = [[f"{acc[i, j]:.2f}\nAUROC {auc[i, j]:.2f}" for j in range(acc.shape[1])] for i in range(acc.shape[0])]
+        heat = plotting.heatmap_panel(acc, row_labels=trains, col_labels=tests, cell_text=text, vmin=0, vmax=1,
+                                      x_label="tested on", y_label="trained on",
+                                      title=f"Logistic direction, layer {self.best_layer}: accuracy (AUROC)")
+        return plotting.save_figure(path, [pca, curves, heat], columns=3, width=2200, height=620,
+                                    widths=[1.1, 1.0, 0.9], title=f"A lie detector in {self.model_name}")
 
 
 def _score_split(method: str, X: np.ndarray, s: Statements, train: np.ndarray, test: np.ndarray,
@@ -261,6 +284,7 @@ def truth_experiment(
         n_statements={"train": int(len(train)), "validation": int(len(val)), "test": int(len(test)),
                       **({"facts": len(facts)} if facts is not None else {})},
         best_layer_activations=X, labels=s.label, train_index=fit_idx, test_index=test, val_index=val,
+        pca_negated=negated[test],
     )
 
 

@@ -107,29 +107,52 @@ class WorldMapResult(ExperimentResult):
         return views.View(f"World map inside {self.model_name} ({self.n_cities} cities)", [world, curves])
 
     def plot(self, path: str | os.PathLike[str]) -> str:
-        """World map of held-out predictions (lines to the true positions), the 2-D PCA of the
-        same activations, and R² per layer."""
+        """World map of held-out predictions (dots, coloured by continent) joined to the true
+        positions (dark points) over land, the 2-D PCA of the same activations coloured by
+        continent, and R² per layer."""
         t, p = self.true_latlon, self.pred_latlon
         b = int(np.flatnonzero(self.layers == self.best_layer)[0])
         world = plotting.scatter_panel(
             p[:, 1], p[:, 0], self.continents, line_to=(t[:, 1], t[:, 0]), graticule=30,
-            x_range=(-180, 180), y_range=(-90, 90), x_label="longitude (predicted)",
-            y_label="latitude (predicted)",
-            title=f"Probe, layer {self.best_layer}: held-out R² lat {self.r2_lat[b]:.2f}, lon {self.r2_lon[b]:.2f}")
+            x_range=(-180, 180), y_range=(-90, 90), x_label="longitude", y_label="latitude",
+            land=plotting.world_land(), aspect=plotting.MAP_ASPECT, end_point_size=1, legend="outside",
+            title=(f"{len(t)} held-out cities, layer {self.best_layer}: R² lat {self.r2_lat[b]:.2f}, "
+                   f"lon {self.r2_lon[b]:.2f} (dot: predicted, line to the true city)"))
         # A few outlier cities can stretch PCA axes; frame the central 98% of the points.
         lo, hi = np.percentile(self.pca_2d, [1, 99], axis=0)
         pad = (hi - lo) * 0.08
+        ev = self.pca_explained * 100
+        eta = variance_share(self.pca_2d, self.continents)
+        verdict = (f"continent explains {eta * 100:.0f}% of PC 1-2 variance" if eta >= 0.05
+                   else f"no continent structure (continent explains {eta * 100:.0f}% of PC 1-2 variance)")
         pca = plotting.scatter_panel(
-            self.pca_2d[:, 0], self.pca_2d[:, 1], self.continents, x_label="PC 1", y_label="PC 2",
+            self.pca_2d[:, 0], self.pca_2d[:, 1], self.continents, x_label=f"PC 1 ({ev[0]:.1f}% of variance)",
+            y_label=f"PC 2 ({ev[1]:.1f}% of variance)", legend="outside",
             x_range=(lo[0] - pad[0], hi[0] + pad[0]), y_range=(lo[1] - pad[1], hi[1] + pad[1]),
-            title=f"Unsupervised PCA of the same activations ({self.pca_explained.sum() * 100:.1f}% var.)")
+            title=f"Unsupervised PCA, layer {self.best_layer}: {verdict}")
         curves = plotting.lines_panel(
-            {"R² latitude": (self.layers, self.r2_lat), "R² longitude": (self.layers, self.r2_lon),
-             "train R² (mean)": (self.layers, self.train_r2_mean)},
-            dashed=["train R² (mean)"], hlines=[0.0], title="Held-out R² per layer",
+            {"latitude, held-out": (self.layers, self.r2_lat), "longitude, held-out": (self.layers, self.r2_lon),
+             "mean, training cities": (self.layers, self.train_r2_mean)},
+            dashed=["mean, training cities"], hlines=[0.0], title="Probe R² per layer",
             x_label="layer", y_label="R²")
-        return plotting.save_figure(path, [world, pca, curves], columns=3, width=2100, height=620,
+        return plotting.save_figure(path, [world, pca, curves], columns=3, width=2400, height=640,
+                                    widths=[1.2, 0.9, 0.9],
                                     title=f"World map inside {self.model_name} ({self.n_cities} cities)")
+
+
+def variance_share(points: np.ndarray, labels: Sequence[str]) -> float:
+    """Share of the variance of ``points`` ``[n, k]`` explained by ``labels`` ``[n]`` (e.g.
+    continents): between-group over total sum of squares, summed over the k axes. 0 when the
+    groups overlap completely (same means), 1 when each group is a single point."""
+    points = np.asarray(points, dtype=np.float64)
+    labels = np.asarray(labels)
+    centred = points - points.mean(axis=0)
+    total = float((centred ** 2).sum())
+    if total == 0:
+        return 0.0
+    between = sum(float((labels == c).sum()) * float((centred[labels == c].mean(axis=0) ** 2).sum())
+                  for c in np.unique(labels))
+    return between / total
 
 
 def _probe_metrics(latlon_true: np.ndarray, latlon_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
