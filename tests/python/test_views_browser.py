@@ -277,9 +277,11 @@ def test_probe_curve_views_read_each_layer(browser, shots):
     methods = ["mass_mean", "logistic", "lat", "ccs"]
     acc, auc = rng.uniform(0.5, 0.9, (4, len(layers))), rng.uniform(0.5, 1.0, (4, len(layers)))
     truth = TruthResult(
-        model_name="m", methods=methods, layers=layers, accuracy=acc, auroc=auc, best_layer=21, best_method="logistic",
+        model_name="m", methods=methods, layers=layers, accuracy=acc, auroc=auc, val_accuracy=acc, val_auroc=auc,
+        chosen_layers={m: 21 for m in methods}, best_layer=21, best_method="logistic",
         generalization={}, causal={}, pca_2d=np.zeros((2, 2)), pca_labels=np.zeros(2), n_statements={},
-        best_layer_activations=np.zeros((2, 3)), labels=np.zeros(2), train_index=np.arange(1), test_index=np.arange(1))
+        best_layer_activations=np.zeros((2, 3)), labels=np.zeros(2), train_index=np.arange(1), test_index=np.arange(1),
+        val_index=np.arange(1))
     labels = ["embed", "random proj."] + [f"L{i}" for i in layers]
     reps = np.concatenate([[-1, -2], layers])
     a, c = rng.uniform(0.8, 0.95, len(reps)), rng.uniform(0.4, 0.7, len(reps))
