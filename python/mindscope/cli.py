@@ -128,11 +128,17 @@ def _cmd_capture(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress(args: argparse.Namespace) -> bool | None:
+    """--progress / --no-progress, or None (bars when stderr is a terminal)."""
+    return getattr(args, "progress", None)
+
+
 def _run_world_map(model: Any, args: argparse.Namespace) -> Any:
     from .datasets import world_cities
     from .experiments import world_map
 
-    return world_map(model, world_cities(n=args.cities, seed=args.seed), template=args.template, seed=args.seed)
+    return world_map(model, world_cities(n=args.cities, seed=args.seed), template=args.template, seed=args.seed,
+                     progress=_progress(args))
 
 
 def _run_pos(model: Any, args: argparse.Namespace) -> Any:
@@ -143,7 +149,8 @@ def _run_pos(model: Any, args: argparse.Namespace) -> Any:
     if path is None:
         raise InvalidArgumentError("no treebank: pass --treebank PATH (CoNLL-U or JSONL) or set $MINDSCOPE_DATA")
     layers = range(0, model.n_layers, args.every)
-    return pos_probing(model, ud_pos(path, max_sentences=args.sentences), layers=layers, seed=args.seed)
+    return pos_probing(model, ud_pos(path, max_sentences=args.sentences), layers=layers, seed=args.seed,
+                       progress=_progress(args))
 
 
 def _run_lie_detector(model: Any, args: argparse.Namespace) -> Any:
@@ -152,27 +159,28 @@ def _run_lie_detector(model: Any, args: argparse.Namespace) -> Any:
 
     facts_path = args.facts or shared_data_file("facts_true_false.csv")
     facts = true_false_csv(facts_path, "facts") if facts_path else None
-    return truth_experiment(model, facts=facts, n_cities=args.cities_truth, seed=args.seed)
+    return truth_experiment(model, facts=facts, n_cities=args.cities_truth, seed=args.seed, progress=_progress(args))
 
 
 def _run_attribution(model: Any, args: argparse.Namespace) -> Any:
     from .experiments import attribution
 
-    return attribution(model, args.prompt, args.target, ablation=args.ablation, unit=args.unit, window=args.window)
+    return attribution(model, args.prompt, args.target, ablation=args.ablation, unit=args.unit, window=args.window,
+                       progress=_progress(args))
 
 
 def _run_logit_lens(model: Any, args: argparse.Namespace) -> Any:
     from .experiments import logit_lens
 
     prompt = getattr(args, "lens_prompt", None) or args.prompt
-    return logit_lens(model, prompt, None if hasattr(args, "lens_prompt") else args.target)
+    return logit_lens(model, prompt, None if hasattr(args, "lens_prompt") else args.target, progress=_progress(args))
 
 
 def _run_confidence(model: Any, args: argparse.Namespace) -> Any:
     from .datasets import capital_questions
     from .experiments import confidence
 
-    return confidence(model, *capital_questions())
+    return confidence(model, *capital_questions(), progress=_progress(args))
 
 
 EXPERIMENTS: dict[str, Callable[[Any, argparse.Namespace], Any]] = {
@@ -235,7 +243,7 @@ def _cmd_tour(args: argparse.Namespace) -> int:
     print(f"           first token {top!r} with probability {math.exp(gen.logprobs[0]):.3f}")
 
     logits, cache = model.run_with_cache(
-        [prompt, "Paris is in"], names="blocks.*.hook_resid_post", positions="last"
+        [prompt, "Paris is in"], names="blocks.*.hook_resid_post", positions="last", progress=_progress(args)
     )
     print(f"\n[capture] {len(cache)} hook points, logits {tuple(logits.shape)}")
     for name in ("blocks.0.hook_resid_post", f"blocks.{model.n_layers - 1}.hook_resid_post"):
@@ -294,6 +302,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"{path} is not valid TOML: {e}") from e
     ns = _config_namespace(path, config)
     ns.out = args.out or ns.out
+    ns.progress = args.progress
     model = load_model(ns.model)
     result = _run_and_save(ns.command, model, ns, Path(ns.out))
     folder = Path(ns.out) / result.name
@@ -323,7 +332,8 @@ def _config_namespace(path: Path, config: dict[str, Any]) -> argparse.Namespace:
     sub = build_parser().subcommands[name]  # type: ignore[attr-defined]
     ns = sub.parse_args([])
     ns.command = name
-    actions = {a.dest: a for a in sub._actions if a.dest not in ("help", "func", "command")}
+    # --progress is how the run is shown, not a parameter of the experiment: not in configs.
+    actions = {a.dest: a for a in sub._actions if a.dest not in ("help", "func", "command", "progress")}
     unknown = set(exp) - set(actions) - {"name"}
     if unknown:
         raise InvalidArgumentError(f"{path}: unknown parameters {sorted(unknown)} for '{name}'; "
@@ -381,6 +391,8 @@ def _add_experiment_args(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="random seed (an integer >= 0)")
     p.add_argument("--model", default="smollm2-135m", help="registered model name, Hub id or model path")
     p.add_argument("--out", default="results", help="output folder (one subfolder per experiment)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars with rate and ETA on stderr (default: when stderr is a terminal)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -455,6 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run an experiment from a TOML config")
     r.add_argument("config", help="TOML file with an [experiment] table (name = ..., parameters)")
     r.add_argument("--out", default=None, help="output folder (default: the config's out, or results)")
+    r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars with rate and ETA on stderr (default: when stderr is a terminal)")
     r.set_defaults(func=_cmd_run)
 
     t = sub.add_parser("tour", help="the guided tour (main job): every experiment on the default model")

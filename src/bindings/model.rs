@@ -9,9 +9,10 @@ use pyo3::types::PyDict;
 
 use super::convert::array_to_py;
 use super::requests::{ablation_args, embed_args, generate_args, run_args, token_ids};
-use super::{guarded, interruptible, to_py_err, IntoPyResult};
+use super::{guarded, interruptible, interruptible_reporting, to_py_err, IntoPyResult};
 use crate::error::{MsError, Result};
 use crate::hooks::CapturedArray;
+use crate::interrupt::Cancel;
 use crate::model::config::Residual;
 use crate::model::{
     AblationJob, LanguageModel, PackLimits, SUPPORTED_ARCHITECTURES, SUPPORTED_MODEL_TYPES,
@@ -60,16 +61,18 @@ impl Model {
     }
 
     /// Sentence embeddings `[n, d_model]` of an encoder (mean pooling, L2-normalised).
-    /// `request`: `{"prompts", "batch_size"}`.
+    /// `request`: `{"prompts", "batch_size"}`; `progress(done, total)` counts prompts.
+    #[pyo3(signature = (request, progress=None))]
     fn embed<'py>(
         &self,
         py: Python<'py>,
         request: &Bound<'py, PyAny>,
+        progress: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
         guarded(|| {
             let model = &self.inner;
             let (prompts, batch_size) = embed_args(request).py_err()?;
-            let out = interruptible(py, |cancel| {
+            let out = interruptible_reporting(py, &Cancel::new(), progress, |cancel| {
                 model.embed(&prompts.tokens(model)?, batch_size, cancel)
             })?;
             array_to_py(py, out)
@@ -201,12 +204,18 @@ impl Model {
 
     /// Run prompts; returns `(logits, [(name, array)], token ids)`. `request`: `{"prompts",
     /// "names", "positions", "stop_at_layer", "logits", "interventions", "batch_size"}`, read
-    /// and validated in `bindings/requests.rs`.
-    fn run<'py>(&self, py: Python<'py>, request: &Bound<'py, PyAny>) -> PyResult<RunResult<'py>> {
+    /// and validated in `bindings/requests.rs`. `progress(done, total)` counts prompts.
+    #[pyo3(signature = (request, progress=None))]
+    fn run<'py>(
+        &self,
+        py: Python<'py>,
+        request: &Bound<'py, PyAny>,
+        progress: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<RunResult<'py>> {
         guarded(|| {
             let model = &self.inner;
             let args = run_args(request, model).py_err()?;
-            let out = interruptible(py, |cancel| {
+            let out = interruptible_reporting(py, &Cancel::new(), progress, |cancel| {
                 let tokens = args.prompts.tokens(model)?;
                 model.run_ids(
                     tokens,
@@ -254,10 +263,13 @@ impl Model {
     /// ablated. `request`: `{"prompt_ids", "target_ids", "spans", "ablation"` ("delete",
     /// "replace" (with `"replace_id"`), "zero", "mean"), `"batch_size", "rows_per_batch",
     /// "naive"}`; `naive` runs one full forward per variant instead of sharing the clean prefix.
+    /// `progress(done, total)` counts scored sequences (the clean one and each variant).
+    #[pyo3(signature = (request, progress=None))]
     fn ablation_scores(
         &self,
         py: Python<'_>,
         request: &Bound<'_, PyAny>,
+        progress: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<(f64, Vec<f64>)> {
         guarded(|| {
             let a = ablation_args(request).py_err()?;
@@ -272,7 +284,7 @@ impl Model {
                 variants: a.batch_size,
                 rows: a.rows_per_batch,
             };
-            let scores = interruptible(py, |cancel| {
+            let scores = interruptible_reporting(py, &Cancel::new(), progress, |cancel| {
                 if a.naive {
                     model.ablation_scores_naive(&job, cancel)
                 } else {

@@ -19,6 +19,7 @@ from ..analysis import PCA, TruthDirection, auroc, map_parallel, train_test_spli
 from ..datasets import Statements, city_statements
 from ..errors import DataError, InvalidArgumentError, StorageError
 from ..hooks import Intervention
+from ..progress import check_progress, progress_bar
 from ._result import ExperimentResult, int_arg, write_json_atomic
 
 METHODS = ("mass_mean", "logistic", "lat", "ccs")
@@ -26,10 +27,10 @@ QUESTION = "Is the following statement true or false?\nStatement: {statement}\nA
 
 
 def statement_activations(model: Any, statements: Statements | Sequence[str], layers: Sequence[int],
-                          batch_size: int = 32) -> np.ndarray:
+                          batch_size: int = 32, progress: bool | None = None) -> np.ndarray:
     """``blocks.{i}.hook_resid_post`` at each statement's final token: ``[layers, n, d_model]``."""
     texts = statements.text if isinstance(statements, Statements) else list(statements)
-    return model.layer_activations(texts, layers, positions="last", batch_size=batch_size)
+    return model.layer_activations(texts, layers, positions="last", batch_size=batch_size, progress=progress)
 
 
 def _check_balanced(s: Statements) -> None:
@@ -146,6 +147,7 @@ def truth_experiment(
     causal_scale: float = 4.0,
     causal_n: int = 40,
     batch_size: int = 32,
+    progress: bool | None = None,
 ) -> TruthResult:
     """Fit each truth direction on every layer and evaluate it on held-out statements.
 
@@ -156,8 +158,10 @@ def truth_experiment(
     ``facts`` (an out-of-distribution set, e.g. ``facts_true_false.csv``): the generalization
     matrix. Causal check: ``causal_scale`` times the class-mean separation along the mass-mean
     direction is added to the residual stream at the best of the first 60% of layers while the
-    model answers "True or False?" for ``causal_n`` held-out statements.
+    model answers "True or False?" for ``causal_n`` held-out statements. ``progress``: one bar
+    per stage (activations, directions, causal runs; None: when interactive, False: never).
     """
+    progress = check_progress(progress)
     seed = int_arg(seed, "seed", 0)
     causal_n = int_arg(causal_n, "causal_n", 1)
     batch_size = int_arg(batch_size, "batch_size", 1)
@@ -170,11 +174,13 @@ def truth_experiment(
     _check_balanced(s)
     # Layer 0 is always included: it is the control (little more than token identity there).
     chosen = sorted(set([0] + model.check_layers(layers)))
-    acts = statement_activations(model, s, chosen, batch_size)
+    acts = statement_activations(model, s, chosen, batch_size, progress)
     layer_ids = np.array(chosen)
     train, test = train_test_split_indices(len(s), test_size, seed, groups=s.group)
     jobs = [(meth, X) for meth in methods for X in acts]
-    scores = map_parallel(lambda job: _score_split(job[0], job[1], s, train, test, seed), jobs)
+    with progress_bar(len(jobs), progress, "directions", "truth directions") as bar:
+        scores = map_parallel(lambda job: _score_split(job[0], job[1], s, train, test, seed), jobs,
+                              on_done=bar.update)
     acc = np.array([sc[0] for sc in scores]).reshape(len(methods), len(acts))
     auc = np.array([sc[1] for sc in scores]).reshape(len(methods), len(acts))
     # Best block by the mean accuracy over methods.
@@ -190,7 +196,7 @@ def truth_experiment(
     }
     if facts is not None:
         _check_balanced(facts)
-        test_sets["facts"] = (statement_activations(model, facts, [best_layer], batch_size)[0], facts.label)
+        test_sets["facts"] = (statement_activations(model, facts, [best_layer], batch_size, progress)[0], facts.label)
     train_sets = {"affirmative": train[~negated[train]], "negated": train[negated[train]], "both": train}
     generalization: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     for meth in ("mass_mean", "logistic"):
@@ -208,7 +214,8 @@ def truth_experiment(
     early = [k for k, layer in enumerate(layer_ids) if 0 < layer <= 0.6 * model.n_layers] or [b]
     c = max(early, key=lambda k: np.nanmean(acc[:, k]))
     causal = causal_check(model, acts[c][train], s.label[train], int(layer_ids[c]),
-                          [s.text[i] for i in test[:causal_n]], s.label[test[:causal_n]], causal_scale, seed)
+                          [s.text[i] for i in test[:causal_n]], s.label[test[:causal_n]], causal_scale, seed,
+                          progress)
     return TruthResult(
         model_name=model.name, methods=list(methods), layers=layer_ids, accuracy=acc, auroc=auc,
         best_layer=best_layer, best_method=best_method, generalization=generalization, causal=causal,
@@ -219,16 +226,17 @@ def truth_experiment(
     )
 
 
-def _p_true(model: Any, statements: Sequence[str], interventions: list[Intervention] | None) -> np.ndarray:
+def _p_true(model: Any, statements: Sequence[str], interventions: list[Intervention] | None,
+            progress: bool | None = None) -> np.ndarray:
     """P(" True") / (P(" True") + P(" False")) for the question about each statement."""
     t, f = model.token_id(" True"), model.token_id(" False")
     logits = model.run([QUESTION.format(statement=x) for x in statements], return_logits="last",
-                       interventions=interventions)
+                       interventions=interventions, progress=progress)
     return 1.0 / (1.0 + np.exp(logits[:, f].astype(np.float64) - logits[:, t]))
 
 
 def causal_check(model: Any, X: np.ndarray, y: np.ndarray, layer: int, statements: Sequence[str],
-                 labels: np.ndarray, scale: float, seed: int = 0) -> dict[str, Any]:
+                 labels: np.ndarray, scale: float, seed: int = 0, progress: bool | None = None) -> dict[str, Any]:
     """Add ``±scale`` x (class-mean separation along the mass-mean direction) at every position
     of ``blocks.{layer}.hook_resid_post`` and report the mean P(True) on true and false
     statements for -, 0 and + (Marks & Tegmark 2023, section 5)."""
@@ -240,7 +248,7 @@ def causal_check(model: Any, X: np.ndarray, y: np.ndarray, layer: int, statement
     for sign, key in ((-1.0, "subtract"), (0.0, "none"), (1.0, "add")):
         ivs = None if sign == 0 else [Intervention(f"blocks.{layer}.hook_resid_post", "add",
                                                    value=d.direction_.astype(np.float32), scale=sign * scale * sep)]
-        p = _p_true(model, statements, ivs)
+        p = _p_true(model, statements, ivs, progress)
         out["mean_p_true"][key] = {"true_statements": float(p[labels == 1].mean()) if (labels == 1).any() else None,
                                    "false_statements": float(p[labels == 0].mean()) if (labels == 0).any() else None}
     return out
@@ -272,10 +280,12 @@ class LieDetector:
 
     @classmethod
     def fit(cls, model: Any, statements: Statements | None = None, layer: int | None = None,
-            method: str = "logistic", n_cities: int | None = 400, seed: int = 0) -> LieDetector:
+            method: str = "logistic", n_cities: int | None = 400, seed: int = 0,
+            progress: bool | None = None) -> LieDetector:
         """Fit on ``statements`` (default: city statements with negations). Without ``layer``,
         every block is evaluated on a held-out split and the best one is kept; the direction is
-        then refitted on all statements."""
+        then refitted on all statements. ``progress``: one bar per stage (activations, layers)."""
+        progress = check_progress(progress)
         if method not in METHODS:
             raise InvalidArgumentError(f"method '{method}' is not known; allowed: {', '.join(METHODS)}")
         seed = int_arg(seed, "seed", 0)
@@ -284,9 +294,11 @@ class LieDetector:
         s = statements if statements is not None else city_statements(n_cities=n_cities, seed=seed, negations=True)
         _check_balanced(s)
         layers = model.check_layers(None if layer is None else [layer])
-        acts = statement_activations(model, s, layers)
+        acts = statement_activations(model, s, layers, progress=progress)
         train, test = train_test_split_indices(len(s), 0.2, seed, groups=s.group)
-        held = map_parallel(lambda X: _score_split(method, X, s, train, test, seed), list(acts))
+        with progress_bar(len(acts), progress, "layers", "lie detector layers") as bar:
+            held = map_parallel(lambda X: _score_split(method, X, s, train, test, seed), list(acts),
+                                on_done=bar.update)
         k = int(np.argmax([h[0] for h in held]))
         all_idx = np.arange(len(s))
         d = _fit_direction(method, acts[k], s.label, _pairs_within(method, s, all_idx), seed)
