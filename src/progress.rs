@@ -69,7 +69,12 @@ impl Progress {
 
     /// `n` more units are done (reports the new count; never past the total).
     pub fn advance(&self, n: u64) {
-        self.update(|(done, total)| ((done + n).min(total), total));
+        self.update(|(done, total)| (done.saturating_add(n).min(total), total));
+    }
+
+    /// All units are done (for work whose last units were skipped rather than done).
+    pub fn finish(&self) {
+        self.update(|(_, total)| (total, total));
     }
 
     fn update(&self, f: impl FnOnce((u64, u64)) -> (u64, u64)) {
@@ -86,7 +91,9 @@ impl Progress {
 mod tests {
     use super::*;
 
-    fn recorder() -> (Progress, Arc<Mutex<Vec<(u64, u64)>>>) {
+    type Seen = Arc<Mutex<Vec<(u64, u64)>>>;
+
+    fn recorder() -> (Progress, Seen) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = {
             let seen = seen.clone();
@@ -118,7 +125,13 @@ mod tests {
         p.start(3);
         p.advance(2);
         p.advance(5);
-        assert_eq!(*seen.lock().unwrap(), vec![(0, 3), (2, 3), (3, 3)]);
+        p.start(4);
+        p.advance(1);
+        p.finish();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![(0, 3), (2, 3), (3, 3), (0, 4), (1, 4), (4, 4)]
+        );
         let silent = Progress::default();
         silent.start(3);
         silent.advance(1);

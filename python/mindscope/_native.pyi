@@ -60,11 +60,12 @@ class Model:
     """A model in the Rust core (weights as f32, hook registry, tokenizer)."""
 
     @staticmethod
-    def load(path: str) -> Model:
+    def load(path: str, progress: ProgressCallback | None = None) -> Model:
         """Load a GGUF file or a Hugging Face folder (config.json, *.safetensors, tokenizer.json).
-        Raises ModelFormatError, UnsupportedArchitectureError, StorageError."""
+        Raises ModelFormatError, UnsupportedArchitectureError, StorageError. ``progress(done,
+        total)`` counts tensors read."""
     @staticmethod
-    def load_gguf_parts(parts: Sequence[str]) -> Model:
+    def load_gguf_parts(parts: Sequence[str], progress: ProgressCallback | None = None) -> Model:
         """Load a GGUF file stored as consecutive parts, read as their concatenation."""
     @property
     def is_encoder(self) -> bool:

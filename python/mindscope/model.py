@@ -315,17 +315,20 @@ class HookedModel:
         return self._native.embedding_matrix()
 
 
-def load_model(name_or_path: str | os.PathLike[str] = "smollm2-135m", revision: str | None = None) -> HookedModel:
+def load_model(name_or_path: str | os.PathLike[str] = "smollm2-135m", revision: str | None = None,
+               progress: bool | None = None) -> HookedModel:
     """Load a model: a short name (``"smollm2-135m"``, ``"gemma3-270m"``, ``"minilm-l6"``; see
     ``list_models()``), a GGUF file, a Hugging Face folder (config.json, *.safetensors,
     tokenizer.json), or a Hugging Face repository id found in the local Hub cache (``"gpt2"``,
     ``"EleutherAI/pythia-160m"``, ``"org/repo/file.gguf"``; ``revision`` picks a branch or
-    commit). Nothing is downloaded."""
+    commit). Nothing is downloaded. ``progress``: a bar counting the tensors read (None: when
+    interactive and the load takes over half a second; False: never; True: always)."""
     paths = resolve_model_paths(name_or_path, revision)
     enable_default_blas()
-    if len(paths) == 1:
-        native = _native.Model.load(str(paths[0]))
-    else:
-        native = _native.Model.load_gguf_parts([str(p) for p in paths])
+    with native_progress(progress, "tensors", "load") as report:
+        if len(paths) == 1:
+            native = _native.Model.load(str(paths[0]), report)
+        else:
+            native = _native.Model.load_gguf_parts([str(p) for p in paths], report)
     name = os.fspath(name_or_path) if not os.path.exists(os.fspath(name_or_path)) else native.name
     return HookedModel(native, name, paths)

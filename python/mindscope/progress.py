@@ -68,6 +68,19 @@ def shows(progress: bool | None) -> bool:
     return is_interactive() if progress is None else progress
 
 
+class _Text:
+    """A line that a notebook shows as plain text (a ``str`` would show with its quotes)."""
+
+    def __init__(self, line: str):
+        self.line = line
+
+    def __repr__(self) -> str:
+        return self.line
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(self.line)
+
+
 def _duration(seconds: float) -> str:
     s = int(round(seconds))
     if s < 60:
@@ -108,13 +121,13 @@ class ProgressBar:
             try:
                 from IPython.display import display
 
-                self.handle = display(line, display_id=True)
+                self.handle = display(_Text(line), display_id=True)
                 return
             except Exception:  # any trouble with IPython: fall back to stderr rather than fail the job
                 self.notebook, self.stream = False, True
                 sys.stderr.write("\r" + line + " ")
                 return
-        self.handle.update(line)
+        self.handle.update(_Text(line))
 
     def _line(self) -> str:
         """``label: [####......] done/total unit  rate unit/s  elapsed  ETA remaining``."""

@@ -36,10 +36,14 @@ pub struct Model {
 
 #[pymethods]
 impl Model {
-    /// Load a GGUF model file or a Hugging Face model folder.
+    /// Load a GGUF model file or a Hugging Face model folder; `progress(done, total)` counts
+    /// the tensors read.
     #[staticmethod]
-    fn load(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
-        let model = interruptible(py, |_| LanguageModel::load(&path))?;
+    #[pyo3(signature = (path, progress=None))]
+    fn load(py: Python<'_>, path: PathBuf, progress: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let model = interruptible_reporting(py, &Cancel::new(), progress, |cancel| {
+            LanguageModel::load_with(&path, cancel)
+        })?;
         Ok(Model {
             inner: Arc::new(model),
         })
@@ -47,8 +51,15 @@ impl Model {
 
     /// Load a GGUF file stored as consecutive parts (read as their concatenation).
     #[staticmethod]
-    fn load_gguf_parts(py: Python<'_>, parts: Vec<PathBuf>) -> PyResult<Self> {
-        let model = interruptible(py, |_| LanguageModel::load_gguf(&parts))?;
+    #[pyo3(signature = (parts, progress=None))]
+    fn load_gguf_parts(
+        py: Python<'_>,
+        parts: Vec<PathBuf>,
+        progress: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let model = interruptible_reporting(py, &Cancel::new(), progress, |cancel| {
+            LanguageModel::load_gguf_with(&parts, cancel)
+        })?;
         Ok(Model {
             inner: Arc::new(model),
         })

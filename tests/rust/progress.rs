@@ -130,3 +130,23 @@ fn a_sink_that_fires_the_token_stops_the_run_and_the_model_still_works() {
         .unwrap();
     assert_eq!(out.tokens.len(), 3);
 }
+
+#[test]
+fn a_load_counts_tensors_and_a_fired_token_stops_it() {
+    let folder = common::shared_dir().join("models/tiny/llama3");
+    let (token, seen) = recording_token();
+    let model = LanguageModel::load_with(&folder, &token).unwrap();
+    let seen = seen.lock().unwrap();
+    let total = seen[0].1;
+    assert!(total > 5, "{seen:?}");
+    assert_monotone_to(&seen, total);
+    assert_eq!(seen[0], (0, total));
+    assert!(seen.len() > 5, "one report per tensor: {seen:?}");
+    assert_eq!(model.config().n_layers, tiny_llama().config().n_layers);
+    let fired = Cancel::new();
+    fired.fire();
+    let err = LanguageModel::load_with(&folder, &fired)
+        .err()
+        .expect("a fired token stops the load");
+    assert!(matches!(err, MsError::Interrupted), "{err}");
+}
