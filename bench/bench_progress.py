@@ -40,7 +40,7 @@ def main() -> None:
     prompts = [f"City number {i} lies in the country of" for i in range(args.prompts)]
     request = {"prompts": prompts, "names": ["blocks.*.hook_resid_post"], "positions": "last",
                "stop_at_layer": None, "logits": False, "interventions": None, "batch_size": args.batch_size}
-    ids = model.to_tokens(" ".join(["word"] * 120) + " The capital of France is")
+    ids = model.to_tokens(" ".join(["word"] * 40) + " The capital of France is")
     ablation = {"prompt_ids": ids, "target_ids": model.to_tokens(" Paris"),
                 "spans": [(i, i + 1) for i in range(len(ids))], "ablation": "delete", "replace_id": None,
                 "batch_size": 8, "rows_per_batch": 2048, "naive": False}

@@ -221,7 +221,7 @@ def _run_and_save(name: str, model: Any, args: argparse.Namespace, out: Path) ->
 def _cmd_experiment(args: argparse.Namespace) -> int:
     from .model import load_model
 
-    model = load_model(args.model)
+    model = load_model(args.model, progress=_progress(args))
     _run_and_save(args.command, model, args, Path(args.out))
     return 0
 
@@ -233,7 +233,7 @@ def _cmd_tour(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    model = load_model(args.model)
+    model = load_model(args.model, progress=_progress(args))
     print(f"loaded {model} in {time.perf_counter() - t0:.1f} s")
 
     prompt = "The capital of France is"
@@ -303,7 +303,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     ns = _config_namespace(path, config)
     ns.out = args.out or ns.out
     ns.progress = args.progress
-    model = load_model(ns.model)
+    model = load_model(ns.model, progress=_progress(ns))
     result = _run_and_save(ns.command, model, ns, Path(ns.out))
     folder = Path(ns.out) / result.name
     (folder / "config.toml").write_text(text, encoding="utf-8")
