@@ -19,6 +19,7 @@ pub mod interrupt;
 pub mod kernels;
 pub mod model;
 pub mod plot;
+pub mod progress;
 pub mod storage;
 
 pub use error::{MsError, Result};

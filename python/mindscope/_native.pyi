@@ -4,7 +4,7 @@ Users call the wrappers in ``mindscope`` (``load_model``, ``HookedModel``); thes
 functions those wrappers call. Every array is float32 and C-contiguous, handed over without a copy.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypedDict
 
 import numpy as np
@@ -18,6 +18,10 @@ F32 = npt.NDArray[np.float32]
 # and values of the wrong type raise InvalidArgumentError naming the key and what is allowed.
 Prompts = str | Sequence[str] | Sequence[Sequence[int]]
 Positions = str | int | Sequence[int] | Any  # "all" | "last" | index | indices | PerPrompt
+# Called with (done, total) as a long call advances: by the thread that made the call, with the
+# newest count at most every 50 ms and once at the end (done never decreases). Raising from it
+# (e.g. KeyboardInterrupt) stops the work and the call raises that exception.
+ProgressCallback = Callable[[int, int], None]
 
 class RunRequest(TypedDict, total=False):
     prompts: Prompts
@@ -65,11 +69,12 @@ class Model:
     """A model in the Rust core (weights as f32, hook registry, tokenizer)."""
 
     @staticmethod
-    def load(path: str) -> Model:
+    def load(path: str, progress: ProgressCallback | None = None) -> Model:
         """Load a GGUF file or a Hugging Face folder (config.json, *.safetensors, tokenizer.json).
-        Raises ModelFormatError, UnsupportedArchitectureError, StorageError."""
+        Raises ModelFormatError, UnsupportedArchitectureError, StorageError. ``progress(done,
+        total)`` counts tensors read."""
     @staticmethod
-    def load_gguf_parts(parts: Sequence[str]) -> Model:
+    def load_gguf_parts(parts: Sequence[str], progress: ProgressCallback | None = None) -> Model:
         """Load a GGUF file stored as consecutive parts, read as their concatenation."""
     @property
     def is_encoder(self) -> bool:
@@ -98,32 +103,36 @@ class Model:
         """The text of each token on its own."""
     def token_to_id(self, token: str) -> int | None:
         """The id of a vocabulary entry (e.g. ``"Ġcapital"``)."""
-    def run(self, request: RunRequest) -> tuple[F32 | None, list[tuple[str, F32]], list[list[int]]]:
+    def run(self, request: RunRequest, progress: ProgressCallback | None = None
+            ) -> tuple[F32 | None, list[tuple[str, F32]], list[list[int]]]:
         """Run prompts; returns (logits ``[batch, vocab]`` or ``[batch, pos, vocab]`` or None,
         captured arrays by hook name in forward order, token ids per prompt). Captures:
         ``positions="all"`` keeps ``[batch, pos, ...]``, ``"last"`` / PerPrompt drop the pos axis,
-        indices keep one entry per index. The GIL is released while it runs."""
+        indices keep one entry per index. The GIL is released while it runs. ``progress(done,
+        total)`` counts prompts (see ``ProgressCallback``)."""
     def gradients(
         self, request: GradientRequest
     ) -> tuple[list[float], list[tuple[str, F32]], list[tuple[str, F32]], list[list[int]]]:
         """``(metric per prompt, [(name, d metric / d activation)], [(name, activation)] (with
         return_activations), token ids)``; arrays have the activation's shape, batch first,
         padded positions zero. The GIL is released while it runs."""
-    def embed(self, request: EmbedRequest) -> F32:
+    def embed(self, request: EmbedRequest, progress: ProgressCallback | None = None) -> F32:
         """Sentence embeddings ``[n, d_model]``: mean over real tokens of the last hidden state,
-        L2-normalised. Encoders only."""
+        L2-normalised. Encoders only. ``progress(done, total)`` counts sentences."""
     def generate(self, request: GenerateRequest) -> dict[str, Any]:
         """``{"text": str, "token_ids": [n_new], "logprobs": [n_new], "prompt_ids": [n_prompt]}``."""
     def unembed(self, resid: F32) -> F32:
         """Final norm + LM head: ``[n, d_model]`` -> logits ``[n, vocab]``."""
     def embedding_matrix(self) -> F32:
         """Token embeddings ``[vocab, d_model]`` (a copy)."""
-    def ablation_scores(self, request: AblationRequest) -> tuple[float, list[float]]:
+    def ablation_scores(self, request: AblationRequest, progress: ProgressCallback | None = None
+                        ) -> tuple[float, list[float]]:
         """``(log p(target | prompt), [log p(target | prompt with span i ablated)])``, target
         log-probs summed over its tokens. Spans are token ranges ``[start, end)``. Variants run
         packed, at most ``batch_size`` variants and about ``rows_per_batch`` recomputed
         positions per packed run (when several runs are needed, one runs per core); ``naive``
-        runs one full forward per variant instead (the reference)."""
+        runs one full forward per variant instead (the reference). ``progress(done, total)``
+        counts scored sequences: the clean one and each variant."""
     def activation_patching(self, request_json: str) -> dict[str, Any]:
         """Activation patching. ``request_json``: JSON of ``{"clean_ids": [T], "corrupt_ids": [T],
         "metric": {"kind": ..., "position": ...}, "sites": ["resid_pre" | "attn_out" | "mlp_out" |
@@ -152,11 +161,13 @@ def logistic_fit(x: F64, y: Sequence[int], n_classes: int, c: float, max_iter: i
     ``coef [d, 1 or n_classes]``, ``intercept``, ``mean``, ``scale``, ``n_iter``, ``converged``."""
 def logistic_sweep(layers: Sequence[np.ndarray], targets: Sequence[tuple[Sequence[int], int, Sequence[float] | None]],
                    train: Sequence[int], test: Sequence[int], c: float, max_iter: int, tol: float,
-                   standardize: bool) -> list[list[tuple[float, float, int, bool]]]:
+                   standardize: bool, progress: ProgressCallback | None = None
+                   ) -> list[list[tuple[float, float, int, bool]]]:
     """One logistic probe per (layer, target). ``layers``: C-contiguous ``[n, d]`` arrays, all
     float32 or all float64, read in place; each target is (class index of every sample
     ``[n]``, n_classes, class weights or None). Returns ``[layers][targets]`` of (train
-    accuracy, test accuracy (NaN without test rows), L-BFGS iterations, converged)."""
+    accuracy, test accuracy (NaN without test rows), L-BFGS iterations, converged).
+    ``progress(done, total)`` counts probes fitted."""
 def pca_fit(x: F64, n_components: int, whiten: bool) -> dict[str, Any]:
     """``mean [d]``, ``components [k, d]``, ``explained_variance [k]``, ``explained_variance_ratio [k]``."""
 def truth_fit(x: F64, y: Sequence[int], method: str, pairs: Sequence[tuple[int, int]] | None,

@@ -16,21 +16,35 @@ import numpy as np
 
 from . import _native
 from .errors import DataError, InvalidArgumentError, NotFittedError, ShapeError
+from .progress import native_progress, progress_bar
 
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
-def map_parallel(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None) -> list[R]:
+def map_parallel(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None,
+                 on_done: Callable[[int], None] | None = None) -> list[R]:
     """``[fn(x) for x in items]`` on a thread pool. The Rust fits release the GIL and are
-    single-threaded, so independent fits (one per layer) run side by side on all cores."""
+    single-threaded, so independent fits (one per layer) run side by side on all cores.
+    ``on_done(1)`` is called as each item finishes (a progress bar's ``update``); on an
+    exception (Ctrl-C) the items not started are dropped."""
     items = list(items)
     workers = workers or os.cpu_count() or 1
+
+    def one(x: T) -> R:
+        r = fn(x)
+        if on_done is not None:
+            on_done(1)
+        return r
+
     if workers == 1 or len(items) < 2:
-        return [fn(x) for x in items]
-    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
-        return list(pool.map(fn, items))
+        return [one(x) for x in items]
+    pool = ThreadPoolExecutor(max_workers=min(workers, len(items)))
+    try:
+        return list(pool.map(one, items))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _as_f64_2d(x: Any, what: str = "X") -> np.ndarray:
@@ -547,7 +561,8 @@ def control_task_labels(word_types: Sequence[str], labels: Sequence[Any], seed: 
 
 
 def _native_logistic_sweep(stack: list[np.ndarray], targets: list[np.ndarray], train: np.ndarray,
-                           test: np.ndarray, probe_params: dict[str, Any]) -> list[list[tuple[float, float]]]:
+                           test: np.ndarray, probe_params: dict[str, Any],
+                           progress: bool | None = None) -> list[list[tuple[float, float]]]:
     """Every (layer, target) logistic probe in one core call that reads the layers in place:
     float32 stays float32, only non-contiguous or other dtypes are converted."""
     template = LogisticProbe(**probe_params)
@@ -565,9 +580,11 @@ def _native_logistic_sweep(stack: list[np.ndarray], targets: list[np.ndarray], t
     for layer, X in enumerate(layers):
         if X.ndim != 2:
             raise ShapeError(f"layer {layer} must be [n, d], got shape {X.shape}")
-    out = _native.logistic_sweep(layers, specs, train.tolist(), test.tolist(), _float_param(template.C, "C"),
-                                 _int_param(template.max_iter, "max_iter", 1),
-                                 _float_param(template.tol, "tol", allow_zero=True), bool(template.standardize))
+    with native_progress(progress, "probes", "layer sweep") as report:
+        out = _native.logistic_sweep(layers, specs, train.tolist(), test.tolist(), _float_param(template.C, "C"),
+                                     _int_param(template.max_iter, "max_iter", 1),
+                                     _float_param(template.tol, "tol", allow_zero=True), bool(template.standardize),
+                                     report)
     return [[(train_acc, test_acc) for train_acc, test_acc, _, _ in per_target] for per_target in out]
 
 
@@ -579,6 +596,7 @@ def layer_sweep(
     seed: int = 0,
     groups: Sequence[Any] | None = None,
     control_labels: Any | None = None,
+    progress: bool | None = None,
     **probe_params: Any,
 ) -> dict[str, np.ndarray]:
     """Fit one probe per layer and report train and held-out metrics.
@@ -586,7 +604,8 @@ def layer_sweep(
     ``activations`` is ``[layers, n, d]`` or an ActivationCache / mapping (its
     ``blocks.*.hook_resid_post`` arrays ``[n, d]`` are used in layer order). ``probe`` is
     ``"logistic"`` (accuracy) or ``"ridge"`` (mean R²). With ``control_labels`` the same probe
-    is fitted on them and ``selectivity = test - control_test`` is reported.
+    is fitted on them and ``selectivity = test - control_test`` is reported. ``progress``: a
+    bar counting the probes fitted (None: when interactive; False: never; True: always).
     Returns a dict of equal-length arrays (``pandas.DataFrame(result)`` gives a table).
     """
     if isinstance(activations, Mapping):
@@ -633,7 +652,7 @@ def layer_sweep(
     if len(targets[-1]) != n:
         raise ShapeError(f"control_labels has {len(targets[-1])} entries for {n} labels")
     if probe == "logistic":
-        per_layer = _native_logistic_sweep(stack, targets, train, test, probe_params)
+        per_layer = _native_logistic_sweep(stack, targets, train, test, probe_params, progress)
     else:
         def fit(job: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:
             X, t = job
@@ -641,7 +660,9 @@ def layer_sweep(
             return m.score(X[train], t[train]), m.score(X[test], t[test])
 
         # One fit per (layer, target), side by side on all cores (the fits release the GIL).
-        scores = map_parallel(fit, [(X, t) for X in stack for t in targets])
+        jobs = [(X, t) for X in stack for t in targets]
+        with progress_bar(len(jobs), progress, "probes", "layer sweep") as bar:
+            scores = map_parallel(fit, jobs, on_done=bar.update)
         per_layer = [scores[i:i + len(targets)] for i in range(0, len(scores), len(targets))]
     rows: dict[str, list[float]] = {"layer": list(range(len(stack))),
                                     "train": [s[0][0] for s in per_layer], "test": [s[0][1] for s in per_layer]}

@@ -129,11 +129,17 @@ def _cmd_capture(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress(args: argparse.Namespace) -> bool | None:
+    """--progress / --no-progress, or None (bars when stderr is a terminal)."""
+    return getattr(args, "progress", None)
+
+
 def _run_world_map(model: Any, args: argparse.Namespace) -> Any:
     from .datasets import world_cities
     from .experiments import world_map
 
-    return world_map(model, world_cities(n=args.cities, seed=args.seed), template=args.template, seed=args.seed)
+    return world_map(model, world_cities(n=args.cities, seed=args.seed), template=args.template, seed=args.seed,
+                     progress=_progress(args))
 
 
 def _run_pos(model: Any, args: argparse.Namespace) -> Any:
@@ -143,7 +149,8 @@ def _run_pos(model: Any, args: argparse.Namespace) -> Any:
     # The treebank shipped with mindscope unless --treebank or $MINDSCOPE_DATA says otherwise.
     path = args.treebank or data_file("ud_ewt_pos.jsonl")
     layers = range(0, model.n_layers, args.every)
-    return pos_probing(model, ud_pos(path, max_sentences=args.sentences), layers=layers, seed=args.seed)
+    return pos_probing(model, ud_pos(path, max_sentences=args.sentences), layers=layers, seed=args.seed,
+                       progress=_progress(args))
 
 
 def _run_lie_detector(model: Any, args: argparse.Namespace) -> Any:
@@ -153,27 +160,29 @@ def _run_lie_detector(model: Any, args: argparse.Namespace) -> Any:
     # The transfer test always runs: on the facts shipped with mindscope unless --facts or
     # $MINDSCOPE_DATA names others.
     facts = true_false_csv(args.facts or data_file("facts_true_false.csv"), "facts")
-    return truth_experiment(model, facts=facts, n_cities=args.cities_truth, seed=args.seed)
+    return truth_experiment(model, facts=facts, n_cities=args.cities_truth, seed=args.seed,
+                            progress=_progress(args))
 
 
 def _run_attribution(model: Any, args: argparse.Namespace) -> Any:
     from .experiments import attribution
 
-    return attribution(model, args.prompt, args.target, ablation=args.ablation, unit=args.unit, window=args.window)
+    return attribution(model, args.prompt, args.target, ablation=args.ablation, unit=args.unit, window=args.window,
+                       progress=_progress(args))
 
 
 def _run_logit_lens(model: Any, args: argparse.Namespace) -> Any:
     from .experiments import logit_lens
 
     prompt = getattr(args, "lens_prompt", None) or args.prompt
-    return logit_lens(model, prompt, None if hasattr(args, "lens_prompt") else args.target)
+    return logit_lens(model, prompt, None if hasattr(args, "lens_prompt") else args.target, progress=_progress(args))
 
 
 def _run_confidence(model: Any, args: argparse.Namespace) -> Any:
     from .datasets import capital_questions
     from .experiments import confidence
 
-    return confidence(model, *capital_questions())
+    return confidence(model, *capital_questions(), progress=_progress(args))
 
 
 EXPERIMENTS: dict[str, Callable[[Any, argparse.Namespace], Any]] = {
@@ -215,7 +224,7 @@ def _run_and_save(name: str, model: Any, args: argparse.Namespace, out: Path) ->
 def _cmd_experiment(args: argparse.Namespace) -> int:
     from .model import load_model
 
-    model = load_model(args.model)
+    model = load_model(args.model, progress=_progress(args))
     _run_and_save(args.command, model, args, Path(args.out))
     return 0
 
@@ -226,7 +235,7 @@ def _cmd_tour(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    model = load_model(args.model)
+    model = load_model(args.model, progress=_progress(args))
     print(f"loaded {model} in {time.perf_counter() - t0:.1f} s")
 
     prompt = "The capital of France is"
@@ -236,7 +245,7 @@ def _cmd_tour(args: argparse.Namespace) -> int:
     print(f"           first token {top!r} with probability {math.exp(gen.logprobs[0]):.3f}")
 
     logits, cache = model.run_with_cache(
-        [prompt, "Paris is in"], names="blocks.*.hook_resid_post", positions="last"
+        [prompt, "Paris is in"], names="blocks.*.hook_resid_post", positions="last", progress=_progress(args)
     )
     print(f"\n[capture] {len(cache)} hook points, logits {tuple(logits.shape)}")
     for name in ("blocks.0.hook_resid_post", f"blocks.{model.n_layers - 1}.hook_resid_post"):
@@ -300,7 +309,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"{path} is not valid TOML: {e}") from e
     ns = _config_namespace(path, config)
     ns.out = args.out or ns.out
-    model = load_model(ns.model)
+    ns.progress = args.progress
+    model = load_model(ns.model, progress=_progress(ns))
     result = _run_and_save(ns.command, model, ns, Path(ns.out))
     folder = Path(ns.out) / result.name
     (folder / "config.toml").write_text(text, encoding="utf-8")
@@ -329,7 +339,8 @@ def _config_namespace(path: Path, config: dict[str, Any]) -> argparse.Namespace:
     sub = build_parser().subcommands[name]  # type: ignore[attr-defined]
     ns = sub.parse_args([])
     ns.command = name
-    actions = {a.dest: a for a in sub._actions if a.dest not in ("help", "func", "command")}
+    # --progress is how the run is shown, not a parameter of the experiment: not in configs.
+    actions = {a.dest: a for a in sub._actions if a.dest not in ("help", "func", "command", "progress")}
     unknown = set(exp) - set(actions) - {"name"}
     if unknown:
         raise InvalidArgumentError(f"{path}: unknown parameters {sorted(unknown)} for '{name}'; "
@@ -391,6 +402,8 @@ def _add_experiment_args(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="random seed (an integer >= 0)")
     p.add_argument("--model", default="smollm2-135m", help="registered model name, Hub id or model path")
     p.add_argument("--out", default="results", help="output folder (one subfolder per experiment)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars with rate and ETA on stderr (default: when stderr is a terminal)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -465,6 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run an experiment from a TOML config")
     r.add_argument("config", help="TOML file with an [experiment] table (name = ..., parameters)")
     r.add_argument("--out", default=None, help="output folder (default: the config's out, or results)")
+    r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars with rate and ETA on stderr (default: when stderr is a terminal)")
     r.set_defaults(func=_cmd_run)
 
     t = sub.add_parser("tour", help="the guided tour (main job): every experiment on the default model")

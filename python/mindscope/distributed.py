@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import DataError, InvalidArgumentError, StorageError, WorkerError
-from .progress import ProgressBar
+from .progress import ProgressBar, check_progress
 
 T = TypeVar("T")
 
@@ -114,7 +114,7 @@ def _failure(block: int, lo: int, hi: int, what: str, tb: str, cause: BaseExcept
 def map_blocks(model_spec: str | os.PathLike[str], blocks: Sequence[tuple[int, int]], texts: Sequence[str] | None,
                fn: Callable[[Any, list[str], int], T], *, corpus: str | os.PathLike[str] | None = None,
                engine: str = "local", ray_address: str | None = None, workers: int = 1,
-               threads: int | None = None, progress: bool = True) -> Iterator[tuple[int, T]]:
+               threads: int | None = None, progress: bool | None = None) -> Iterator[tuple[int, T]]:
     """Run ``fn(model, block_texts, first_prompt_id)`` once per block and yield
     ``(block_index, result)`` as blocks finish (in completion order with ``engine="ray"``, in
     block order in-process).
@@ -138,7 +138,7 @@ def map_blocks(model_spec: str | os.PathLike[str], blocks: Sequence[tuple[int, i
         threads: cores per actor (``num_cpus`` in Ray, and the core's ``RAYON_NUM_THREADS``);
             None: 1 with Ray. In-process the thread pool is fixed at import (set
             ``RAYON_NUM_THREADS``), so ``threads`` must be None with ``engine="local"``.
-        progress: a bar with prompts/s and ETA (terminal or Jupyter).
+        progress: a bar with prompts/s and ETA (terminal or Jupyter; None: when interactive).
 
     Raises:
         WorkerError: ``fn`` or the model load failed; names the block and its prompt range.
@@ -160,13 +160,13 @@ def map_blocks(model_spec: str | os.PathLike[str], blocks: Sequence[tuple[int, i
 
 
 def _run_local(spec: str, blocks: list[tuple[int, int]], texts: list[str] | None, fn: Callable[..., T],
-               corpus: str | None, progress: bool) -> Iterator[tuple[int, T]]:
+               corpus: str | None, progress: bool | None) -> Iterator[tuple[int, T]]:
     from .model import load_model
     from .storage import read_texts
 
     model = load_model(spec)
     prompts = texts if texts is not None else read_texts(corpus)  # type: ignore[arg-type]
-    bar = ProgressBar(sum(hi - lo for lo, hi in blocks), progress)
+    bar = ProgressBar(sum(hi - lo for lo, hi in blocks), check_progress(progress))
     try:
         for i, (lo, hi) in enumerate(blocks):
             try:
@@ -260,14 +260,14 @@ def _quiet_ray_data(ray: Any) -> None:
 
 def _run_ray(ray: Any, spec: str, blocks: list[tuple[int, int]], texts: list[str] | None, fn: Callable[..., T],
              corpus: str | None, address: str | None, workers: int, threads: int,
-             progress: bool) -> Iterator[tuple[int, T]]:
+             progress: bool | None) -> Iterator[tuple[int, T]]:
     import pickle
 
     import cloudpickle
 
     started = _connect(ray, address)
     rows = None
-    bar = ProgressBar(sum(hi - lo for lo, hi in blocks), progress)
+    bar = ProgressBar(sum(hi - lo for lo, hi in blocks), check_progress(progress))
     try:
         _quiet_ray_data(ray)
         if not blocks:
@@ -354,7 +354,7 @@ def extract(model_spec: str | os.PathLike[str], corpus: str | os.PathLike[str] |
     blocks = [(k * part_size, min((k + 1) * part_size, len(prompts))) for k in todo]
     fn = _ExtractBlock(storage.PartWriter(folder, spec), batch_size)
     for j, entry in map_blocks(spec_name, blocks, prompts, fn, engine=engine, ray_address=ray_address,
-                               workers=workers, threads=threads, progress=not quiet):
+                               workers=workers, threads=threads, progress=False if quiet else None):
         if entry["index"] != todo[j]:
             raise StorageError(f"block {j} came back as part {entry['index']}, expected {todo[j]}")
         # The worker wrote the file; check it before listing it (a shared filesystem that lies,

@@ -14,6 +14,7 @@ from . import _native
 from .backend import enable_default_blas
 from .errors import InvalidArgumentError
 from .hooks import ActivationCache, InterventionSpec, NamesSpec, PositionsSpec, names_request
+from .progress import native_progress
 from .registry import resolve_model_paths
 
 Prompts = Union[str, Sequence[str], Sequence[Sequence[int]]]
@@ -112,6 +113,7 @@ class HookedModel:
         return_logits: bool | str = True,
         interventions: Iterable[InterventionSpec] | None = None,
         batch_size: int = 32,
+        progress: bool | None = None,
     ) -> tuple[np.ndarray | None, ActivationCache]:
         """Run prompts and capture activations.
 
@@ -133,12 +135,14 @@ class HookedModel:
             batch_size: prompts in memory at once (bounds peak memory). With several threads
                 (``RAYON_NUM_THREADS``) they run as one chunk per core, each core a forward of
                 its own; interventions with a callable or a batch mean run one batch at a time.
+            progress: a bar with prompts/s and ETA, updated by the core every batch (None: when
+                stderr is a terminal or in Jupyter; False: never; True: always).
 
         Returns:
             ``(logits or None, cache)``; ``cache[name]`` is a float32 numpy array.
         """
         # The request is read and validated once, in Rust (src/bindings/requests.rs).
-        logits, entries, tokens = self._native.run({
+        request = {
             "prompts": prompts,
             "names": names_request(names, self._hook_names),
             "positions": positions,
@@ -146,7 +150,9 @@ class HookedModel:
             "logits": return_logits,
             "interventions": list(interventions) if interventions is not None else None,
             "batch_size": batch_size,
-        })
+        }
+        with native_progress(progress, "prompts", "run") as report:
+            logits, entries, tokens = self._native.run(request, report)
         return logits, ActivationCache(dict(entries), [list(t) for t in tokens], positions,
                                        token_texts=self._native.token_texts)
 
@@ -156,12 +162,13 @@ class HookedModel:
         return_logits: str = "all",
         interventions: Iterable[InterventionSpec] | None = None,
         batch_size: int = 32,
+        progress: bool | None = None,
     ) -> np.ndarray:
         """Logits only: ``"all"`` ``[batch, pos, vocab]`` (padded positions are zero) or
-        ``"last"`` ``[batch, vocab]``."""
+        ``"last"`` ``[batch, vocab]``. ``progress`` as in :meth:`run_with_cache`."""
         logits, _ = self.run_with_cache(
             prompts, names=[], positions="last", return_logits=return_logits,
-            interventions=interventions, batch_size=batch_size,
+            interventions=interventions, batch_size=batch_size, progress=progress,
         )
         assert logits is not None
         return logits
@@ -220,13 +227,16 @@ class HookedModel:
             tokens=[list(t) for t in tokens],
         )
 
-    def embed(self, sentences: str | Sequence[str] | Sequence[Sequence[int]], batch_size: int = 32) -> np.ndarray:
+    def embed(self, sentences: str | Sequence[str] | Sequence[Sequence[int]], batch_size: int = 32,
+              progress: bool | None = None) -> np.ndarray:
         """Sentence embeddings of an encoder, as sentence-transformers computes them: the mean
         of the last hidden state over each sentence's real tokens, L2-normalised.
+        ``progress`` as in :meth:`run_with_cache`.
 
         Returns ``[n_sentences, d_model]`` float32 (unit rows).
         """
-        return self._native.embed({"prompts": sentences, "batch_size": batch_size})
+        with native_progress(progress, "sentences", "embed") as report:
+            return self._native.embed({"prompts": sentences, "batch_size": batch_size}, report)
 
     def __call__(self, prompts: Prompts, **kwargs: Any) -> np.ndarray:
         return self.run(prompts, **kwargs)
@@ -276,17 +286,18 @@ class HookedModel:
         positions: PositionsSpec = "last",
         site: str = "hook_resid_post",
         batch_size: int = 32,
+        progress: bool | None = None,
     ) -> np.ndarray:
         """One site of several blocks as one array ``[layers, batch, d]`` (``positions`` must pick
         one position per prompt: ``"last"``, an index or ``PerPrompt``). Blocks after the last
-        requested one are not computed."""
+        requested one are not computed. ``progress`` as in :meth:`run_with_cache`."""
         chosen = self.check_layers(layers)
         names = [f"blocks.{i}.{site}" for i in chosen]
         unknown = [n for n in names if n not in self._hook_names]
         if unknown:
             raise InvalidArgumentError(f"site '{site}' is not a per-block hook (e.g. hook_resid_post, hook_attn_out)")
         _, cache = self.run_with_cache(prompts, names=names, positions=positions,
-                                       return_logits=False, batch_size=batch_size)
+                                       return_logits=False, batch_size=batch_size, progress=progress)
         arrays = [cache[n] for n in names]
         if arrays[0].ndim != 2:
             raise InvalidArgumentError("layer_activations needs one position per prompt; got "
@@ -332,21 +343,26 @@ class HookedModel:
         batch_size: int = 64,
         rows_per_batch: int = 2048,
         naive: bool = False,
+        progress: bool | None = None,
     ) -> tuple[float, list[float]]:
         """Log-probability of ``target_ids`` after ``prompt_ids`` (summed over target tokens),
         clean and with each token span ``(start, end)`` ablated: ``"delete"``, ``"replace"``
         (with ``replace_id``), ``"zero"`` or ``"mean"`` (the token embeddings). Variants share
         the clean prefix and run packed (at most ``batch_size`` variants and about
         ``rows_per_batch`` recomputed positions per run); ``naive=True`` runs one full forward
-        per variant instead (the reference the fast path is tested against).
+        per variant instead (the reference the fast path is tested against). ``progress``: a
+        bar counting scored sequences (the clean one and each variant), as in
+        :meth:`run_with_cache`.
 
         Returns ``(clean, [ablated per span])``.
         """
-        return self._native.ablation_scores({
+        request = {
             "prompt_ids": prompt_ids, "target_ids": target_ids, "spans": spans, "ablation": ablation,
             "replace_id": replace_id, "batch_size": batch_size, "rows_per_batch": rows_per_batch,
             "naive": naive,
-        })
+        }
+        with native_progress(progress, "variants", "attribution") as report:
+            return self._native.ablation_scores(request, report)
 
     def resolve_hooks(self, names: NamesSpec) -> list[str]:
         """The hook names that ``names`` selects (names, globs such as
@@ -370,17 +386,20 @@ class HookedModel:
         return self._native.embedding_matrix()
 
 
-def load_model(name_or_path: str | os.PathLike[str] = "smollm2-135m", revision: str | None = None) -> HookedModel:
+def load_model(name_or_path: str | os.PathLike[str] = "smollm2-135m", revision: str | None = None,
+               progress: bool | None = None) -> HookedModel:
     """Load a model: a short name (``"smollm2-135m"``, ``"gemma3-270m"``, ``"minilm-l6"``; see
     ``list_models()``), a GGUF file, a Hugging Face folder (config.json, *.safetensors,
     tokenizer.json), or a Hugging Face repository id found in the local Hub cache (``"gpt2"``,
     ``"EleutherAI/pythia-160m"``, ``"org/repo/file.gguf"``; ``revision`` picks a branch or
-    commit). Nothing is downloaded."""
+    commit). Nothing is downloaded. ``progress``: a bar counting the tensors read (None: when
+    interactive and the load takes over half a second; False: never; True: always)."""
     paths = resolve_model_paths(name_or_path, revision)
     enable_default_blas()
-    if len(paths) == 1:
-        native = _native.Model.load(str(paths[0]))
-    else:
-        native = _native.Model.load_gguf_parts([str(p) for p in paths])
+    with native_progress(progress, "tensors", "load") as report:
+        if len(paths) == 1:
+            native = _native.Model.load(str(paths[0]), report)
+        else:
+            native = _native.Model.load_gguf_parts([str(p) for p in paths], report)
     name = os.fspath(name_or_path) if not os.path.exists(os.fspath(name_or_path)) else native.name
     return HookedModel(native, name, paths)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError, InvalidArgumentError, MindscopeError, ShapeError, StorageError
-from .progress import ProgressBar
+from .progress import ProgressBar, check_progress
 
 STATS = ("mean", "cov", "hist", "topk")
 #: Widest hook whose covariance is kept: the state holds a [d, d] float64 matrix (8192 -> 512 MiB).
@@ -897,7 +897,7 @@ def corpus_stats(model: Any, corpus: str | os.PathLike[str] | Sequence[str],
                  positions: str = "all", batch_size: int = 32, k: int = 10, bins: int = 100,
                  range: tuple[float, float] | None = None, directions: Mapping[str, Any] | None = None,
                  engine: str = "local", ray_address: str | None = None, workers: int = 1,
-                 threads: int | None = None, progress: bool = True, *,
+                 threads: int | None = None, progress: bool | None = None, *,
                  direction_range: tuple[float, float] | None = None, neurons: bool = True,
                  window: tuple[int, int] = (8, 4), block_size: int = 256, column: str = "text") -> CorpusStats:
     """Streaming statistics of hooks over a corpus, without storing activations.
@@ -914,7 +914,7 @@ def corpus_stats(model: Any, corpus: str | os.PathLike[str] | Sequence[str],
         engine: ``"local"`` (this process) or ``"ray"`` (blocks of ``block_size`` prompts on
             ``workers`` workers, each ``threads`` threads, at ``ray_address``).
         batch_size: prompts per forward pass.
-        progress: a progress bar (on a terminal).
+        progress: a bar with prompts/s and ETA (None: when interactive, False: never).
 
     Returns:
         a :class:`CorpusStats`: ``result[hook][name]`` numpy arrays, ``.pca()``,
@@ -948,7 +948,7 @@ def corpus_stats(model: Any, corpus: str | os.PathLike[str] | Sequence[str],
 
 def _local(model: Any, texts: list[str], blocks: list[tuple[int, int]], names: Any, batch_size: int,
            state_kwargs: dict[str, Any], total: CorpusStats, ray_address: str | None, workers: int,
-           threads: int | None, progress: bool) -> CorpusStats:
+           threads: int | None, progress: bool | None) -> CorpusStats:
     from .model import HookedModel, load_model
 
     if workers != 1 or threads is not None or ray_address is not None:
@@ -960,7 +960,7 @@ def _local(model: Any, texts: list[str], blocks: list[tuple[int, int]], names: A
         raise InvalidArgumentError(f"model must be a HookedModel or a model name / path, got {type(model).__name__}")
     hooks = model.resolve_hooks(names)  # unknown hooks fail here, before any forward pass
     options = BlockOptions(hooks, batch_size, state_kwargs)
-    bar = ProgressBar(len(texts), on=progress)
+    bar = ProgressBar(len(texts), on=check_progress(progress), label="corpus stats")
     try:
         for lo, hi in blocks:  # the same per-block work and merge as the distributed engine
             total.merge(_block_state(model, texts[lo:hi], lo, options, bar.update))

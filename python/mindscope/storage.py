@@ -32,7 +32,7 @@ import numpy as np
 from . import _native
 from .datasets import not_utf8_error
 from .errors import DataError, InvalidArgumentError, StorageError
-from .progress import ProgressBar
+from .progress import ProgressBar, check_progress, progress_bar
 from .experiments._result import write_json_atomic
 
 FORMAT = "mindscope.dump/1"
@@ -198,7 +198,7 @@ def dump(model: Any, texts: str | os.PathLike[str] | Sequence[str], path: str | 
          names: str | Sequence[str] = "blocks.*.hook_resid_post", positions: str = "last",
          dtype: str = "float16", batch_size: int = 32, part_size: int = 1024, resume: bool = False,
          overwrite: bool = False, quiet: bool = False, column: str = "text",
-         skip_bad_lines: bool = False, format: str = "arrow") -> Dump:
+         skip_bad_lines: bool = False, format: str = "arrow", progress: bool | None = None) -> Dump:
     """Run ``texts`` through ``model`` and stream the ``names`` hooks to an Arrow dump at
     ``path``; returns the dump, opened for reading.
 
@@ -208,7 +208,10 @@ def dump(model: Any, texts: str | os.PathLike[str] | Sequence[str], path: str | 
     dump of another model or spec is refused unless ``overwrite``. ``format``: ``"arrow"``
     (Arrow IPC, memory-mapped on reading) or ``"parquet"`` (decoded on reading; DuckDB and Spark
     read it natively). :func:`mindscope.extract` writes the same files, in-process or on Ray.
+    ``progress``: a bar with prompts/s and ETA (None: when interactive; ``quiet=True`` is
+    ``progress=False``).
     """
+    progress = False if quiet else check_progress(progress)
     check_dump_args(positions, dtype, format, part_size, batch_size)
     prompts = read_texts(texts, column, skip_bad_lines)
     if not prompts:
@@ -219,14 +222,13 @@ def dump(model: Any, texts: str | os.PathLike[str] | Sequence[str], path: str | 
     manifest = open_dump(out, spec, resume, overwrite)
     writer = PartWriter(out, spec)
     finished = {p["index"] for p in manifest["parts"]}
-    progress = ProgressBar(len(prompts), on=not quiet)
-    progress.update(sum(p["n_prompts"] for p in manifest["parts"]))
-    for k in range(-(-len(prompts) // part_size)):
-        if k in finished:
-            continue
-        lo, hi = k * part_size, min((k + 1) * part_size, len(prompts))
-        commit_part(out, manifest, writer.write(model, prompts[lo:hi], lo, batch_size, progress))
-    progress.close()
+    with progress_bar(len(prompts), progress, "prompts", "dump") as bar:
+        bar.update(sum(p["n_prompts"] for p in manifest["parts"]))
+        for k in range(-(-len(prompts) // part_size)):
+            if k in finished:
+                continue
+            lo, hi = k * part_size, min((k + 1) * part_size, len(prompts))
+            commit_part(out, manifest, writer.write(model, prompts[lo:hi], lo, batch_size, bar))
     return load_dump(out)
 
 

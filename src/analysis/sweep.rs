@@ -8,6 +8,7 @@ use rayon::prelude::*;
 use super::logistic::{LogisticModel, LogisticParams};
 use super::rows::{Feature, RowSet};
 use crate::error::{MsError, Result};
+use crate::progress::Progress;
 
 /// Class indices of every sample (`0..n_classes`) and the fit's settings, for one target.
 pub struct SweepTarget {
@@ -26,13 +27,14 @@ pub struct SweepScore {
 }
 
 /// `layers[l]` is a row-major `[n, d]` matrix; `train` and `test` index its rows. Returns the
-/// scores as `[layer][target]`.
+/// scores as `[layer][target]`; `progress` counts the probes fitted.
 pub fn logistic_sweep<T: Feature>(
     layers: &[&[T]],
     d: usize,
     targets: &[SweepTarget],
     train: &[usize],
     test: &[usize],
+    progress: &Progress,
 ) -> Result<Vec<Vec<SweepScore>>> {
     for t in targets {
         if let Some(&bad) = train.iter().chain(test).find(|&&i| i >= t.labels.len()) {
@@ -54,9 +56,14 @@ pub fn logistic_sweep<T: Feature>(
     let jobs: Vec<(usize, usize)> = (0..layers.len())
         .flat_map(|l| (0..targets.len()).map(move |t| (l, t)))
         .collect();
+    progress.start(jobs.len() as u64);
     let scores = jobs
         .par_iter()
-        .map(|&(l, t)| score_one(layers[l], d, &targets[t], train, test, l))
+        .map(|&(l, t)| {
+            let score = score_one(layers[l], d, &targets[t], train, test, l)?;
+            progress.advance(1);
+            Ok(score)
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok(scores
         .chunks(targets.len().max(1))
@@ -140,12 +147,20 @@ mod tests {
             std::slice::from_ref(&target),
             &train,
             &test,
+            &Progress::default(),
         )
         .unwrap();
         let as_f64 = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
         let (noise64, signal64) = (as_f64(&noise), as_f64(&signal));
-        let f64_scores =
-            logistic_sweep(&[&noise64, &signal64], d, &[target], &train, &test).unwrap();
+        let f64_scores = logistic_sweep(
+            &[&noise64, &signal64],
+            d,
+            &[target],
+            &train,
+            &test,
+            &Progress::default(),
+        )
+        .unwrap();
         for (a, b) in f32_scores.iter().zip(&f64_scores) {
             assert_eq!(a[0].train, b[0].train);
             assert_eq!(a[0].test, b[0].test);

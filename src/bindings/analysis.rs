@@ -6,7 +6,7 @@ use numpy::{Element, IntoPyArray, PyReadonlyArray1, PyReadonlyArray2, PyUntypedA
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use super::{interruptible, interruptible_with, IntoPyResult};
+use super::{interruptible, interruptible_reporting, IntoPyResult};
 use crate::analysis::ridge::RidgeCv;
 use crate::analysis::sweep::{logistic_sweep as sweep_layers, SweepScore, SweepTarget};
 use crate::analysis::{
@@ -108,9 +108,9 @@ type ProbeScore = (f64, f64, usize, bool);
 
 /// Logistic probes for every (layer, target) pair; `layers` are C-contiguous `[n, d]` arrays,
 /// all float32 or all float64, read in place. Returns `[layers, targets, 4]` rows of (train
-/// accuracy, test accuracy, iterations, converged).
+/// accuracy, test accuracy, iterations, converged). `progress(done, total)` counts probes.
 #[pyfunction]
-#[pyo3(signature = (layers, targets, train, test, c, max_iter, tol, standardize))]
+#[pyo3(signature = (layers, targets, train, test, c, max_iter, tol, standardize, progress=None))]
 #[allow(clippy::too_many_arguments)]
 fn logistic_sweep<'py>(
     py: Python<'py>,
@@ -122,6 +122,7 @@ fn logistic_sweep<'py>(
     max_iter: u64,
     tol: f64,
     standardize: bool,
+    progress: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Vec<Vec<ProbeScore>>> {
     // The probes' optimizers stop between iterations when this token fires.
     let cancel = Cancel::new();
@@ -145,13 +146,13 @@ fn logistic_sweep<'py>(
     let as_f32: PyResult<Vec<PyReadonlyArray2<'py, f32>>> =
         layers.iter().map(|l| l.extract()).collect();
     let scores = match as_f32 {
-        Ok(arrays) => sweep_arrays(py, &arrays, &targets, &train, &test, &cancel)?,
+        Ok(arrays) => sweep_arrays(py, &arrays, &targets, &train, &test, &cancel, progress)?,
         Err(_) => {
             let arrays: Vec<PyReadonlyArray2<'py, f64>> = layers
                 .iter()
                 .map(|l| l.extract())
                 .collect::<PyResult<_>>()?;
-            sweep_arrays(py, &arrays, &targets, &train, &test, &cancel)?
+            sweep_arrays(py, &arrays, &targets, &train, &test, &cancel, progress)?
         }
     };
     Ok(scores
@@ -172,6 +173,7 @@ fn sweep_arrays<T: Feature + Element>(
     train: &[usize],
     test: &[usize],
     cancel: &Cancel,
+    progress: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<Vec<Vec<SweepScore>>> {
     let d = arrays.first().map_or(0, |a| a.shape()[1]);
     let slices = arrays
@@ -189,8 +191,8 @@ fn sweep_arrays<T: Feature + Element>(
         })
         .collect::<Result<Vec<&[T]>, MsError>>()
         .py_err()?;
-    interruptible_with(py, cancel, |_| {
-        sweep_layers(&slices, d, targets, train, test)
+    interruptible_reporting(py, cancel, progress, |token| {
+        sweep_layers(&slices, d, targets, train, test, token.progress())
     })
 }
 

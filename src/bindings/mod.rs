@@ -2,18 +2,21 @@
 //!
 //! Each submodule binds one area of the core; this file only wires them together.
 //! Rules for every binding: compute without the GIL through `interruptible` (Ctrl-C stops it, a
-//! panic becomes `InternalError`), return numpy
+//! panic becomes `InternalError`; `interruptible_reporting` also passes progress to a Python
+//! callable), return numpy
 //! arrays that take ownership of Rust buffers (no copy), and turn every `MsError` into the typed
 //! exception of `mindscope.errors` via `to_py_err`.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{channel, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pyo3::prelude::*;
 
 use crate::error::MsError;
 use crate::interrupt::Cancel;
+use crate::progress::Progress;
 
 pub mod analysis;
 pub mod convert;
@@ -99,24 +102,72 @@ pub fn interruptible_with<T: Send>(
     cancel: &Cancel,
     work: impl FnOnce(&Cancel) -> crate::Result<T> + Send,
 ) -> PyResult<T> {
-    let mut signal: Option<PyErr> = None;
+    interruptible_reporting(py, cancel, None, work)
+}
+
+/// [`interruptible_with`] that also passes the work's progress to `callback` (a Python
+/// callable taking `(done, total)`, or None for no reports).
+///
+/// The core counts every batch into the token's [`Progress`]; the waiting thread hands the
+/// newest count to `callback` when it changed, at most once per poll (50 ms) and once when
+/// the work ends, holding the GIL only for the call. If `callback` raises (e.g.
+/// `KeyboardInterrupt`), the work is cancelled and the exception re-raised here.
+pub fn interruptible_reporting<T: Send>(
+    py: Python<'_>,
+    cancel: &Cancel,
+    callback: Option<&Bound<'_, PyAny>>,
+    work: impl FnOnce(&Cancel) -> crate::Result<T> + Send,
+) -> PyResult<T> {
+    let callback: Option<Py<PyAny>> = callback
+        .filter(|c| !c.is_none())
+        .map(|c| c.clone().unbind());
+    let latest: Arc<Mutex<Option<(u64, u64)>>> = Arc::default();
+    let token = match &callback {
+        Some(_) => {
+            let latest = latest.clone();
+            let sink = move |done, total| {
+                *latest.lock().unwrap_or_else(|p| p.into_inner()) = Some((done, total));
+            };
+            cancel.clone().with_progress(Progress::new(sink))
+        }
+        None => cancel.clone(),
+    };
+    // The first exception seen while waiting: a signal's or the callback's.
+    let mut raised: Option<PyErr> = None;
+    let report = |raised: &mut Option<PyErr>| {
+        let (Some(cb), None) = (&callback, &raised) else {
+            return;
+        };
+        let Some((done, total)) = latest.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        if let Err(e) = Python::attach(|py| cb.call1(py, (done, total)).map(drop)) {
+            token.fire();
+            *raised = Some(e);
+        }
+    };
     let outcome = py.detach(|| {
         std::thread::scope(|scope| {
             let (tx, rx) = channel();
-            let token = cancel;
+            let worker_token = &token;
             scope.spawn(move || {
-                let _ = tx.send(catch_unwind(AssertUnwindSafe(|| work(token))));
+                let _ = tx.send(catch_unwind(AssertUnwindSafe(|| work(worker_token))));
             });
             loop {
                 match rx.recv_timeout(SIGNAL_POLL) {
-                    Ok(done) => return done,
-                    Err(RecvTimeoutError::Timeout) if signal.is_none() => {
-                        if let Err(e) = Python::attach(|py| py.check_signals()) {
-                            cancel.fire();
-                            signal = Some(e);
+                    Ok(done) => {
+                        report(&mut raised);
+                        return done;
+                    }
+                    Err(RecvTimeoutError::Timeout) => {
+                        report(&mut raised);
+                        if raised.is_none() {
+                            if let Err(e) = Python::attach(|py| py.check_signals()) {
+                                token.fire();
+                                raised = Some(e);
+                            }
                         }
                     }
-                    Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => {
                         return Ok(Err(MsError::Internal("the worker thread vanished".into())))
                     }
@@ -124,7 +175,7 @@ pub fn interruptible_with<T: Send>(
             }
         })
     });
-    if let Some(e) = signal {
+    if let Some(e) = raised {
         return Err(e);
     }
     match outcome {

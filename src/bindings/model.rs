@@ -12,9 +12,10 @@ use super::patching::patching_args;
 use super::requests::{
     ablation_args, embed_args, generate_args, gradient_args, run_args, token_ids,
 };
-use super::{guarded, interruptible, to_py_err, IntoPyResult};
+use super::{guarded, interruptible, interruptible_reporting, to_py_err, IntoPyResult};
 use crate::error::{MsError, Result};
 use crate::hooks::CapturedArray;
+use crate::interrupt::Cancel;
 use crate::model::config::Residual;
 use crate::model::grad::{GradInput, GradRequest};
 use crate::model::{
@@ -47,10 +48,14 @@ pub struct Model {
 
 #[pymethods]
 impl Model {
-    /// Load a GGUF model file or a Hugging Face model folder.
+    /// Load a GGUF model file or a Hugging Face model folder; `progress(done, total)` counts
+    /// the tensors read.
     #[staticmethod]
-    fn load(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
-        let model = interruptible(py, |_| LanguageModel::load(&path))?;
+    #[pyo3(signature = (path, progress=None))]
+    fn load(py: Python<'_>, path: PathBuf, progress: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let model = interruptible_reporting(py, &Cancel::new(), progress, |cancel| {
+            LanguageModel::load_with(&path, cancel)
+        })?;
         Ok(Model {
             inner: Arc::new(model),
         })
@@ -58,8 +63,15 @@ impl Model {
 
     /// Load a GGUF file stored as consecutive parts (read as their concatenation).
     #[staticmethod]
-    fn load_gguf_parts(py: Python<'_>, parts: Vec<PathBuf>) -> PyResult<Self> {
-        let model = interruptible(py, |_| LanguageModel::load_gguf(&parts))?;
+    #[pyo3(signature = (parts, progress=None))]
+    fn load_gguf_parts(
+        py: Python<'_>,
+        parts: Vec<PathBuf>,
+        progress: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let model = interruptible_reporting(py, &Cancel::new(), progress, |cancel| {
+            LanguageModel::load_gguf_with(&parts, cancel)
+        })?;
         Ok(Model {
             inner: Arc::new(model),
         })
@@ -72,16 +84,18 @@ impl Model {
     }
 
     /// Sentence embeddings `[n, d_model]` of an encoder (mean pooling, L2-normalised).
-    /// `request`: `{"prompts", "batch_size"}`.
+    /// `request`: `{"prompts", "batch_size"}`; `progress(done, total)` counts prompts.
+    #[pyo3(signature = (request, progress=None))]
     fn embed<'py>(
         &self,
         py: Python<'py>,
         request: &Bound<'py, PyAny>,
+        progress: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
         guarded(|| {
             let model = &self.inner;
             let (prompts, batch_size) = embed_args(request).py_err()?;
-            let out = interruptible(py, |cancel| {
+            let out = interruptible_reporting(py, &Cancel::new(), progress, |cancel| {
                 model.embed(&prompts.tokens(model)?, batch_size, cancel)
             })?;
             array_to_py(py, out)
@@ -213,12 +227,18 @@ impl Model {
 
     /// Run prompts; returns `(logits, [(name, array)], token ids)`. `request`: `{"prompts",
     /// "names", "positions", "stop_at_layer", "logits", "interventions", "batch_size"}`, read
-    /// and validated in `bindings/requests.rs`.
-    fn run<'py>(&self, py: Python<'py>, request: &Bound<'py, PyAny>) -> PyResult<RunResult<'py>> {
+    /// and validated in `bindings/requests.rs`. `progress(done, total)` counts prompts.
+    #[pyo3(signature = (request, progress=None))]
+    fn run<'py>(
+        &self,
+        py: Python<'py>,
+        request: &Bound<'py, PyAny>,
+        progress: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<RunResult<'py>> {
         guarded(|| {
             let model = &self.inner;
             let args = run_args(request, model).py_err()?;
-            let out = interruptible(py, |cancel| {
+            let out = interruptible_reporting(py, &Cancel::new(), progress, |cancel| {
                 let tokens = args.prompts.tokens(model)?;
                 model.run_ids(
                     tokens,
@@ -310,10 +330,13 @@ impl Model {
     /// ablated. `request`: `{"prompt_ids", "target_ids", "spans", "ablation"` ("delete",
     /// "replace" (with `"replace_id"`), "zero", "mean"), `"batch_size", "rows_per_batch",
     /// "naive"}`; `naive` runs one full forward per variant instead of sharing the clean prefix.
+    /// `progress(done, total)` counts scored sequences (the clean one and each variant).
+    #[pyo3(signature = (request, progress=None))]
     fn ablation_scores(
         &self,
         py: Python<'_>,
         request: &Bound<'_, PyAny>,
+        progress: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<(f64, Vec<f64>)> {
         guarded(|| {
             let a = ablation_args(request).py_err()?;
@@ -328,7 +351,7 @@ impl Model {
                 variants: a.batch_size,
                 rows: a.rows_per_batch,
             };
-            let scores = interruptible(py, |cancel| {
+            let scores = interruptible_reporting(py, &Cancel::new(), progress, |cancel| {
                 if a.naive {
                     model.ablation_scores_naive(&job, cancel)
                 } else {

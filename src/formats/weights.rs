@@ -9,6 +9,7 @@ use candle_core::Tensor;
 use super::gguf::GgufFile;
 use super::safetensors::SafetensorsFolder;
 use crate::error::{MsError, Result};
+use crate::interrupt::Cancel;
 
 /// A named collection of tensors, each handed out as f32.
 pub trait TensorSource: Sync {
@@ -92,6 +93,8 @@ pub fn check_finite(t: &Tensor, name: &str, origin: &str) -> Result<()> {
 pub struct WeightReader<'a> {
     source: &'a dyn TensorSource,
     used: Mutex<HashSet<String>>,
+    /// Checked before each tensor is read; its progress counts the tensors read.
+    cancel: Cancel,
 }
 
 impl<'a> WeightReader<'a> {
@@ -99,7 +102,16 @@ impl<'a> WeightReader<'a> {
         WeightReader {
             source,
             used: Mutex::new(HashSet::new()),
+            cancel: Cancel::default(),
         }
+    }
+
+    /// The same reader, stopping at the next tensor once `cancel` fires and counting the
+    /// tensors read out of the file's total through its progress.
+    pub fn with_cancel(mut self, cancel: &Cancel) -> Self {
+        cancel.progress().start(self.tensor_count() as u64);
+        self.cancel = cancel.clone();
+        self
     }
 
     pub fn origin(&self) -> String {
@@ -140,6 +152,7 @@ impl<'a> WeightReader<'a> {
 
     /// The tensor `name` as f32, which must have shape `expect` (checked before reading).
     pub fn tensor(&self, name: &str, expect: &[usize]) -> Result<Tensor> {
+        self.cancel.check()?;
         let dims = self.dims(name).ok_or_else(|| self.missing(name))?;
         if dims != expect {
             return Err(MsError::ModelFormat(format!(
@@ -157,6 +170,7 @@ impl<'a> WeightReader<'a> {
             .lock()
             .expect("no panics while held")
             .insert(name.to_string());
+        self.cancel.progress().advance(1);
         Ok(t)
     }
 

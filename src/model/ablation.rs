@@ -252,6 +252,9 @@ impl LanguageModel {
         };
         let packs = plan_packs(&order, &variants, m, limits.variants, limits.rows);
         let mut ablated = vec![0.0; spans.len()];
+        // Progress counts sequences scored: the clean one and every variant.
+        let progress = cancel.progress();
+        progress.start(spans.len() as u64 + 1);
         if let [pack] = packs.as_slice() {
             // One run: the clean sequence is the first segment, whose rows give every variant
             // its prefix keys and values as the layers go. (One such pack per core, each with
@@ -265,6 +268,7 @@ impl LanguageModel {
             for (&i, &score) in pack.iter().zip(&scores[1..]) {
                 ablated[i] = score;
             }
+            progress.advance(members.len() as u64);
             return Ok(AblationScores {
                 clean: scores[0],
                 ablated,
@@ -287,6 +291,7 @@ impl LanguageModel {
         )?;
         let clean_rows = hidden.squeeze(0)?.narrow(0, seq.len() - m, m)?;
         let clean = self.target_logprobs(&clean_rows, target)?[0];
+        progress.advance(1);
         let scored = per_core::map(packs, workers, |pack| {
             let members: Vec<&Variant> = pack.iter().map(|&i| &variants[i]).collect();
             let scores = self.run_pack(
@@ -296,6 +301,7 @@ impl LanguageModel {
                 Prefix::Cache(&clean_kv),
                 cancel,
             )?;
+            progress.advance(pack.len() as u64);
             Ok((pack, scores))
         })?;
         for (pack, scores) in scored {
@@ -363,8 +369,11 @@ impl LanguageModel {
             let plan = RunPlan::full(net, LogitsMode::None);
             let hidden = net.run_blocks(x, &lengths, &mut ctx, &plan, None)?;
             let rows = hidden.squeeze(0)?.narrow(0, lengths[0] - m, m)?;
-            Ok(self.target_logprobs(&rows, target)?[0])
+            let score = self.target_logprobs(&rows, target)?[0];
+            cancel.progress().advance(1);
+            Ok(score)
         };
+        cancel.progress().start(spans.len() as u64 + 1);
         let clean = score(&Variant {
             ids: seq.clone(),
             masked: 0..0,

@@ -33,6 +33,7 @@ use crate::formats::gguf::GgufFile;
 use crate::formats::hf_config::HfConfig;
 use crate::formats::tokenizer::TextTokenizer;
 use crate::hooks::HookRegistry;
+use crate::interrupt::Cancel;
 
 /// A loaded language model: the network and its tokenizer.
 pub struct LanguageModel {
@@ -49,15 +50,26 @@ impl LanguageModel {
     /// Load a model from a GGUF file or a Hugging Face folder (config.json, *.safetensors,
     /// tokenizer.json).
     pub fn load(path: &Path) -> Result<Self> {
+        Self::load_with(path, &Cancel::default())
+    }
+
+    /// [`load`](Self::load), stopping between tensors once `cancel` fires and counting the
+    /// tensors read through its progress.
+    pub fn load_with(path: &Path, cancel: &Cancel) -> Result<Self> {
         if path.is_dir() {
-            return Self::load_hf_folder(path);
+            return Self::load_hf_folder(path, cancel);
         }
-        Self::load_gguf(&[path.to_path_buf()])
+        Self::load_gguf_with(&[path.to_path_buf()], cancel)
     }
 
     /// Load a GGUF file stored as consecutive parts (e.g. split across PyPI packages), read
     /// as if concatenated, without writing the whole file anywhere.
     pub fn load_gguf(parts: &[PathBuf]) -> Result<Self> {
+        Self::load_gguf_with(parts, &Cancel::default())
+    }
+
+    /// [`load_gguf`](Self::load_gguf) with a cancellation token and its progress.
+    pub fn load_gguf_with(parts: &[PathBuf], cancel: &Cancel) -> Result<Self> {
         for p in parts {
             if !p.is_file() {
                 return Err(MsError::io(
@@ -67,7 +79,7 @@ impl LanguageModel {
             }
         }
         let gguf = GgufFile::open_parts(parts)?;
-        let net = families::load_gguf(&gguf)?;
+        let net = families::load_gguf(&gguf, cancel)?;
         let tokenizer = TextTokenizer::from_gguf(&gguf)?;
         let path = &parts[0];
         let name = gguf
@@ -80,7 +92,7 @@ impl LanguageModel {
         Self::assemble(name, path.display().to_string(), net, tokenizer)
     }
 
-    fn load_hf_folder(folder: &Path) -> Result<Self> {
+    fn load_hf_folder(folder: &Path, cancel: &Cancel) -> Result<Self> {
         let missing: Vec<&str> = HF_FOLDER_FILES
             .iter()
             .copied()
@@ -102,7 +114,7 @@ impl LanguageModel {
                  unquantized folder, or a GGUF file",
             ));
         }
-        let net = families::load_hf(folder, &config)?;
+        let net = families::load_hf(folder, &config, cancel)?;
         let tokenizer = TextTokenizer::from_file(&folder.join("tokenizer.json"), &config)?;
         let name = folder
             .file_name()

@@ -179,8 +179,11 @@ impl LanguageModel {
             if let Some(l) = logits {
                 gathered_logits.add(rows, vec![(String::new(), l)])?;
             }
-            gathered.add(rows, ctx.cache.into_entries())
+            gathered.add(rows, ctx.cache.into_entries())?;
+            cancel.progress().advance(rows.len() as u64);
+            Ok(())
         };
+        cancel.progress().start(n as u64);
         per_core::map(items, chunking.workers, run_chunk)?;
         let logits = if logits_in_place {
             Some(CapturedArray::new(vec![n, t_max, vocab], all_logits))
@@ -225,6 +228,7 @@ impl LanguageModel {
         let chunking = Chunking::new(batch_size, tokens.len(), &[]);
         let chunks: Vec<&[usize]> = order.chunks(chunking.size).collect();
         let gathered = Gathered::new(tokens.len());
+        cancel.progress().start(tokens.len() as u64);
         per_core::map(chunks, chunking.workers, |rows| {
             let lengths: Vec<usize> = rows.iter().map(|&r| tokens[r].len()).collect();
             let width = *lengths.iter().max().unwrap_or(&1);
@@ -236,7 +240,9 @@ impl LanguageModel {
             let pooled = mean_pool_normalized(&hidden, &lengths)?;
             let pooled =
                 CapturedArray::new(pooled.dims().to_vec(), pooled.flatten_all()?.to_vec1()?);
-            gathered.add(rows, vec![(String::new(), pooled)])
+            gathered.add(rows, vec![(String::new(), pooled)])?;
+            cancel.progress().advance(rows.len() as u64);
+            Ok(())
         })?;
         gathered
             .into_arrays()

@@ -140,7 +140,7 @@ def test_progress_bar_shows_rate_and_eta_on_a_terminal_and_in_jupyter(monkeypatc
     bar.update(40)
     bar.close()
     line = sys.stderr.getvalue()
-    assert line.startswith("\r[") and "40/100 prompts" in line and "/s ETA " in line and line.endswith("\n")
+    assert line.startswith("\r[") and "40/100 prompts" in line and " prompts/s " in line and line.endswith("\n")
     eta = float(line.split("ETA ")[1].split("s")[0])
     assert 2.0 <= eta <= 3.2  # 60 prompts left at ~20/s
 
@@ -149,7 +149,7 @@ def test_progress_bar_shows_rate_and_eta_on_a_terminal_and_in_jupyter(monkeypatc
 
     class Handle:
         def update(self, text):
-            shown.append(text)
+            shown.append(repr(text))  # shown as plain text
 
     class ZMQInteractiveShell:
         pass
@@ -157,13 +157,14 @@ def test_progress_bar_shows_rate_and_eta_on_a_terminal_and_in_jupyter(monkeypatc
     ipython = types.ModuleType("IPython")
     ipython.get_ipython = lambda: ZMQInteractiveShell()
     display_mod = types.ModuleType("IPython.display")
-    display_mod.display = lambda text, display_id: shown.append(text) or Handle()
+    display_mod.display = lambda text, display_id: shown.append(repr(text)) or Handle()
     monkeypatch.setitem(sys.modules, "IPython", ipython)
     monkeypatch.setitem(sys.modules, "IPython.display", display_mod)
     bar = ProgressBar(10, on=True)
     bar.update(5)
     bar.update(5)
-    assert len(shown) == 3 and "10/10 prompts" in shown[-1] and "ETA 0s" in shown[-1]
+    # Displayed at the first draw, then updated (at most every 0.25 s, always at the end).
+    assert len(shown) == 2 and "10/10 prompts" in shown[-1] and "ETA 0s" in shown[-1]
     assert ProgressBar(10, on=False).handle is None
 
 

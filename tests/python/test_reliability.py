@@ -38,7 +38,13 @@ SIGINT_CHILD = textwrap.dedent("""
         "generate": lambda: model.generate("Once upon a time", max_new_tokens=4000, stop_at_eos=False),
         "attribution": lambda: [ms.attribution(model, " ".join(["word"] * 200) + " The capital of France is",
                                                " Paris") for _ in range(50)],
+        "attribution_progress": lambda: [ms.attribution(model, " ".join(["word"] * 200) + " The capital of France is",
+                                                        " Paris", progress=True) for _ in range(50)],
+        "run_progress": lambda: model.run_with_cache(many, names="blocks.*.hook_resid_post", positions="last",
+                                                     progress=True),
         "logistic": lambda: [ms.analysis.LogisticProbe(C=1e4, max_iter=100000, tol=0).fit(X, y) for _ in range(50)],
+        "sweep": lambda: ms.analysis.layer_sweep({f"blocks.{i}.hook_resid_post": X for i in range(30)}, y, C=1e4,
+                                                 max_iter=100000, tol=0, progress=True),
         "truth_direction": lambda: [ms.analysis.TruthDirection("lat").fit(X[:4000], y[:4000]) for _ in range(50)],
         "dump": lambda: model.dump(many, sys.argv[2], names="blocks.3.hook_resid_post", part_size=64, quiet=True),
     }
@@ -78,7 +84,8 @@ def _interrupt(job: str, *args: str, delay: float = 2.0) -> tuple[float, list[st
 CTRL_C_BOUND_S = 3.0
 
 
-@pytest.mark.parametrize("job", ["run_with_cache", "generate", "attribution", "logistic", "truth_direction"])
+@pytest.mark.parametrize("job", ["run_with_cache", "generate", "attribution", "logistic", "truth_direction",
+                                 "run_progress", "attribution_progress", "sweep"])
 def test_ctrl_c_stops_a_long_call_and_the_model_still_works(job):
     elapsed, rest = _interrupt(job)
     assert elapsed < CTRL_C_BOUND_S, f"{job}: KeyboardInterrupt after {elapsed:.2f} s"

@@ -12,6 +12,7 @@ import numpy as np
 
 from .. import plotting, views
 from ..errors import InvalidArgumentError
+from ..progress import check_progress
 from ._result import ExperimentResult, int_arg, text_arg
 
 ABLATIONS = ("delete", "replace", "zero", "mean")
@@ -176,6 +177,7 @@ def attribution(
     unit: str = "token",
     window: int = 2,
     batch_size: int = 64,
+    progress: bool | None = None,
 ) -> AttributionResult:
     """Input-ablation attribution of ``target`` (default: the model's top next token) after
     ``prompt``.
@@ -186,7 +188,9 @@ def attribution(
     ``window`` tokens. Each variant recomputes only the positions after its first change
     (reusing the clean prompt's keys and values before it); up to ``batch_size`` variants
     run packed together, and only rows that predict the target reach the LM head.
+    ``progress``: a bar counting the scored variants (None: when interactive; False: never).
     """
+    progress = check_progress(progress)
     if ablation not in ABLATIONS:
         raise InvalidArgumentError(f"ablation '{ablation}' is not known; allowed: {', '.join(ABLATIONS)}")
     if not isinstance(prompt, str) or not prompt:
@@ -197,12 +201,14 @@ def attribution(
     window = int_arg(window, "window", 1)
     batch_size = int_arg(batch_size, "batch_size", 1)
     if getattr(model, "is_encoder", False):
-        return _encoder_attribution(model, prompt, target, ablation, replace_with, unit, window, batch_size)
+        return _encoder_attribution(model, prompt, target, ablation, replace_with, unit, window, batch_size,
+                                    progress)
     ids = model.to_tokens(prompt)
     target_ids, target_text = _target_ids(model, ids, target)
     spans = _spans(model, prompt, len(ids), unit, window)
     replace_id = model.token_id(replace_with) if ablation == "replace" else None
-    clean, ablated = model.ablation_scores(ids, target_ids, spans, ablation, replace_id, batch_size)
+    clean, ablated = model.ablation_scores(ids, target_ids, spans, ablation, replace_id, batch_size,
+                                           progress=progress)
     tokens = model.to_str_tokens(ids)
     attn, rollout = attention_attribution(model, ids)
     return AttributionResult(
@@ -213,7 +219,7 @@ def attribution(
 
 
 def _encoder_attribution(model: Any, prompt: str, target: str | None, ablation: str, replace_with: str,
-                         unit: str, window: int, batch_size: int) -> AttributionResult:
+                         unit: str, window: int, batch_size: int, progress: bool | None) -> AttributionResult:
     """Ablation against a sentence embedding: the cosine similarity of ``prompt``'s embedding
     to ``target``'s (default: to the unablated prompt's own), with each span deleted or
     replaced (default replacement: ``[MASK]``). Special tokens ([CLS], [SEP]) are kept."""
@@ -237,9 +243,9 @@ def _encoder_attribution(model: Any, prompt: str, target: str | None, ablation: 
             variants.append(ids[:s] + ids[e:])
         else:
             variants.append(ids[:s] + [replace_id] * (e - s) + ids[e:])
-    reference = model.embed([target])[0] if target else model.embed([ids])[0]
-    clean = float(model.embed([ids])[0] @ reference)
-    ablated = model.embed(variants, batch_size=batch_size) @ reference
+    reference = model.embed([target], progress=False)[0] if target else model.embed([ids], progress=False)[0]
+    clean = float(model.embed([ids], progress=False)[0] @ reference)
+    ablated = model.embed(variants, batch_size=batch_size, progress=progress) @ reference
     tokens = model.to_str_tokens(ids)
     attn, rollout = attention_attribution(model, ids)
     return AttributionResult(

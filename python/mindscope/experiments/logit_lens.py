@@ -88,16 +88,19 @@ def _cell_token(token: str, limit: int = 9) -> str:
     return shown if len(shown) <= limit else shown[:limit - 1] + "…"
 
 
-def logit_lens(model: Any, prompt: str, target: str | None = None, k: int = 5) -> LogitLensResult:
+def logit_lens(model: Any, prompt: str, target: str | None = None, k: int = 5,
+               progress: bool | None = None) -> LogitLensResult:
     """Apply the final norm + unembedding to ``blocks.{i}.hook_resid_post`` at every position.
-    ``target`` (one token, e.g. ``" Paris"``) defaults to the model's final top-1 prediction."""
+    ``target`` (one token, e.g. ``" Paris"``) defaults to the model's final top-1 prediction.
+    ``progress``: a bar for the forward pass (None: when interactive, False: never)."""
     if not isinstance(prompt, str) or not prompt:
         raise InvalidArgumentError(f"the prompt must be a non-empty string, got {prompt!r}")
     if target is not None and not isinstance(target, str):
         raise InvalidArgumentError(f"target must be a string or None, got {target!r}")
     k = int_arg(k, "k", 1)
     ids = model.to_tokens(prompt)
-    _, cache = model.run_with_cache([ids], names="blocks.*.hook_resid_post", positions="all", return_logits=False)
+    _, cache = model.run_with_cache([ids], names="blocks.*.hook_resid_post", positions="all", return_logits=False,
+                                    progress=progress)
     resid = np.stack([cache[f"blocks.{i}.hook_resid_post"][0] for i in range(model.n_layers)])
     logp = _log_softmax(model.unembed(resid).astype(np.float64))  # [layers, pos, vocab]
     target_id = int(np.argmax(logp[-1, -1])) if target is None else model.token_id(target)
@@ -205,9 +208,10 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bi
 
 
 def confidence(model: Any, prompts: Sequence[str], answers: Sequence[str], n_bins: int = 10,
-               batch_size: int = 32) -> ConfidenceResult:
+               batch_size: int = 32, progress: bool | None = None) -> ConfidenceResult:
     """Score the model's next-token answer to each prompt against the known answer's first
-    token (e.g. ``"The capital of France is"`` -> ``" Paris"``)."""
+    token (e.g. ``"The capital of France is"`` -> ``" Paris"``). ``progress``: a bar counting
+    prompts (None: when interactive, False: never)."""
     n_bins = int_arg(n_bins, "n_bins", 1)
     batch_size = int_arg(batch_size, "batch_size", 1)
     if isinstance(prompts, str) or isinstance(answers, str):
@@ -222,7 +226,8 @@ def confidence(model: Any, prompts: Sequence[str], answers: Sequence[str], n_bin
         if not ids:
             raise InvalidArgumentError(f"answer {a!r} tokenizes to no tokens")
         answer_ids.append(ids[0])
-    logp = _log_softmax(model.run(list(prompts), return_logits="last", batch_size=batch_size).astype(np.float64))
+    logits = model.run(list(prompts), return_logits="last", batch_size=batch_size, progress=progress)
+    logp = _log_softmax(logits.astype(np.float64))
     top = logp.argmax(axis=1)
     conf = np.exp(logp.max(axis=1))
     correct = top == np.array(answer_ids)

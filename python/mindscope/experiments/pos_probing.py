@@ -15,6 +15,7 @@ from .. import plotting, views
 from ..analysis import LogisticProbe, control_task_labels, map_parallel, train_test_split_indices
 from ..datasets import Sentence
 from ..errors import DataError, InvalidArgumentError
+from ..progress import check_progress, progress_bar
 from ._result import ExperimentResult, int_arg
 
 
@@ -46,21 +47,23 @@ def word_token_spans(model: Any, sentence: Sentence) -> list[tuple[int, int]]:
 
 
 def word_activations(model: Any, sentences: Sequence[Sentence], sites: Sequence[str],
-                     batch_size: int = 32) -> WordActivations:
+                     batch_size: int = 32, progress: bool | None = None) -> WordActivations:
     """Run each sentence alone (no context across sentences) and gather ``sites`` (hook names)
-    at each word's last sub-token."""
+    at each word's last sub-token. ``progress``: a bar counting sentences."""
     if not sentences:
         raise InvalidArgumentError("no sentences given")
     spans = [word_token_spans(model, s) for s in sentences]
     feats: dict[str, list[np.ndarray]] = {n: [] for n in sites}
-    for start in range(0, len(sentences), batch_size):
-        chunk = sentences[start:start + batch_size]
-        _, cache = model.run_with_cache([s.text for s in chunk], names=list(sites), positions="all",
-                                        return_logits=False, batch_size=batch_size)
-        for name in sites:
-            arr = cache[name]
-            for j, sp in enumerate(spans[start:start + len(chunk)]):
-                feats[name].append(arr[j, [last for _, last in sp]])
+    with progress_bar(len(sentences), progress, "sentences", "pos activations") as bar:
+        for start in range(0, len(sentences), batch_size):
+            chunk = sentences[start:start + batch_size]
+            _, cache = model.run_with_cache([s.text for s in chunk], names=list(sites), positions="all",
+                                            return_logits=False, batch_size=batch_size, progress=False)
+            for name in sites:
+                arr = cache[name]
+                for j, sp in enumerate(spans[start:start + len(chunk)]):
+                    feats[name].append(arr[j, [last for _, last in sp]])
+            bar.update(len(chunk))
     words = [w for s in sentences for w in s.words]
     tags = np.array([t for s in sentences for t in s.upos])
     sentence = np.concatenate([np.full(len(s.words), i) for i, s in enumerate(sentences)])
@@ -149,6 +152,7 @@ def pos_probing(
     seed: int = 0,
     random_baseline: bool = True,
     batch_size: int = 32,
+    progress: bool | None = None,
 ) -> PosProbingResult:
     """Probe ``layers`` (default every 3rd block) and the embeddings for UPOS tags.
 
@@ -156,8 +160,10 @@ def pos_probing(
     embedding baseline). The split is grouped by sentence; the control task gives every
     lower-cased word type a random tag from the real tag distribution (seeded); selectivity is
     accuracy minus control accuracy on the held-out words. With ``random_baseline``, the same
-    probe also runs on a fixed random projection of the embeddings.
+    probe also runs on a fixed random projection of the embeddings. ``progress``: one bar per
+    stage (activations, probes; None: when interactive, False: never).
     """
+    progress = check_progress(progress)
     seed = int_arg(seed, "seed", 0)
     max_iter = int_arg(max_iter, "max_iter", 1)
     batch_size = int_arg(batch_size, "batch_size", 1)
@@ -165,7 +171,7 @@ def pos_probing(
         raise InvalidArgumentError("sentences must be a list of Sentence (from ms.datasets.ud_pos)")
     chosen = model.check_layers(range(0, model.n_layers, 3) if layers is None else layers)
     sites = ["hook_embed"] + [f"blocks.{i}.hook_resid_post" for i in chosen]
-    data = word_activations(model, sentences, sites, batch_size)
+    data = word_activations(model, sentences, sites, batch_size, progress)
     train, test = train_test_split_indices(len(data.tags), test_size, seed, groups=data.sentence)
     control = control_task_labels([w.lower() for w in data.words], data.tags, seed=seed)
     reps: list[tuple[str, int, np.ndarray]] = [("embed", -1, data.features["hook_embed"])]
@@ -181,7 +187,8 @@ def pos_probing(
         return probe.score(X[train], y[train]), probe.score(X[test], y[test])
 
     jobs = [(X, y) for _, _, X in reps for y in (data.tags, control)]
-    scores = map_parallel(fit, jobs)
+    with progress_bar(len(jobs), progress, "probes", "pos probes") as bar:
+        scores = map_parallel(fit, jobs, on_done=bar.update)
     task, ctrl = scores[0::2], scores[1::2]
     values, counts = np.unique(data.tags[test], return_counts=True)
     acc = np.array([t[1] for t in task])

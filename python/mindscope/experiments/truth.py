@@ -19,6 +19,7 @@ from ..analysis import PCA, TruthDirection, auroc, map_parallel, train_test_spli
 from ..datasets import Statements, city_statements
 from ..errors import DataError, InvalidArgumentError, NotFittedError, StorageError
 from ..hooks import Intervention
+from ..progress import check_progress, progress_bar
 from ._result import ExperimentResult, int_arg, write_json_atomic
 from .world_map import variance_share
 
@@ -27,10 +28,10 @@ QUESTION = "Is the following statement true or false?\nStatement: {statement}\nA
 
 
 def statement_activations(model: Any, statements: Statements | Sequence[str], layers: Sequence[int],
-                          batch_size: int = 32) -> np.ndarray:
+                          batch_size: int = 32, progress: bool | None = None) -> np.ndarray:
     """``blocks.{i}.hook_resid_post`` at each statement's final token: ``[layers, n, d_model]``."""
     texts = statements.text if isinstance(statements, Statements) else list(statements)
-    return model.layer_activations(texts, layers, positions="last", batch_size=batch_size)
+    return model.layer_activations(texts, layers, positions="last", batch_size=batch_size, progress=progress)
 
 
 def _check_balanced(s: Statements) -> None:
@@ -199,6 +200,7 @@ def truth_experiment(
     causal_n: int = 40,
     batch_size: int = 32,
     val_size: float = 0.2,
+    progress: bool | None = None,
 ) -> TruthResult:
     """Fit each truth direction on every layer, choose each method's layer on a validation
     split, and report its accuracy on a test split that played no part in the choice.
@@ -214,8 +216,10 @@ def truth_experiment(
     matrix. Causal check: ``causal_scale`` times the class-mean separation along the mass-mean
     direction is added to the residual stream at the best of the first 60% of layers while the
     model answers "True or False?" for ``causal_n`` test statements (the layer chosen by mean
-    validation accuracy).
+    validation accuracy). ``progress``: one bar per stage (activations, directions, causal
+    runs; None: when interactive, False: never).
     """
+    progress = check_progress(progress)
     seed = int_arg(seed, "seed", 0)
     causal_n = int_arg(causal_n, "causal_n", 1)
     batch_size = int_arg(batch_size, "batch_size", 1)
@@ -228,14 +232,16 @@ def truth_experiment(
     _check_balanced(s)
     # Layer 0 is always included: it is the control (little more than token identity there).
     chosen = sorted(set([0] + model.check_layers(layers)))
-    acts = statement_activations(model, s, chosen, batch_size)
+    acts = statement_activations(model, s, chosen, batch_size, progress)
     layer_ids = np.array(chosen)
     fit_idx, test, train, val = three_way_split(s, test_size, val_size, seed)
     jobs = [(meth, X) for meth in methods for X in acts]
     # Per (method, layer): fitted on train and scored on validation (for the choices), then
     # fitted on train + validation and scored on test (the reported numbers).
-    scores = map_parallel(lambda job: (_score_split(job[0], job[1], s, train, val, seed),
-                                       _score_split(job[0], job[1], s, fit_idx, test, seed)), jobs)
+    with progress_bar(len(jobs), progress, "directions", "truth directions") as bar:
+        scores = map_parallel(lambda job: (_score_split(job[0], job[1], s, train, val, seed),
+                                           _score_split(job[0], job[1], s, fit_idx, test, seed)), jobs,
+                              on_done=bar.update)
     shape = (len(methods), len(acts))
     val_acc = np.array([sc[0][0] for sc in scores]).reshape(shape)
     val_auc = np.array([sc[0][1] for sc in scores]).reshape(shape)
@@ -257,7 +263,7 @@ def truth_experiment(
     }
     if facts is not None:
         _check_balanced(facts)
-        test_sets["facts"] = (statement_activations(model, facts, [best_layer], batch_size)[0], facts.label)
+        test_sets["facts"] = (statement_activations(model, facts, [best_layer], batch_size, progress)[0], facts.label)
     train_sets = {"affirmative": fit_idx[~negated[fit_idx]], "negated": fit_idx[negated[fit_idx]], "both": fit_idx}
     generalization: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     for meth in ("mass_mean", "logistic"):
@@ -275,7 +281,8 @@ def truth_experiment(
     early = [k for k, layer in enumerate(layer_ids) if 0 < layer <= 0.6 * model.n_layers] or [b]
     c = max(early, key=lambda k: np.nanmean(val_acc[:, k]))
     causal = causal_check(model, acts[c][fit_idx], s.label[fit_idx], int(layer_ids[c]),
-                          [s.text[i] for i in test[:causal_n]], s.label[test[:causal_n]], causal_scale, seed)
+                          [s.text[i] for i in test[:causal_n]], s.label[test[:causal_n]], causal_scale, seed,
+                          progress)
     return TruthResult(
         model_name=model.name, methods=list(methods), layers=layer_ids, accuracy=acc, auroc=auc,
         val_accuracy=val_acc, val_auroc=val_auc, chosen_layers=chosen_layers,
@@ -311,16 +318,17 @@ def choose_on_validation(val_accuracy: np.ndarray) -> dict[int, int]:
     return {i: int(np.nanargmax(row)) for i, row in enumerate(val_accuracy) if np.isfinite(row).any()}
 
 
-def _p_true(model: Any, statements: Sequence[str], interventions: list[Intervention] | None) -> np.ndarray:
+def _p_true(model: Any, statements: Sequence[str], interventions: list[Intervention] | None,
+            progress: bool | None = None) -> np.ndarray:
     """P(" True") / (P(" True") + P(" False")) for the question about each statement."""
     t, f = model.token_id(" True"), model.token_id(" False")
     logits = model.run([QUESTION.format(statement=x) for x in statements], return_logits="last",
-                       interventions=interventions)
+                       interventions=interventions, progress=progress)
     return 1.0 / (1.0 + np.exp(logits[:, f].astype(np.float64) - logits[:, t]))
 
 
 def causal_check(model: Any, X: np.ndarray, y: np.ndarray, layer: int, statements: Sequence[str],
-                 labels: np.ndarray, scale: float, seed: int = 0) -> dict[str, Any]:
+                 labels: np.ndarray, scale: float, seed: int = 0, progress: bool | None = None) -> dict[str, Any]:
     """Add ``±scale`` x (class-mean separation along the mass-mean direction) at every position
     of ``blocks.{layer}.hook_resid_post`` and report the mean P(True) on true and false
     statements for -, 0 and + (Marks & Tegmark 2023, section 5)."""
@@ -332,7 +340,7 @@ def causal_check(model: Any, X: np.ndarray, y: np.ndarray, layer: int, statement
     for sign, key in ((-1.0, "subtract"), (0.0, "none"), (1.0, "add")):
         ivs = None if sign == 0 else [Intervention(f"blocks.{layer}.hook_resid_post", "add",
                                                    value=d.direction_.astype(np.float32), scale=sign * scale * sep)]
-        p = _p_true(model, statements, ivs)
+        p = _p_true(model, statements, ivs, progress)
         out["mean_p_true"][key] = {"true_statements": float(p[labels == 1].mean()) if (labels == 1).any() else None,
                                    "false_statements": float(p[labels == 0].mean()) if (labels == 0).any() else None}
     return out
@@ -401,13 +409,16 @@ class LieDetector:
 
     @classmethod
     def fit(cls, model: Any, statements: Statements | None = None, layer: int | None = None,
-            method: str = "logistic", n_cities: int | None = 400, seed: int = 0) -> LieDetector:
+            method: str = "logistic", n_cities: int | None = 400, seed: int = 0,
+            progress: bool | None = None) -> LieDetector:
         """Fit on ``statements`` (default: city statements with negations from ``n_cities``
         cities), split by group into train (60 %), validation (20 %) and test (20 %). Without
         ``layer``, a direction fitted on train is scored on validation at every block and the
         best block is kept. The detector is then fitted on train + validation at that layer,
         ``predict_proba`` calibrated on the same statements, and ``metrics`` report its accuracy
-        on the test split (``held_out_accuracy``), which no choice has seen."""
+        on the test split (``held_out_accuracy``), which no choice has seen. ``progress``: one
+        bar per stage (activations, layers)."""
+        progress = check_progress(progress)
         if method not in METHODS:
             raise InvalidArgumentError(f"method '{method}' is not known; allowed: {', '.join(METHODS)}")
         seed = int_arg(seed, "seed", 0)
@@ -416,9 +427,11 @@ class LieDetector:
         s = statements if statements is not None else city_statements(n_cities=n_cities, seed=seed, negations=True)
         _check_balanced(s)
         layers = model.check_layers(None if layer is None else [layer])
-        acts = statement_activations(model, s, layers)
+        acts = statement_activations(model, s, layers, progress=progress)
         fit_idx, test, train, val = three_way_split(s, 0.2, 0.2, seed)
-        val_scores = map_parallel(lambda X: _score_split(method, X, s, train, val, seed), list(acts))
+        with progress_bar(len(acts), progress, "layers", "lie detector layers") as bar:
+            val_scores = map_parallel(lambda X: _score_split(method, X, s, train, val, seed), list(acts),
+                                      on_done=bar.update)
         picks = choose_on_validation(np.array([[v[0] for v in val_scores]]))
         if not picks:
             raise DataError(f"{s.name}: method '{method}' found no direction at any layer")

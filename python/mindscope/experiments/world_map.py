@@ -15,6 +15,7 @@ from ..analysis import PCA, RidgeProbe, map_parallel, great_circle_km, kfold_ind
 from ..datasets import Cities, world_cities
 from ..errors import InvalidArgumentError
 from ..hooks import PerPrompt
+from ..progress import check_progress, progress_bar
 from ._result import ExperimentResult, int_arg, text_arg
 
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-1, 4, 11))
@@ -171,6 +172,7 @@ def world_map(
     alphas: Sequence[float] = DEFAULT_ALPHAS,
     holdout_min_cities: int = 40,
     batch_size: int = 64,
+    progress: bool | None = None,
 ) -> WorldMapResult:
     """Probe every layer for the cities' latitude and longitude.
 
@@ -179,8 +181,10 @@ def world_map(
     leave-one-out CV over ``alphas``) is fitted on a seeded ``1 - test_size`` split; held-out R²,
     great-circle error and proximity error are reported per layer. At the best layer (mean R²),
     each continent with at least ``holdout_min_cities`` cities is held out as a block and compared
-    with out-of-fold predictions from a 5-fold random split.
+    with out-of-fold predictions from a 5-fold random split. ``progress``: one bar per stage
+    (activations, probes; None: when interactive, False: never).
     """
+    progress = check_progress(progress)
     cities = world_cities() if cities is None else cities
     if not isinstance(cities, Cities):
         raise InvalidArgumentError(f"cities must be a Cities table (ms.world_cities()), got {type(cities).__name__}")
@@ -192,7 +196,7 @@ def world_map(
         raise InvalidArgumentError(f"need at least 10 cities, got {len(cities)}")
     chosen = model.check_layers(layers)
     prompts, positions = name_positions(model, template, cities.name)
-    acts = model.layer_activations(prompts, chosen, positions=positions, batch_size=batch_size)
+    acts = model.layer_activations(prompts, chosen, positions=positions, batch_size=batch_size, progress=progress)
     y = cities.latlon
     train, test = train_test_split_indices(len(cities), test_size, seed)
     def fit_layer(X: np.ndarray) -> tuple[RidgeProbe, np.ndarray]:
@@ -201,7 +205,9 @@ def world_map(
 
     rows: dict[str, list[float]] = {k: [] for k in ("r2_lat", "r2_lon", "train", "km_mean", "km_median", "prox", "alpha")}
     preds = []
-    for X, (probe, pred) in zip(acts, map_parallel(fit_layer, acts)):
+    with progress_bar(len(acts), progress, "layers", "world map probes") as bar:
+        fitted = map_parallel(fit_layer, acts, on_done=bar.update)
+    for X, (probe, pred) in zip(acts, fitted):
         r2, km, prox = _probe_metrics(y[test], pred)
         rows["r2_lat"].append(r2[0])
         rows["r2_lon"].append(r2[1])

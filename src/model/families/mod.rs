@@ -28,6 +28,7 @@ use crate::formats::gguf::GgufFile;
 use crate::formats::hf_config::HfConfig;
 use crate::formats::safetensors::SafetensorsFolder;
 use crate::formats::weights::WeightReader;
+use crate::interrupt::Cancel;
 
 /// The architecture families mindscope runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,12 +94,12 @@ fn check_weights_fit(r: &WeightReader) -> Result<()> {
 }
 
 /// The model in a Hugging Face folder (`config.json`, safetensors, `tokenizer.json`).
-pub fn load_hf(folder: &Path, config: &HfConfig) -> Result<Transformer> {
+pub fn load_hf(folder: &Path, config: &HfConfig, cancel: &Cancel) -> Result<Transformer> {
     let model_type = config.model_type()?;
     let weights = SafetensorsFolder::open(folder)?;
-    let r = WeightReader::new(&weights);
+    let r = WeightReader::new(&weights).with_cancel(cancel);
     check_weights_fit(&r)?;
-    match model_type {
+    let net = match model_type {
         "llama" | "mistral" | "qwen2" | "qwen3" => llama::load_hf(config, &r),
         "gemma3" | "gemma3_text" => gemma3::load_hf(config, &r),
         "phi3" => phi3::load_hf(config, &r),
@@ -110,11 +111,13 @@ pub fn load_hf(folder: &Path, config: &HfConfig) -> Result<Transformer> {
             config.origin(),
             SUPPORTED_MODEL_TYPES.join(", ")
         ))),
-    }
+    }?;
+    cancel.progress().finish(); // tensors skipped (a tied head's copy) count as done
+    Ok(net)
 }
 
 /// The model in a GGUF file.
-pub fn load_gguf(gguf: &GgufFile) -> Result<Transformer> {
+pub fn load_gguf(gguf: &GgufFile, cancel: &Cancel) -> Result<Transformer> {
     let arch = gguf.get_str("general.architecture")?;
     // llama.cpp's split files ("-00001-of-00003.gguf") are separate GGUFs, not byte parts.
     if gguf.has("split.count") && gguf.get_usize("split.count")? > 1 {
@@ -145,9 +148,9 @@ pub fn load_gguf(gguf: &GgufFile) -> Result<Transformer> {
             )));
         }
     }
-    let r = WeightReader::new(gguf);
+    let r = WeightReader::new(gguf).with_cancel(cancel);
     check_weights_fit(&r)?;
-    match arch {
+    let net = match arch {
         "llama" => llama::load_gguf(gguf, &r),
         "gemma3" => gemma3::load_gguf(gguf, &r),
         other => Err(MsError::UnsupportedArchitecture(format!(
@@ -155,7 +158,9 @@ pub fn load_gguf(gguf: &GgufFile) -> Result<Transformer> {
             gguf.path().display(),
             SUPPORTED_ARCHITECTURES.join(", ")
         ))),
-    }
+    }?;
+    cancel.progress().finish();
+    Ok(net)
 }
 
 /// The head size of a family whose heads split the hidden size evenly (GPT-2, GPT-NeoX, BERT:
