@@ -147,6 +147,8 @@ def test_output_files_get_the_users_normal_permissions(model, tmp_path, umask):
     normal = 0o666 & ~umask
     paths = ms.logit_lens(model, "The capital of France is", " Paris").save(tmp_path / "lens")
     assert _mode(paths["metrics"]) == normal and _mode(paths["plot"]) == normal
+    assert _mode(paths["view"]) == normal
+    assert _mode(ms.logit_lens(model, "Paris is in", " France").to_html(tmp_path / "lens2.html")) == normal
     model.dump(PROMPTS, tmp_path / "dump", names="blocks.0.hook_resid_post", quiet=True)
     assert _mode(tmp_path / "dump" / "manifest.json") == normal
     assert all(_mode(p) == normal for p in (tmp_path / "dump").glob("part-*"))

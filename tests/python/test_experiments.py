@@ -59,6 +59,9 @@ def test_world_map_outputs(world, tmp_path):
     paths = world.save(tmp_path / "wm")
     assert open(paths["plot"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert json.loads(open(paths["metrics"]).read())["best_layer"] == world.best_layer
+    page = open(paths["view"], encoding="utf-8").read()  # the interactive view, beside the PNG
+    ascii_name = next(n for n in world.city_names if n.isascii() and n.isalpha())
+    assert page.startswith("<!DOCTYPE html>") and ascii_name in page
 
 
 def test_world_map_bad_input(model):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .._files import create_temp_beside
 from ..errors import InvalidArgumentError, StorageError
 
 
@@ -44,19 +44,6 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, np.bool_):
         return bool(value)
     return value
-
-
-def create_temp_beside(path: Path) -> tuple[int, str]:
-    """Open a new, uniquely named temporary file beside ``path`` for writing: ``(fd, name)``.
-    Created with mode 0o666 minus the umask, the permissions any file the user creates gets
-    (``tempfile.mkstemp`` would make it 0600, and so the renamed file)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    while True:
-        tmp = str(path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.partial")
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:  # pragma: no cover - a 48-bit random name taken
-            continue
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -106,7 +93,8 @@ class ExperimentResult:
         return self.view().to_html(path)
 
     def save(self, folder: str | os.PathLike[str]) -> dict[str, str]:
-        """Write ``metrics.json`` and ``<name>.png`` into ``folder``; returns their paths."""
+        """Write ``metrics.json``, ``<name>.png`` and the interactive view ``<name>.html`` into
+        ``folder``; returns their paths (keys ``metrics``, ``plot``, ``view``)."""
         out = Path(folder)
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -115,7 +103,8 @@ class ExperimentResult:
         metrics_path = out / "metrics.json"
         write_json_atomic(metrics_path, self.metrics())
         png = self.plot(out / f"{self.name}.png")
-        return {"metrics": str(metrics_path), "plot": str(png)}
+        page = self.to_html(out / f"{self.name}.html")
+        return {"metrics": str(metrics_path), "plot": str(png), "view": str(page)}
 
     def __repr__(self) -> str:
         m = self.metrics()

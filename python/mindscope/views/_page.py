@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .._files import create_temp_beside
 from ..errors import StorageError
 
 
@@ -86,7 +87,7 @@ class View:
         out = Path(path)
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
+            fd, tmp = create_temp_beside(out)
         except OSError as e:
             raise StorageError(f"cannot write the view to {out}: {e}") from e
         try:
