@@ -111,11 +111,12 @@ class Model:
         indices keep one entry per index. The GIL is released while it runs. ``progress(done,
         total)`` counts prompts (see ``ProgressCallback``)."""
     def gradients(
-        self, request: GradientRequest
+        self, request: GradientRequest, progress: ProgressCallback | None = None
     ) -> tuple[list[float], list[tuple[str, F32]], list[tuple[str, F32]], list[list[int]]]:
         """``(metric per prompt, [(name, d metric / d activation)], [(name, activation)] (with
         return_activations), token ids)``; arrays have the activation's shape, batch first,
-        padded positions zero. The GIL is released while it runs."""
+        padded positions zero. The GIL is released while it runs. ``progress(done, total)``
+        counts block passes (a forward and a backward per block) of the prompts."""
     def embed(self, request: EmbedRequest, progress: ProgressCallback | None = None) -> F32:
         """Sentence embeddings ``[n, d_model]``: mean over real tokens of the last hidden state,
         L2-normalised. Encoders only. ``progress(done, total)`` counts sentences."""
@@ -133,12 +134,13 @@ class Model:
         positions per packed run (when several runs are needed, one runs per core); ``naive``
         runs one full forward per variant instead (the reference). ``progress(done, total)``
         counts scored sequences: the clean one and each variant."""
-    def activation_patching(self, request_json: str) -> dict[str, Any]:
+    def activation_patching(self, request_json: str, progress: ProgressCallback | None = None) -> dict[str, Any]:
         """Activation patching. ``request_json``: JSON of ``{"clean_ids": [T], "corrupt_ids": [T],
         "metric": {"kind": ..., "position": ...}, "sites": ["resid_pre" | "attn_out" | "mlp_out" |
         "head"], "naive": bool, "rows_per_batch": int}``. Returns ``{"clean": float, "corrupt": float, "scores": {site:
         F32 [layer, position] or [layer, head]}}``: the corrupt run's metric with one clean
-        activation patched in per cell; ``naive`` runs one full forward per patch instead."""
+        activation patched in per cell; ``naive`` runs one full forward per patch instead.
+        ``progress(done, total)`` counts patches."""
 
 def use_blas(path: str) -> str:
     """Multiply with ``cblas_sgemm`` from the shared library at ``path`` (once per process);

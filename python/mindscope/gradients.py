@@ -109,13 +109,15 @@ def integrated_gradients(
     n_steps: int = 32,
     batch_size: int = 8,
     position: int | None = None,
+    progress: bool | None = None,
 ) -> IntegratedGradients:
     """Integrated gradients of ``target`` (a token: its log-probability; or a metric tuple)
     on the token embeddings of ``prompt``: ``(x - b) · mean_k grad(b + alpha_k (x - b))``
     with midpoint alphas ``(k + 0.5) / n_steps``, ``batch_size`` steps per batched call.
 
     baseline: ``"zeros"``, a token (string or id) repeated at every position, or embeddings
-    ``[pos, d_model]``.
+    ``[pos, d_model]``. ``progress``: a bar over the steps' block passes (None: when
+    interactive, False: never).
     """
     prompt = _one_prompt(prompt)
     if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
@@ -129,7 +131,8 @@ def integrated_gradients(
     path = b[None] + alphas[:, None, None].astype(np.float32) * (x - b)[None]
     # The endpoints ride along as the last two rows of the path.
     rows = np.concatenate([path, x[None], b[None]]).astype(np.float32)
-    out = model.gradients(None, metric, names=[EMBED], position=position, batch_size=batch_size, embeddings=rows)
+    out = model.gradients(None, metric, names=[EMBED], position=position, batch_size=batch_size, embeddings=rows,
+                          progress=progress)
     g = out.grads[EMBED][:n_steps].astype(np.float64)
     full = (x - b).astype(np.float64) * g.mean(0)
     attributions = full.sum(-1)
@@ -164,13 +167,15 @@ def attribution_patching(
     corrupt: str | list[int],
     metric: tuple,
     position: int | None = None,
+    progress: bool | None = None,
 ) -> SiteScores:
     """Attribution patching (AtP): the first-order estimate of patching each clean activation
     into the corrupt run, ``(clean - corrupt) · d metric / d activation`` with the gradient
     taken on the corrupt run. Sites ``resid_pre``, ``attn_out``, ``mlp_out`` ``[layer,
     position]`` (summed over d_model) and ``head`` ``[layer, head]`` (on ``attn.hook_z``,
     the head outputs before the output projection, summed over d_head and positions).
-    The prompts must have the same number of tokens."""
+    The prompts must have the same number of tokens. ``progress``: a bar over the backward
+    pass (None: when interactive, False: never)."""
     clean, corrupt = _one_prompt(clean, "clean"), _one_prompt(corrupt, "corrupt")
     spec = resolve_metric(model, metric, position)
     clean_ids = model.to_tokens(clean) if isinstance(clean, str) else clean
@@ -191,7 +196,8 @@ def attribution_patching(
             f"metric position {t_metric} is beyond the prompt, which has {len(clean_ids)} tokens"
         )
     m_clean = _metric_of_logits(spec, logits[0, t_metric])
-    out = model.gradients([corrupt_ids], metric, names=names, position=position, return_activations=True)
+    out = model.gradients([corrupt_ids], metric, names=names, position=position, return_activations=True,
+                          progress=progress)
     scores: dict[str, np.ndarray] = {}
     for site, kind in kinds.items():
         per_layer = []

@@ -183,6 +183,7 @@ class HookedModel:
         batch_size: int = 8,
         return_activations: bool = False,
         embeddings: np.ndarray | None = None,
+        progress: bool | None = None,
     ) -> Gradients:
         """``d metric / d activation`` at hook sites (no weight gradients), through the same
         forward as ``run_with_cache`` (interventions included: a replaced activation passes no
@@ -200,6 +201,8 @@ class HookedModel:
             return_activations: also return the activations at the sites.
             embeddings: ``[batch, pos, d_model]`` token embeddings (the ``hook_embed`` site)
                 fed instead of prompts.
+            progress: a bar counting block passes (forward and backward) of the prompts; as
+                in :meth:`run_with_cache`.
 
         Returns:
             :class:`Gradients`: ``.grads[name]`` with the activation's shape (batch first,
@@ -211,7 +214,7 @@ class HookedModel:
         from .metrics import resolve_metric
 
         spec = resolve_metric(self, metric, position)
-        metric_val, grads, acts, tokens = self._native.gradients({
+        request = {
             "prompts": prompts,
             "embeddings": None if embeddings is None else np.ascontiguousarray(embeddings, dtype=np.float32),
             "metric": json.dumps(spec),
@@ -219,7 +222,9 @@ class HookedModel:
             "interventions": list(interventions) if interventions is not None else None,
             "batch_size": batch_size,
             "return_activations": return_activations,
-        })
+        }
+        with native_progress(progress, "block passes", "gradients") as report:
+            metric_val, grads, acts, tokens = self._native.gradients(request, report)
         return Gradients(
             grads=dict(grads),
             metric=np.asarray(metric_val, dtype=np.float32),

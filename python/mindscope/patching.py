@@ -25,6 +25,7 @@ from typing import Any
 
 from .errors import InvalidArgumentError
 from .metrics import MetricLike, metric_name, resolve_metric
+from .progress import native_progress
 from .site_scores import SITES, SiteScores
 
 Prompt = str | Sequence[int]
@@ -49,6 +50,7 @@ def activation_patching(
     position: int | None = None,
     naive: bool = False,
     rows_per_batch: int = 4096,
+    progress: bool | None = None,
 ) -> SiteScores:
     """The corrupt prompt's ``metric`` with each activation patched in from the clean prompt,
     one patch at a time.
@@ -66,6 +68,7 @@ def activation_patching(
 
     ``rows_per_batch``: about how many patched positions one packed run holds (bounds memory;
     several packs run one per core). ``naive=True``: one full forward per patch instead.
+    ``progress``: a bar counting patches (None: when interactive, False: never).
     """
     clean_ids = _ids(model, clean, "clean")
     corrupt_ids = _ids(model, corrupt, "corrupt")
@@ -80,7 +83,8 @@ def activation_patching(
         "metric": resolve_metric(model, metric, position),
         "sites": site_list, "naive": bool(naive), "rows_per_batch": rows_per_batch,
     }
-    out = model._native.activation_patching(json.dumps(request))
+    with native_progress(progress, "patches", "activation patching") as report:
+        out = model._native.activation_patching(json.dumps(request), report)
     return SiteScores(
         method="activation_patching",
         metric=metric_name(metric, model),

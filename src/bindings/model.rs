@@ -263,15 +263,17 @@ impl Model {
     /// [(name, activation)] (when `return_activations`), token ids)`. `request`: `{"prompts"
     /// | "embeddings", "metric" (JSON), "names", "interventions", "batch_size",
     /// "return_activations"}`, read in `bindings/requests.rs`.
+    #[pyo3(signature = (request, progress=None))]
     fn gradients<'py>(
         &self,
         py: Python<'py>,
         request: &Bound<'py, PyAny>,
+        progress: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<GradientResult<'py>> {
         guarded(|| {
             let model = &self.inner;
             let args = gradient_args(request, model).py_err()?;
-            let out = interruptible(py, |cancel| {
+            let out = interruptible_reporting(py, &Cancel::new(), progress, |cancel| {
                 let input = match (args.prompts, args.embeddings) {
                     (Some(p), _) => GradInput::Ids(p.tokens(model)?),
                     (None, Some(e)) => GradInput::Embeddings(e),
@@ -365,10 +367,12 @@ impl Model {
     /// The corrupt prompt's metric with activations patched in from the clean prompt, one
     /// patch at a time. `request_json`: see `bindings::patching::PatchingRequest`. Returns
     /// `{"clean": float, "corrupt": float, "scores": {site: [layer, position | head]}}`.
+    #[pyo3(signature = (request_json, progress=None))]
     fn activation_patching<'py>(
         &self,
         py: Python<'py>,
         request_json: &str,
+        progress: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         guarded(|| {
             let args = patching_args(request_json).py_err()?;
@@ -381,7 +385,7 @@ impl Model {
                 pack_rows: r.rows_per_batch,
             };
             let model = &self.inner;
-            let out = interruptible(py, |cancel| {
+            let out = interruptible_reporting(py, &Cancel::new(), progress, |cancel| {
                 if r.naive {
                     model.activation_patching_naive(&job, cancel)
                 } else {

@@ -309,15 +309,20 @@ impl LanguageModel {
         if !current.is_empty() {
             packs.push(current);
         }
+        let progress = cancel.progress();
+        progress.start(patches.len() as u64);
         let mut finals: Vec<Option<Tensor>> = vec![None; patches.len()];
         for (i, patch) in patches.iter().enumerate() {
             if patch.layer == big_l {
                 finals[i] = Some(patch.rows.narrow(0, n - 1 - patch.from, 1)?);
+                progress.advance(1);
             }
         }
         let ran = per_core::map(packs, per_core::workers(), |pack| {
             let members: Vec<&Patch> = pack.iter().map(|&i| patches[i]).collect();
-            Ok((pack, run_pack(net, &members, kv, n, cancel)?))
+            let out = run_pack(net, &members, kv, n, cancel)?;
+            progress.advance(members.len() as u64);
+            Ok((pack, out))
         })?;
         for (pack, out) in ran {
             for (k, &i) in pack.iter().enumerate() {
@@ -349,7 +354,14 @@ impl LanguageModel {
         let clean = self.patching_acts(net, job.clean, job.metric, None, cancel)?;
         let corrupt = self.patching_acts(net, job.corrupt, job.metric, None, cancel)?;
         let ids = Tensor::from_vec(job.corrupt.to_vec(), (1, t), &Device::Cpu)?;
+        let cells: usize = job
+            .sites
+            .iter()
+            .map(|&s| big_l * if s == PatchSite::Head { heads } else { t })
+            .sum();
+        cancel.progress().start(cells as u64);
         let patched = |iv: Intervention| -> Result<f32> {
+            cancel.progress().advance(1);
             let ivs = [iv];
             let mut ctx = HookContext::new(self.hooks(), None, &ivs, &[t])?.with_cancel(cancel);
             let plan = RunPlan::full(net, LogitsMode::None);

@@ -4,6 +4,7 @@ KeyboardInterrupt from the callable stops the work and leaves the model usable."
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -76,6 +77,29 @@ def test_attribution_and_sweep_report_their_units(model):
     ms._native.logistic_sweep(layers, [(y, 2, None)], list(range(160)), list(range(160, 200)),
                               1.0, 100, 1e-6, True, rec)
     rec.check(5)
+
+
+def test_gradients_and_patching_report_their_units(model):
+    from mindscope.metrics import resolve_metric
+
+    prompts = ["The capital of France is", "The Eiffel Tower is in the city of"]
+    spec = resolve_metric(model, ("logprob", " Paris"))
+    rec = Recorder()
+    metric, _, _, _ = model._native.gradients(
+        {"prompts": prompts, "embeddings": None, "metric": json.dumps(spec), "names": ["blocks.0.hook_resid_pre"],
+         "interventions": None, "batch_size": 1, "return_activations": False}, rec)
+    rec.check(len(prompts) * 2 * model.n_layers)  # a forward and a backward pass per block and prompt
+    np.testing.assert_allclose(metric, model.gradients(prompts, ("logprob", " Paris")).metric, rtol=1e-5)
+
+    clean = "When Mary and John went to the store, John gave a drink to"
+    corrupt = "When Mary and John went to the store, Mary gave a drink to"
+    request = {"clean_ids": model.to_tokens(clean), "corrupt_ids": model.to_tokens(corrupt),
+               "metric": resolve_metric(model, ("logit_diff", " Mary", " John")), "sites": ["resid_pre"],
+               "naive": False, "rows_per_batch": 64}
+    rec = Recorder()
+    model._native.activation_patching(json.dumps(request), rec)
+    # One unit per patch: every layer at every position from the first differing token (9) on.
+    rec.check(model.n_layers * (len(request["corrupt_ids"]) - 9))
 
 
 def test_a_callable_raising_keyboard_interrupt_stops_the_run_and_the_model_still_works(model):

@@ -111,6 +111,10 @@ impl LanguageModel {
                 GradInput::Embeddings(_) => Vec::new(),
             },
         };
+        // Progress counts block passes of prompts: a forward and a backward pass per block.
+        cancel
+            .progress()
+            .start((n * 2 * cfg.n_layers.max(1)) as u64);
         let mut start = 0;
         while start < n {
             let rows: Vec<usize> = (start..(start + chunk).min(n)).collect();
@@ -189,8 +193,10 @@ impl LanguageModel {
             &mut ctx,
             &mut none,
         )?);
+        let step = x.dim(0)? as u64;
         for (layer, blk) in net.blocks.iter().enumerate() {
             cancel.check()?;
+            cancel.progress().advance(step);
             let y = graph::block(
                 blk,
                 inputs[layer].clone(),
@@ -227,6 +233,7 @@ impl LanguageModel {
         // The blocks, from the top.
         for layer in (0..cfg.n_layers).rev() {
             cancel.check()?;
+            cancel.progress().advance(step);
             inputs.truncate(layer + 1);
             let xin = Var::from_tensor(&inputs[layer])?;
             let mut sites = Sites::new(req.points.clone());
