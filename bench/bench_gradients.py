@@ -32,7 +32,8 @@ JOB = textwrap.dedent(
         names = [f"blocks.{l}.hook_{k}" for k in ("resid_pre", "attn_out", "mlp_out") for l in range(model.n_layers)]
         model.gradients([ids], ("logprob", " the"), names=names)
     else:
-        ms.integrated_gradients(model, "The capital of France is", " Paris", n_steps=n)
+        ids = model.to_tokens("The capital of France is")  # the prompt's tokens, n is the step count
+        ms.integrated_gradients(model, ids, " Paris", n_steps=n)
     dt = time.perf_counter() - t
     print(len(ids), base, status("VmHWM"), dt)
     """
