@@ -9,6 +9,7 @@
 
 use candle_core::{Device, Tensor, D};
 
+use super::parts::packed::greedy_packs;
 use super::{KvCache, LanguageModel, Prefix, RunPlan, Segment};
 use crate::error::{MsError, Result};
 use crate::hooks::{HookContext, LogitsMode};
@@ -79,22 +80,12 @@ fn plan_packs(
     max_variants: usize,
     max_rows: usize,
 ) -> Vec<Vec<usize>> {
-    let mut packs: Vec<Vec<usize>> = Vec::new();
-    let (mut current, mut rows) = (Vec::new(), 0);
-    for &i in order {
-        let v = &variants[i];
-        let r = v.ids.len() - recompute_from(v, m);
-        if !current.is_empty() && (current.len() >= max_variants.max(1) || rows + r > max_rows) {
-            packs.push(std::mem::take(&mut current));
-            rows = 0;
-        }
-        current.push(i);
-        rows += r;
-    }
-    if !current.is_empty() {
-        packs.push(current);
-    }
-    packs
+    greedy_packs(
+        order.iter().copied(),
+        |i| variants[i].ids.len() - recompute_from(&variants[i], m),
+        max_variants,
+        max_rows,
+    )
 }
 
 impl LanguageModel {

@@ -17,7 +17,7 @@ use super::config::Residual;
 use super::metric::Metric;
 use super::parts::attention::AttendWith;
 use super::parts::block::residual_add;
-use super::parts::packed::row_positions;
+use super::parts::packed::{greedy_packs, row_positions};
 use super::parts::{Block, Keys, Segment};
 use super::{KvCache, LanguageModel, RunPlan, Transformer};
 use crate::error::{MsError, Result};
@@ -295,20 +295,12 @@ impl LanguageModel {
         // Final rows of patches that start after the last block are their rows themselves.
         let mut order: Vec<usize> = (0..patches.len()).collect();
         order.sort_by_key(|&i| patches[i].layer);
-        let mut packs: Vec<Vec<usize>> = Vec::new();
-        let (mut current, mut rows) = (Vec::new(), 0);
-        for &i in order.iter().filter(|&&i| patches[i].layer < big_l) {
-            let r = n - patches[i].from;
-            if !current.is_empty() && rows + r > job.pack_rows {
-                packs.push(std::mem::take(&mut current));
-                rows = 0;
-            }
-            current.push(i);
-            rows += r;
-        }
-        if !current.is_empty() {
-            packs.push(current);
-        }
+        let packs = greedy_packs(
+            order.into_iter().filter(|&i| patches[i].layer < big_l),
+            |i| n - patches[i].from,
+            usize::MAX,
+            job.pack_rows,
+        );
         let progress = cancel.progress();
         progress.start(patches.len() as u64);
         let mut finals: Vec<Option<Tensor>> = vec![None; patches.len()];

@@ -3,7 +3,7 @@
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::layout::{self, tick_label, MARGIN, X_LABEL_AREA, Y_LABEL_AREA};
+use super::layout::{self, tick_label};
 use super::legend::{self, Legend, Swatch};
 use super::spec::BarsPanel;
 use super::{colors, draw_err, FAMILY};
@@ -90,12 +90,7 @@ pub fn draw<DB: DrawingBackend>(b: &BarsPanel, area: &DrawingArea<DB, Shift>) ->
         b.legend,
         &samples,
     )?;
-    let mut chart = ChartBuilder::on(&frame.chart)
-        .margin(MARGIN)
-        .x_label_area_size(X_LABEL_AREA)
-        .y_label_area_size(Y_LABEL_AREA)
-        .build_cartesian_2d(x_range.0..x_range.1, y_range.0..y_range.1)
-        .map_err(draw_err)?;
+    let mut chart = frame.chart(x_range, y_range)?;
     let fmt = |v: &f64| tick_label(*v);
     chart
         .configure_mesh()

@@ -1,6 +1,8 @@
 //! What every chart panel shares: the title, the plot area's size (to keep a map's aspect and
 //! to find a free corner for the legend) and tick labels.
 
+use plotters::coord::cartesian::Cartesian2d;
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -75,6 +77,21 @@ pub struct Frame<DB: DrawingBackend> {
     pub chart: DrawingArea<DB, Shift>,
     pub legend_outside: Option<DrawingArea<DB, Shift>>,
     pub corner: LegendCorner,
+}
+
+/// A chart on the frame's plot area with the shared margins and label areas (every x/y
+/// panel: lines, scatter, bars).
+pub type XyChart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+impl<DB: DrawingBackend> Frame<DB> {
+    pub fn chart(&self, x_range: (f64, f64), y_range: (f64, f64)) -> Result<XyChart<'_, DB>> {
+        ChartBuilder::on(&self.chart)
+            .margin(MARGIN)
+            .x_label_area_size(X_LABEL_AREA)
+            .y_label_area_size(Y_LABEL_AREA)
+            .build_cartesian_2d(x_range.0..x_range.1, y_range.0..y_range.1)
+            .map_err(draw_err)
+    }
 }
 
 /// Draw the title, pick the legend's place (`samples`: data points and points along lines,

@@ -5,7 +5,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::layout::{self, integer_tick_label, tick_label, MARGIN, X_LABEL_AREA, Y_LABEL_AREA};
+use super::layout::{self, integer_tick_label, tick_label};
 use super::legend::{self, Legend, Swatch};
 use super::spec::LinesPanel;
 use super::{colors, draw_err, padded_range, FAMILY};
@@ -120,12 +120,7 @@ pub fn draw<DB: DrawingBackend>(l: &LinesPanel, area: &DrawingArea<DB, Shift>) -
         l.legend,
         &samples,
     )?;
-    let mut chart = ChartBuilder::on(&frame.chart)
-        .margin(MARGIN)
-        .x_label_area_size(X_LABEL_AREA)
-        .y_label_area_size(Y_LABEL_AREA)
-        .build_cartesian_2d(x_range.0..x_range.1, y_range.0..y_range.1)
-        .map_err(draw_err)?;
+    let mut chart = frame.chart(x_range, y_range)?;
     let integer_x = xs().all(|x| x == x.round()) && (x_range.1 - x_range.0) >= 3.0;
     let fmt = |v: &f64| tick_label(*v);
     let int_fmt = |v: &f64| integer_tick_label(*v);

@@ -4,7 +4,7 @@
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::layout::{self, tick_label, MARGIN, X_LABEL_AREA, Y_LABEL_AREA};
+use super::layout::{self, tick_label};
 use super::legend::{self, Legend, Swatch};
 use super::spec::{GroupStyle, Land, Marker, ScatterPanel};
 use super::{colors, draw_err, padded_range, FAMILY};
@@ -123,12 +123,7 @@ pub fn draw<DB: DrawingBackend>(s: &ScatterPanel, area: &DrawingArea<DB, Shift>)
         s.legend,
         &samples,
     )?;
-    let mut chart = ChartBuilder::on(&frame.chart)
-        .margin(MARGIN)
-        .x_label_area_size(X_LABEL_AREA)
-        .y_label_area_size(Y_LABEL_AREA)
-        .build_cartesian_2d(x_range.0..x_range.1, y_range.0..y_range.1)
-        .map_err(draw_err)?;
+    let mut chart = frame.chart(x_range, y_range)?;
     if s.land.is_some() {
         chart.plotting_area().fill(&WATER).map_err(draw_err)?;
     }

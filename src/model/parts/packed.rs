@@ -47,6 +47,32 @@ impl Prefix<'_> {
 }
 
 /// Positions of every packed row, segment after segment.
+/// Split items (in `order`) into consecutive packs of at most `max_members` items and about
+/// `max_rows` rows (`rows_of(item)`); a pack always takes at least one item. This bounds the
+/// memory of one packed run (ablation variants, activation patches).
+pub fn greedy_packs(
+    order: impl IntoIterator<Item = usize>,
+    rows_of: impl Fn(usize) -> usize,
+    max_members: usize,
+    max_rows: usize,
+) -> Vec<Vec<usize>> {
+    let mut packs: Vec<Vec<usize>> = Vec::new();
+    let (mut current, mut rows) = (Vec::new(), 0);
+    for i in order {
+        let r = rows_of(i);
+        if !current.is_empty() && (current.len() >= max_members.max(1) || rows + r > max_rows) {
+            packs.push(std::mem::take(&mut current));
+            rows = 0;
+        }
+        current.push(i);
+        rows += r;
+    }
+    if !current.is_empty() {
+        packs.push(current);
+    }
+    packs
+}
+
 pub fn row_positions(segments: &[Segment]) -> Vec<usize> {
     segments
         .iter()
