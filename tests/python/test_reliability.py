@@ -43,8 +43,9 @@ SIGINT_CHILD = textwrap.dedent("""
         "run_progress": lambda: model.run_with_cache(many, names="blocks.*.hook_resid_post", positions="last",
                                                      progress=True),
         "logistic": lambda: [ms.analysis.LogisticProbe(C=1e4, max_iter=100000, tol=0).fit(X, y) for _ in range(50)],
-        "sweep": lambda: ms.analysis.layer_sweep({f"blocks.{i}.hook_resid_post": X for i in range(30)}, y, C=1e4,
-                                                 max_iter=100000, tol=0, progress=True),
+        # Repeated like the other jobs: one 30-layer sweep can end within the 2 s before SIGINT.
+        "sweep": lambda: [ms.analysis.layer_sweep({f"blocks.{i}.hook_resid_post": X for i in range(30)}, y, C=1e4,
+                                                  max_iter=100000, tol=0, progress=True) for _ in range(50)],
         "truth_direction": lambda: [ms.analysis.TruthDirection("lat").fit(X[:4000], y[:4000]) for _ in range(50)],
         "dump": lambda: model.dump(many, sys.argv[2], names="blocks.3.hook_resid_post", part_size=64, quiet=True),
     }
