@@ -69,13 +69,20 @@ class Model:
     """A model in the Rust core (weights as f32, hook registry, tokenizer)."""
 
     @staticmethod
-    def load(path: str, progress: ProgressCallback | None = None) -> Model:
+    def load(path: str, weights: str | None = None, progress: ProgressCallback | None = None) -> Model:
         """Load a GGUF file or a Hugging Face folder (config.json, *.safetensors, tokenizer.json).
-        Raises ModelFormatError, UnsupportedArchitectureError, StorageError. ``progress(done,
-        total)`` counts tensors read."""
+        ``weights``: "quantized" | "float32" | None (quantized when the file has quantized
+        matrices). Raises ModelFormatError, UnsupportedArchitectureError, StorageError,
+        InvalidArgumentError. ``progress(done, total)`` counts tensors read."""
     @staticmethod
-    def load_gguf_parts(parts: Sequence[str], progress: ProgressCallback | None = None) -> Model:
+    def load_gguf_parts(parts: Sequence[str], weights: str | None = None,
+                        progress: ProgressCallback | None = None) -> Model:
         """Load a GGUF file stored as consecutive parts, read as their concatenation."""
+    @property
+    def weights(self) -> str:
+        """"quantized" when any weight matrix is held in a quantized block type, else "float32"."""
+    def matrix_types(self) -> list[tuple[str, int]]:
+        """Weight matrices per type held: ``[(type, count)]`` ("f32", "q4_k", ...)."""
     @property
     def is_encoder(self) -> bool:
         """True for encoders (BERT): no logits, no generation, but ``embed``."""

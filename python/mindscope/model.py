@@ -317,8 +317,20 @@ class HookedModel:
         return dump(self, texts, path, names=names, positions=positions, dtype=dtype, **kwargs)
 
     def weight_bytes(self) -> int:
-        """Bytes of the weights in memory (float32; a tied LM head counted once)."""
+        """Bytes of the weights in memory (quantized matrices as stored, the rest float32; a
+        tied LM head counted once)."""
         return int(self._native.weight_bytes())
+
+    @property
+    def weights(self) -> str:
+        """How the weight matrices are held: ``"quantized"`` (some kept in GGUF blocks as
+        stored) or ``"float32"``; see :func:`load_model`."""
+        return str(self._native.weights)
+
+    def matrix_types(self) -> dict[str, int]:
+        """Weight matrices per type held, e.g. ``{"f32": 0, "q4_1": 210, "q8_0": 1}`` minus the
+        zero counts: the embedding, every projection and an untied LM head."""
+        return {name: int(n) for name, n in self._native.matrix_types()}
 
     def weights_sha256(self) -> str:
         """SHA-256 of the weights (computed once): the GGUF file (its parts concatenated), or
@@ -391,20 +403,37 @@ class HookedModel:
         return self._native.embedding_matrix()
 
 
+WEIGHTS_MODES = ("quantized", "float32")
+
+
 def load_model(name_or_path: str | os.PathLike[str] = "smollm2-135m", revision: str | None = None,
-               progress: bool | None = None) -> HookedModel:
+               progress: bool | None = None, weights: str | None = None) -> HookedModel:
     """Load a model: a short name (``"smollm2-135m"``, ``"gemma3-270m"``, ``"minilm-l6"``; see
     ``list_models()``), a GGUF file, a Hugging Face folder (config.json, *.safetensors,
     tokenizer.json), or a Hugging Face repository id found in the local Hub cache (``"gpt2"``,
     ``"EleutherAI/pythia-160m"``, ``"org/repo/file.gguf"``; ``revision`` picks a branch or
     commit). Nothing is downloaded. ``progress``: a bar counting the tensors read (None: when
-    interactive and the load takes over half a second; False: never; True: always)."""
+    interactive and the load takes over half a second; False: never; True: always).
+
+    ``weights``: how the weight matrices are held.
+
+    - ``"quantized"``: a GGUF file's quantized matrices (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K to
+      Q6_K) stay in their blocks as stored and are multiplied as such; memory is about the
+      file's size. Activations, and every hook, stay float32.
+    - ``"float32"``: every weight converted to float32 (4 bytes a parameter): the exact
+      computation, the one checked against ``transformers``.
+    - None (default): quantized when the file has quantized matrices, else float32.
+
+    A model stored as floats (a Hugging Face folder) refuses ``"quantized"``."""
+    if weights is not None and weights not in WEIGHTS_MODES:
+        raise InvalidArgumentError(f"weights={weights!r} is not a weights mode; use one of "
+                                   f"{', '.join(map(repr, WEIGHTS_MODES))} or None")
     paths = resolve_model_paths(name_or_path, revision)
     enable_default_blas()
     with native_progress(progress, "tensors", "load") as report:
         if len(paths) == 1:
-            native = _native.Model.load(str(paths[0]), report)
+            native = _native.Model.load(str(paths[0]), weights, report)
         else:
-            native = _native.Model.load_gguf_parts([str(p) for p in paths], report)
+            native = _native.Model.load_gguf_parts([str(p) for p in paths], weights, report)
     name = os.fspath(name_or_path) if not os.path.exists(os.fspath(name_or_path)) else native.name
     return HookedModel(native, name, paths)

@@ -19,7 +19,7 @@ use crate::interrupt::Cancel;
 use crate::model::config::Residual;
 use crate::model::grad::{GradInput, GradRequest};
 use crate::model::{
-    AblationJob, LanguageModel, PackLimits, PatchJob, SUPPORTED_ARCHITECTURES,
+    AblationJob, LanguageModel, PackLimits, PatchJob, WeightsMode, SUPPORTED_ARCHITECTURES,
     SUPPORTED_MODEL_TYPES,
 };
 
@@ -48,13 +48,20 @@ pub struct Model {
 
 #[pymethods]
 impl Model {
-    /// Load a GGUF model file or a Hugging Face model folder; `progress(done, total)` counts
-    /// the tensors read.
+    /// Load a GGUF model file or a Hugging Face model folder; `weights` is "quantized",
+    /// "float32" or None (quantized when the file has quantized matrices); `progress(done,
+    /// total)` counts the tensors read.
     #[staticmethod]
-    #[pyo3(signature = (path, progress=None))]
-    fn load(py: Python<'_>, path: PathBuf, progress: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+    #[pyo3(signature = (path, weights=None, progress=None))]
+    fn load(
+        py: Python<'_>,
+        path: PathBuf,
+        weights: Option<&str>,
+        progress: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let mode = weights_mode(weights).py_err()?;
         let model = interruptible_reporting(py, &Cancel::new(), progress, |cancel| {
-            LanguageModel::load_with(&path, cancel)
+            LanguageModel::load_with(&path, mode, cancel)
         })?;
         Ok(Model {
             inner: Arc::new(model),
@@ -63,14 +70,16 @@ impl Model {
 
     /// Load a GGUF file stored as consecutive parts (read as their concatenation).
     #[staticmethod]
-    #[pyo3(signature = (parts, progress=None))]
+    #[pyo3(signature = (parts, weights=None, progress=None))]
     fn load_gguf_parts(
         py: Python<'_>,
         parts: Vec<PathBuf>,
+        weights: Option<&str>,
         progress: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        let mode = weights_mode(weights).py_err()?;
         let model = interruptible_reporting(py, &Cancel::new(), progress, |cancel| {
-            LanguageModel::load_gguf_with(&parts, cancel)
+            LanguageModel::load_gguf_with(&parts, mode, cancel)
         })?;
         Ok(Model {
             inner: Arc::new(model),
@@ -172,6 +181,21 @@ impl Model {
     /// Bytes of the weights held in memory (a tied head counted once).
     fn weight_bytes(&self) -> usize {
         self.inner.net.weight_bytes()
+    }
+
+    /// How the weights are held: "quantized" when any matrix is kept in a quantized block
+    /// type, else "float32".
+    #[getter]
+    fn weights(&self) -> &'static str {
+        match self.inner.net.matrices().iter().any(|w| w.is_quantized()) {
+            true => "quantized",
+            false => "float32",
+        }
+    }
+
+    /// Weight matrices per type held ("f32", "q4_k", ...): `[(type, count)]`.
+    fn matrix_types(&self) -> Vec<(&'static str, usize)> {
+        self.inner.net.matrix_types()
     }
 
     fn hook_names(&self) -> Vec<String> {
@@ -443,8 +467,8 @@ impl Model {
     /// The token embedding matrix `[vocab, d_model]` (a copy).
     fn embedding_matrix<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
         guarded(|| {
-            let e = self.inner.embedding();
             let a = (|| -> Result<CapturedArray> {
+                let e = self.inner.embedding().dense()?;
                 Ok(CapturedArray::new(
                     e.dims().to_vec(),
                     e.flatten_all()?.to_vec1()?,
@@ -453,6 +477,20 @@ impl Model {
             .py_err()?;
             array_to_py(py, a)
         })
+    }
+}
+
+/// The `weights=` argument of a load.
+fn weights_mode(weights: Option<&str>) -> Result<Option<WeightsMode>> {
+    match weights {
+        None => Ok(None),
+        Some("quantized") => Ok(Some(WeightsMode::Quantized)),
+        Some("float32") => Ok(Some(WeightsMode::Float32)),
+        Some(other) => Err(MsError::invalid(format!(
+            "weights={other:?} is not a weights mode; use \"quantized\" (GGUF blocks as \
+             stored), \"float32\" (every weight converted to float32) or None (quantized when \
+             the file has quantized matrices)"
+        ))),
     }
 }
 

@@ -19,6 +19,7 @@ use rayon::prelude::*;
 
 use super::mapped::MappedFile;
 use crate::error::{MsError, Result};
+use crate::kernels::quantized::QMatrix;
 
 /// A metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -447,6 +448,34 @@ impl GgufFile {
         let q = qtensor_from_ggml(info.dtype, &bytes, info.dims.clone(), &Device::Cpu)
             .map_err(failed)?;
         q.dequantize(&Device::Cpu).map_err(failed)
+    }
+
+    /// A matrix kept in its stored block type (copied out of the mapping, whose pages are
+    /// then released: the file's bytes are held once).
+    pub fn tensor_quantized(&self, name: &str) -> Result<QMatrix> {
+        let info = self.tensors.get(name).ok_or_else(|| {
+            MsError::ModelFormat(format!(
+                "{}: tensor '{name}' is missing",
+                self.path.display()
+            ))
+        })?;
+        let (rows, cols) = match info.dims[..] {
+            [rows, cols] => (rows, cols),
+            _ => {
+                return Err(MsError::ModelFormat(format!(
+                    "{}: tensor '{name}' has shape {:?}, not a matrix",
+                    self.path.display(),
+                    info.dims
+                )))
+            }
+        };
+        let bytes = self.parts.bytes(info.start, info.len, 1);
+        let q = QMatrix::from_bytes(info.dtype, rows, cols, &bytes).map_err(|e| {
+            MsError::ModelFormat(format!("{}: tensor '{name}': {e}", self.path.display()))
+        })?;
+        drop(bytes);
+        self.parts.release(info.start, info.len);
+        Ok(q)
     }
 
     pub fn tensor_f32(&self, name: &str) -> Result<Tensor> {

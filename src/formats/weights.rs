@@ -10,6 +10,17 @@ use super::gguf::GgufFile;
 use super::safetensors::SafetensorsFolder;
 use crate::error::{MsError, Result};
 use crate::interrupt::Cancel;
+use crate::kernels::quantized::QMatrix;
+use crate::model::parts::Weight;
+
+/// How a model holds its weight matrices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightsMode {
+    /// Every tensor converted to float32 (exact against a float32 reference).
+    Float32,
+    /// Matrices stored in a quantized block type stay in it (GGUF); the rest is float32.
+    Quantized,
+}
 
 /// A named collection of tensors, each handed out as f32.
 pub trait TensorSource: Sync {
@@ -22,6 +33,18 @@ pub trait TensorSource: Sync {
     fn names(&self) -> Vec<String>;
     /// Several tensors as f32, in the order asked (missing ones are an error naming them).
     fn tensors_f32(&self, names: &[String]) -> Result<Vec<Tensor>>;
+    /// Bytes of a matrix stored in a block type that can be multiplied quantized (`None`
+    /// for float tensors, and for sources without quantized tensors).
+    fn quantized_len(&self, _name: &str) -> Option<usize> {
+        None
+    }
+    /// Such a matrix, in its stored blocks.
+    fn quantized(&self, name: &str) -> Result<QMatrix> {
+        Err(MsError::ModelFormat(format!(
+            "{}: tensor '{name}' is not stored quantized",
+            self.origin()
+        )))
+    }
 }
 
 impl TensorSource for GgufFile {
@@ -39,6 +62,14 @@ impl TensorSource for GgufFile {
     }
     fn tensors_f32(&self, names: &[String]) -> Result<Vec<Tensor>> {
         GgufFile::tensors_f32(self, names)
+    }
+    fn quantized_len(&self, name: &str) -> Option<usize> {
+        let info = self.tensor_infos().get(name)?;
+        let multipliable = crate::kernels::quantized::SUPPORTED.contains(&info.dtype);
+        (multipliable && info.dims.len() == 2).then_some(info.len)
+    }
+    fn quantized(&self, name: &str) -> Result<QMatrix> {
+        GgufFile::tensor_quantized(self, name)
     }
 }
 
@@ -92,6 +123,7 @@ pub fn check_finite(t: &Tensor, name: &str, origin: &str) -> Result<()> {
 /// loader can refuse a file with tensors it would silently ignore.
 pub struct WeightReader<'a> {
     source: &'a dyn TensorSource,
+    mode: WeightsMode,
     used: Mutex<HashSet<String>>,
     /// Checked before each tensor is read; its progress counts the tensors read.
     cancel: Cancel,
@@ -101,6 +133,7 @@ impl<'a> WeightReader<'a> {
     pub fn new(source: &'a dyn TensorSource) -> Self {
         WeightReader {
             source,
+            mode: WeightsMode::Float32,
             used: Mutex::new(HashSet::new()),
             cancel: Cancel::default(),
         }
@@ -114,6 +147,24 @@ impl<'a> WeightReader<'a> {
         self
     }
 
+    /// The same reader, keeping quantized matrices as stored when `mode` says so.
+    pub fn with_mode(mut self, mode: WeightsMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    pub fn mode(&self) -> WeightsMode {
+        self.mode
+    }
+
+    /// Whether the file has any matrix that this mode keeps quantized.
+    pub fn has_quantized(&self) -> bool {
+        self.source
+            .names()
+            .iter()
+            .any(|n| self.source.quantized_len(n).is_some())
+    }
+
     pub fn origin(&self) -> String {
         self.source.origin()
     }
@@ -122,17 +173,20 @@ impl<'a> WeightReader<'a> {
         self.source.has_tensor(name)
     }
 
-    /// Bytes of every tensor of the file once converted to float32 (what loading will hold;
-    /// saturating, so a crafted shape cannot overflow it).
-    pub fn f32_bytes(&self) -> usize {
+    /// Bytes of every tensor of the file once loaded in this mode: float32, or as stored for
+    /// the matrices kept quantized (what loading will hold; saturating, so a crafted shape
+    /// cannot overflow it).
+    pub fn loaded_bytes(&self) -> usize {
         self.source
             .names()
             .iter()
-            .filter_map(|n| self.source.dims(n))
-            .map(|dims| {
-                dims.iter()
-                    .try_fold(std::mem::size_of::<f32>(), |a, &d| a.checked_mul(d))
-                    .unwrap_or(usize::MAX)
+            .filter_map(|n| match (self.mode, self.source.quantized_len(n)) {
+                (WeightsMode::Quantized, Some(len)) => Some(len),
+                _ => self.source.dims(n).map(|dims| {
+                    dims.iter()
+                        .try_fold(std::mem::size_of::<f32>(), |a, &d| a.checked_mul(d))
+                        .unwrap_or(usize::MAX)
+                }),
             })
             .fold(0, usize::saturating_add)
     }
@@ -172,6 +226,37 @@ impl<'a> WeightReader<'a> {
             .insert(name.to_string());
         self.cancel.progress().advance(1);
         Ok(t)
+    }
+
+    /// A weight matrix `expect = [out, in]`: kept in its stored block type in quantized mode
+    /// (when it has one that can be multiplied), float32 otherwise.
+    pub fn matrix(&self, name: &str, expect: &[usize]) -> Result<Weight> {
+        if self.mode == WeightsMode::Float32 || self.source.quantized_len(name).is_none() {
+            return Ok(self.tensor(name, expect)?.into());
+        }
+        self.cancel.check()?;
+        let dims = self.dims(name).ok_or_else(|| self.missing(name))?;
+        if dims != expect {
+            return Err(MsError::ModelFormat(format!(
+                "{}: tensor '{name}' has shape {dims:?}, expected {expect:?}",
+                self.origin()
+            )));
+        }
+        let q = self.source.quantized(name)?;
+        if let Some(row) = q.first_non_finite_row() {
+            return Err(MsError::ModelFormat(format!(
+                "{}: tensor '{name}' has a NaN or infinite value in row {row} of shape \
+                 {dims:?}; weights must be finite numbers (a corrupted or badly converted \
+                 checkpoint?)",
+                self.origin()
+            )));
+        }
+        self.used
+            .lock()
+            .expect("no panics while held")
+            .insert(name.to_string());
+        self.cancel.progress().advance(1);
+        Ok(q.into())
     }
 
     /// Like [`tensor`](Self::tensor), for a tensor that may be absent.

@@ -1,10 +1,13 @@
-//! `x @ w^T` for the linear layers: through the BLAS loaded at run time (see [`super::blas`])
-//! when there is one, else candle's matmul.
+//! `x @ w^T` for the linear layers: quantized weights through [`super::quantized`]; float32
+//! ones through the BLAS loaded at run time (see [`super::blas`]) when there is one, else
+//! candle's matmul.
 
 use candle_core::{Device, Tensor, D};
 
+use super::quantized::QMatrix;
 use super::{blas, fused};
 use crate::error::{MsError, Result};
+use crate::model::parts::Weight;
 
 /// Row counts up to which candle's path multiplies weights-first (`W x^T`): with few rows,
 /// `gemm`'s cost is packing the whole weight matrix, which the other order streams once.
@@ -28,8 +31,49 @@ fn blas_matmul(x: &Tensor, w: &Tensor) -> Option<Vec<f32>> {
     .flatten()
 }
 
+/// `x [rows, in] @ q^T` for a quantized weight.
+fn quantized_matmul(x: &Tensor, q: &QMatrix) -> Result<Tensor> {
+    let (rows, k) = x.dims2()?;
+    let (n, k_w) = q.dims();
+    if k != k_w {
+        return Err(MsError::shape(format!(
+            "linear: x {:?} @ W^T [{n}, {k_w}]",
+            x.dims()
+        )));
+    }
+    let x = x.contiguous()?;
+    let mut out = vec![0f32; rows * n];
+    match fused::with_f32(&x, |xs| q.matmul_t_into(xs, &mut out)) {
+        Some(done) => done?,
+        None => q.matmul_t_into(&x.flatten_all()?.to_vec1::<f32>()?, &mut out)?,
+    }
+    Ok(Tensor::from_vec(out, (rows, n), &Device::Cpu)?)
+}
+
 /// `x [..., in] @ w^T (+ b)` for a weight `w [out, in]`.
-pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+pub fn linear(x: &Tensor, w: &Weight, bias: Option<&Tensor>) -> Result<Tensor> {
+    match w {
+        Weight::Dense(t) => linear_dense(x, t, bias),
+        Weight::Quantized(q) => {
+            let dims = x.dims().to_vec();
+            let rows: usize = dims[..dims.len() - 1].iter().product();
+            let out = quantized_matmul(&x.reshape((rows, dims[dims.len() - 1]))?, q)?;
+            let out = match bias {
+                Some(b) => match fused::add_row(&out, b)? {
+                    Some(o) => o,
+                    None => out.broadcast_add(b)?,
+                },
+                None => out,
+            };
+            let mut shape = dims[..dims.len() - 1].to_vec();
+            shape.push(q.dims().0);
+            Ok(out.reshape(shape)?)
+        }
+    }
+}
+
+/// `x [..., in] @ w^T (+ b)` for a float32 weight `w [out, in]`.
+pub fn linear_dense(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let rows: usize = dims[..dims.len() - 1].iter().product();
     let x2 = x.reshape((rows, dims[dims.len() - 1]))?;
@@ -56,7 +100,17 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
 /// `out = x [..., in] @ w^T` for a weight `w [out, in]`, written into the caller's row-major
 /// buffer of `rows * out` floats: the LM head's logits are the largest array of a forward,
 /// and the matmul writes them straight into the buffer handed to numpy.
-pub fn linear_into(x: &Tensor, w: &Tensor, out: &mut [f32]) -> Result<()> {
+pub fn linear_into(x: &Tensor, w: &Weight, out: &mut [f32]) -> Result<()> {
+    let w = match w {
+        Weight::Dense(t) => t,
+        Weight::Quantized(q) => {
+            let x = x.contiguous()?;
+            return match fused::with_f32(&x, |xs| q.matmul_t_into(xs, out)) {
+                Some(done) => done,
+                None => q.matmul_t_into(&x.flatten_all()?.to_vec1::<f32>()?, out),
+            };
+        }
+    };
     let k = x.dim(D::Minus1)?;
     let rows = x.elem_count() / k.max(1);
     let (n, k_w) = w.dims2()?;
@@ -110,7 +164,7 @@ pub fn linear_into(x: &Tensor, w: &Tensor, out: &mut [f32]) -> Result<()> {
     .flatten();
     if written.is_none() {
         // Not contiguous f32: the general path, then one copy.
-        let product = linear(x, w, None)?.flatten_all()?.to_vec1::<f32>()?;
+        let product = linear_dense(x, w, None)?.flatten_all()?.to_vec1::<f32>()?;
         out.copy_from_slice(&product);
     }
     Ok(())

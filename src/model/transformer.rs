@@ -11,7 +11,7 @@ use super::config::{ModelConfig, Residual};
 use super::parts::attention::{pick_positions, AttendWith, LayerKv};
 use super::parts::packed::row_positions;
 use super::parts::{
-    causal_mask, padding_mask, Block, Embedding, Keys, Norm, Prefix, Rope, Segment,
+    causal_mask, padding_mask, Block, Embedding, Keys, Norm, Prefix, Rope, Segment, Weight,
 };
 use super::plan::{last_positions, RunPlan};
 use crate::error::{MsError, Result};
@@ -34,7 +34,7 @@ pub struct Transformer {
     pub final_norm: Option<Norm>,
     /// `[vocab, d_model]`; the token embedding itself when tied (shared, not copied). `None`
     /// for encoders.
-    pub lm_head: Option<Tensor>,
+    pub lm_head: Option<Weight>,
     pub hooks: HookRegistry,
 }
 
@@ -78,7 +78,7 @@ impl Transformer {
         embed: Embedding,
         blocks: Vec<Block>,
         final_norm: Option<Norm>,
-        lm_head: Option<Tensor>,
+        lm_head: Option<Weight>,
     ) -> Result<Self> {
         if blocks.len() != cfg.n_layers {
             return Err(MsError::ModelFormat(format!(
@@ -108,7 +108,7 @@ impl Transformer {
     /// Bytes of the weights held in memory (a tied head counted once).
     pub fn weight_bytes(&self) -> usize {
         let head = match &self.lm_head {
-            Some(h) if !self.cfg.tie_embeddings => super::parts::linear::nbytes(h),
+            Some(h) if !self.cfg.tie_embeddings => h.nbytes(),
             _ => 0,
         };
         self.embed.nbytes()
@@ -117,8 +117,30 @@ impl Transformer {
             + head
     }
 
+    /// Every weight matrix: the embedding, each block's projections, an untied LM head.
+    pub fn matrices(&self) -> Vec<&Weight> {
+        let mut out = vec![&self.embed.tokens];
+        for b in &self.blocks {
+            out.extend(b.attn.linears().iter().map(|l| &l.weight));
+            out.extend(b.mlp.linears().iter().map(|l| &l.weight));
+        }
+        if let (Some(h), false) = (&self.lm_head, self.cfg.tie_embeddings) {
+            out.push(h);
+        }
+        out
+    }
+
+    /// How many weight matrices are held in each type ("f32", "q4_k", ...), sorted by name.
+    pub fn matrix_types(&self) -> Vec<(&'static str, usize)> {
+        let mut counts = std::collections::BTreeMap::new();
+        for w in self.matrices() {
+            *counts.entry(w.type_name()).or_insert(0) += 1;
+        }
+        counts.into_iter().collect()
+    }
+
     /// The token embedding matrix `[vocab, d_model]` (unscaled).
-    pub fn embedding(&self) -> &Tensor {
+    pub fn embedding(&self) -> &Weight {
         &self.embed.tokens
     }
 
@@ -331,7 +353,7 @@ impl Transformer {
             LogitsMode::All => {
                 let normed = self.final_normed(x, ctx)?;
                 let (b, t, _) = normed.dims3()?;
-                let vocab = lm_head.dim(0)?;
+                let vocab = lm_head.rows()?;
                 let mut owned = Vec::new();
                 let buf = match out {
                     Some(buf) => buf,

@@ -41,20 +41,32 @@ def smollm2_reference():
     return out
 
 
-def _installed(name: str):
+def _installed(name: str, weights: str = "float32"):
     """A packaged model; fails with the registry's install command (the one README and the
-    load error give) when it is missing."""
+    load error give) when it is missing. Float32 by default: the reference tests compare the
+    exact computation with transformers'."""
     import mindscope as ms
     from mindscope.registry import REGISTRY
 
     if ms.list_models().get(name) is None:
         pytest.fail(f"model '{name}' is not installed: {REGISTRY[name].install}")
-    return ms.load_model(name)
+    return ms.load_model(name, weights=weights)
 
 
 @pytest.fixture(scope="session")
 def gemma():
     return _installed("gemma3-270m")
+
+
+@pytest.fixture(scope="session")
+def model_quantized():
+    """SmolLM2 with its GGUF's Q4_1 / Q8_0 blocks kept as stored."""
+    return _installed("smollm2-135m", "quantized")
+
+
+@pytest.fixture(scope="session")
+def gemma_quantized():
+    return _installed("gemma3-270m", "quantized")
 
 
 @pytest.fixture(scope="session")

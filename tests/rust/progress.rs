@@ -135,7 +135,7 @@ fn a_sink_that_fires_the_token_stops_the_run_and_the_model_still_works() {
 fn a_load_counts_tensors_and_a_fired_token_stops_it() {
     let folder = common::shared_dir().join("models/tiny/llama3");
     let (token, seen) = recording_token();
-    let model = LanguageModel::load_with(&folder, &token).unwrap();
+    let model = LanguageModel::load_with(&folder, None, &token).unwrap();
     let seen = seen.lock().unwrap();
     let total = seen[0].1;
     assert!(total > 5, "{seen:?}");
@@ -145,7 +145,7 @@ fn a_load_counts_tensors_and_a_fired_token_stops_it() {
     assert_eq!(model.config().n_layers, tiny_llama().config().n_layers);
     let fired = Cancel::new();
     fired.fire();
-    let err = LanguageModel::load_with(&folder, &fired)
+    let err = LanguageModel::load_with(&folder, None, &fired)
         .err()
         .expect("a fired token stops the load");
     assert!(matches!(err, MsError::Interrupted), "{err}");

@@ -130,7 +130,7 @@ pub fn load_hf(c: &HfConfig, r: &WeightReader) -> Result<Transformer> {
     Transformer::new(
         cfg,
         Embedding {
-            tokens,
+            tokens: tokens.into(),
             scale: None,
             positions: Some(positions),
             token_type: Some(token_type),

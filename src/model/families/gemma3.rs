@@ -315,7 +315,7 @@ fn load(
     let eps = cfg.norm_eps;
     let plus_one = !names.gguf;
     let rms = |name: &str, size: usize| norm(r, NormKind::Rms, name, None, size, eps, plus_one);
-    let embed = r.tensor(&names.global("embed"), &[v, d])?;
+    let embed = r.matrix(&names.global("embed"), &[v, d])?;
     let blocks = load_blocks(cfg.n_layers, |i| {
         let n = |part: &str| names.layer(i, part);
         let proj =

@@ -7,7 +7,7 @@ use crate::error::{MsError, Result};
 use crate::formats::hf_config::HfConfig;
 use crate::formats::weights::WeightReader;
 use crate::model::config::{Activation, LayerAttention, MlpKind, ModelConfig, NormKind, Residual};
-use crate::model::parts::{Attention, Block, Embedding, Linear, Mlp};
+use crate::model::parts::{Attention, Block, Embedding, Linear, Mlp, Weight};
 use crate::model::Transformer;
 
 fn hf_config(c: &HfConfig, tensors: usize) -> Result<ModelConfig> {
@@ -102,7 +102,7 @@ pub fn load_hf(c: &HfConfig, r: &WeightReader) -> Result<Transformer> {
             false,
         )
     };
-    let tokens = r.tensor(&format!("{p}wte.weight"), &[v, d])?;
+    let tokens: Weight = r.tensor(&format!("{p}wte.weight"), &[v, d])?.into();
     let positions = r.tensor(&format!("{p}wpe.weight"), &[ctx, d])?;
     let blocks = load_blocks(cfg.n_layers, |i| {
         let n = |part: &str| format!("{p}h.{i}.{part}");

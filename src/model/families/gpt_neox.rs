@@ -83,7 +83,11 @@ fn split_interleaved(fused: &Linear, heads: usize, d_head: usize) -> Result<[Lin
             Some(b) => Some(take(&b.reshape((3 * heads * d_head, 1))?, part)?.flatten_all()?),
             None => None,
         };
-        Ok(Linear::new(take(&fused.weight, part)?, bias))
+        // Weight rows (head, part, i) for every head and i, in order.
+        let order: Vec<usize> = (0..heads)
+            .flat_map(|h| (0..d_head).map(move |i| (h * 3 + part) * d_head + i))
+            .collect();
+        Ok(Linear::new(fused.weight.gather_rows(&order)?, bias))
     };
     Ok([one(0)?, one(1)?, one(2)?])
 }
@@ -109,7 +113,7 @@ pub fn load_hf(c: &HfConfig, r: &WeightReader) -> Result<Transformer> {
             false,
         )
     };
-    let embed = r.tensor("gpt_neox.embed_in.weight", &[v, d])?;
+    let embed = r.matrix("gpt_neox.embed_in.weight", &[v, d])?;
     let blocks = load_blocks(cfg.n_layers, |i| {
         let n = |part: &str| format!("gpt_neox.layers.{i}.{part}");
         let proj = |part: &str, bias: Bias, out: usize, inp: usize| {

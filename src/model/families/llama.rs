@@ -11,7 +11,7 @@ use crate::formats::weights::{check_finite, WeightReader};
 use crate::model::config::{
     Activation, LayerAttention, MlpKind, ModelConfig, NormKind, Residual, RopeScaling, RopeSpec,
 };
-use crate::model::parts::{Attention, Block, Embedding, Linear, Mlp, Norm};
+use crate::model::parts::{Attention, Block, Embedding, Linear, Mlp, Norm, Weight};
 use crate::model::Transformer;
 
 /// Tensor names of one layout (Hugging Face or llama.cpp).
@@ -334,13 +334,15 @@ pub fn load_gguf(g: &GgufFile, r: &WeightReader) -> Result<Transformer> {
 
 /// llama.cpp's converter permutes Q/K rows per head for its interleaved RoPE; undo it so the
 /// weights (and `hook_q` / `hook_k`) are in the Hugging Face layout used with rotate-half RoPE.
-fn unpermute_rows(w: &candle_core::Tensor, n_heads: usize) -> Result<candle_core::Tensor> {
-    let (out, inp) = w.dims2()?;
+/// Rows are permuted as stored (quantized blocks never cross rows).
+fn unpermute_rows(w: &Weight, n_heads: usize) -> Result<Weight> {
+    let out = w.rows()?;
     let half = out / n_heads / 2;
-    Ok(w.reshape((n_heads, half, 2, inp))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((out, inp))?)
+    // Row (head, pair, i) of the result is row (head, i, pair) of the file's layout.
+    let order: Vec<usize> = (0..n_heads)
+        .flat_map(|h| (0..2).flat_map(move |p| (0..half).map(move |i| (h * half + i) * 2 + p)))
+        .collect();
+    w.gather_rows(&order)
 }
 
 fn load(
@@ -354,7 +356,7 @@ fn load(
     let (d, f, v) = (cfg.d_model, cfg.d_mlp, cfg.vocab_size);
     let (h, kvh, dh) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head);
     let eps = cfg.norm_eps;
-    let embed = r.tensor(names.embed, &[v, d])?;
+    let embed = r.matrix(names.embed, &[v, d])?;
     let rms = |name: &str, size: usize| norm(r, NormKind::Rms, name, None, size, eps, false);
     let blocks = load_blocks(cfg.n_layers, |i| {
         let n = |part: &str| (names.layer)(i, part);

@@ -21,13 +21,13 @@ use rayon::prelude::*;
 
 use super::budget;
 use super::config::{ModelConfig, NormKind};
-use super::parts::{Block, Linear, Norm};
+use super::parts::{Block, Linear, Norm, Weight};
 use super::Transformer;
 use crate::error::{MsError, Result};
 use crate::formats::gguf::GgufFile;
 use crate::formats::hf_config::HfConfig;
 use crate::formats::safetensors::SafetensorsFolder;
-use crate::formats::weights::WeightReader;
+use crate::formats::weights::{WeightReader, WeightsMode};
 use crate::interrupt::Cancel;
 
 /// The architecture families mindscope runs.
@@ -79,12 +79,21 @@ pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "gemma3"];
 /// Refuse, before converting anything, weights whose float32 copies cannot fit in the memory
 /// available now (the process would otherwise be killed half-way through the load).
 fn check_weights_fit(r: &WeightReader) -> Result<()> {
-    let need = r.f32_bytes();
+    let need = r.loaded_bytes();
+    let hint = match (r.mode(), r.has_quantized()) {
+        (WeightsMode::Float32, true) => {
+            "; load it with weights=\"quantized\" to keep the GGUF's quantized blocks as stored"
+        }
+        _ => ", so this model needs a machine with more memory",
+    };
+    let how = match r.mode() {
+        WeightsMode::Float32 => "as float32",
+        WeightsMode::Quantized => "as loaded (quantized matrices as stored, the rest float32)",
+    };
     match budget::available_memory() {
         Some(available) if need > available => Err(MsError::Resource(format!(
-            "{}: the weights take {:.1} GiB as float32, but only {:.1} GiB of memory is \
-             available; mindscope holds weights as float32, so this model needs a machine with \
-             more memory",
+            "{}: the weights take {:.1} GiB {how}, but only {:.1} GiB of memory is \
+             available{hint}",
             r.origin(),
             need as f64 / (1u64 << 30) as f64,
             available as f64 / (1u64 << 30) as f64
@@ -93,11 +102,34 @@ fn check_weights_fit(r: &WeightReader) -> Result<()> {
     }
 }
 
+/// The mode to load in: the one asked for, else quantized when the file has quantized
+/// matrices. Quantized is refused for a file that has none (it would silently be float32).
+fn resolve_mode(r: &WeightReader, asked: Option<WeightsMode>) -> Result<WeightsMode> {
+    let has = r.has_quantized();
+    match asked {
+        Some(WeightsMode::Quantized) if !has => Err(MsError::invalid(format!(
+            "{}: weights=\"quantized\" keeps a GGUF file's quantized matrices as stored, but \
+             this model has none (its weights are stored as floats); use weights=\"float32\"",
+            r.origin()
+        ))),
+        Some(mode) => Ok(mode),
+        None if has => Ok(WeightsMode::Quantized),
+        None => Ok(WeightsMode::Float32),
+    }
+}
+
 /// The model in a Hugging Face folder (`config.json`, safetensors, `tokenizer.json`).
-pub fn load_hf(folder: &Path, config: &HfConfig, cancel: &Cancel) -> Result<Transformer> {
+pub fn load_hf(
+    folder: &Path,
+    config: &HfConfig,
+    mode: Option<WeightsMode>,
+    cancel: &Cancel,
+) -> Result<Transformer> {
     let model_type = config.model_type()?;
     let weights = SafetensorsFolder::open(folder)?;
     let r = WeightReader::new(&weights).with_cancel(cancel);
+    let mode = resolve_mode(&r, mode)?;
+    let r = r.with_mode(mode);
     check_weights_fit(&r)?;
     let net = match model_type {
         "llama" | "mistral" | "qwen2" | "qwen3" => llama::load_hf(config, &r),
@@ -117,7 +149,11 @@ pub fn load_hf(folder: &Path, config: &HfConfig, cancel: &Cancel) -> Result<Tran
 }
 
 /// The model in a GGUF file.
-pub fn load_gguf(gguf: &GgufFile, cancel: &Cancel) -> Result<Transformer> {
+pub fn load_gguf(
+    gguf: &GgufFile,
+    mode: Option<WeightsMode>,
+    cancel: &Cancel,
+) -> Result<Transformer> {
     let arch = gguf.get_str("general.architecture")?;
     // llama.cpp's split files ("-00001-of-00003.gguf") are separate GGUFs, not byte parts.
     if gguf.has("split.count") && gguf.get_usize("split.count")? > 1 {
@@ -149,6 +185,8 @@ pub fn load_gguf(gguf: &GgufFile, cancel: &Cancel) -> Result<Transformer> {
         }
     }
     let r = WeightReader::new(gguf).with_cancel(cancel);
+    let mode = resolve_mode(&r, mode)?;
+    let r = r.with_mode(mode);
     check_weights_fit(&r)?;
     let net = match arch {
         "llama" => llama::load_gguf(gguf, &r),
@@ -233,7 +271,7 @@ fn linear(
     out: usize,
     inp: usize,
 ) -> Result<Linear> {
-    let w = r.tensor(weight, &[out, inp])?;
+    let w = r.matrix(weight, &[out, inp])?;
     let b = match bias {
         Bias::Required => Some(r.tensor(bias_name, &[out])?),
         Bias::IfPresent => r.optional(bias_name, &[out])?,
@@ -256,7 +294,12 @@ fn split_rows(t: &Tensor, sizes: &[usize]) -> Result<Vec<Tensor>> {
 
 /// Split a fused projection into [`Linear`]s by output rows (bias split the same way).
 fn split_linear(fused: Linear, sizes: &[usize]) -> Result<Vec<Linear>> {
-    let weights = split_rows(&fused.weight, sizes)?;
+    let mut weights = Vec::with_capacity(sizes.len());
+    let mut at = 0;
+    for &n in sizes {
+        weights.push(fused.weight.row_range(at, n)?);
+        at += n;
+    }
     let biases = match &fused.bias {
         Some(b) => split_rows(b, sizes)?.into_iter().map(Some).collect(),
         None => vec![None; sizes.len()],
@@ -278,12 +321,12 @@ fn load_blocks(n: usize, load: impl Fn(usize) -> Result<Block> + Sync) -> Result
 fn lm_head(
     r: &WeightReader,
     name: &str,
-    embedding: &Tensor,
+    embedding: &Weight,
     tie: Option<bool>,
-) -> Result<(Tensor, bool)> {
-    let dims = embedding.dims().to_vec();
+) -> Result<(Weight, bool)> {
+    let (v, d) = embedding.dims2()?;
     if r.has(name) && tie != Some(true) {
-        return Ok((r.tensor(name, &dims)?, false));
+        return Ok((r.matrix(name, &[v, d])?, false));
     }
     if tie == Some(false) {
         return Err(MsError::ModelFormat(format!(

@@ -60,7 +60,7 @@ pub fn load_hf(c: &HfConfig, r: &WeightReader) -> Result<Transformer> {
     let (h, kvh, dh) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head);
     let eps = cfg.norm_eps;
     let rms = |name: &str| norm(r, NormKind::Rms, name, None, d, eps, false);
-    let embed = r.tensor("model.embed_tokens.weight", &[v, d])?;
+    let embed = r.matrix("model.embed_tokens.weight", &[v, d])?;
     let blocks = load_blocks(cfg.n_layers, |i| {
         let n = |part: &str| format!("model.layers.{i}.{part}");
         let proj = |part: &str, out: usize, inp: usize| {

@@ -17,7 +17,7 @@ use crate::hooks::{HookContext, HookKind, HookPoint};
 use crate::kernels::{composed, matmul};
 use crate::model::config::{NormKind, Residual};
 use crate::model::parts::mlp::activate;
-use crate::model::parts::{Attention, Block, Embedding, Linear, Mlp, Norm};
+use crate::model::parts::{Attention, Block, Embedding, Linear, Mlp, Norm, Weight};
 
 /// The hook sites whose gradients one recomputation reads off: each gets a zero variable.
 pub struct Sites {
@@ -79,7 +79,7 @@ impl CustomOp1 for LinearOp {
             candle_core::bail!("linear: the input is not contiguous");
         };
         let x = Tensor::from_slice(&data[a..b], (rows, k), &Device::Cpu)?;
-        let y = matmul::linear(&x, &self.weight, None)
+        let y = matmul::linear_dense(&x, &self.weight, None)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let n = self.weight.dim(0)?;
         Ok((
@@ -113,7 +113,9 @@ pub fn matmul_wt(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
 
 /// `x [..., in] @ W^T (+ b)`.
 pub fn linear(x: &Tensor, l: &Linear) -> Result<Tensor> {
-    let y = matmul_wt(x, &l.weight)?;
+    // A quantized weight is multiplied dequantized: the gradient is that of the model with
+    // the stored (rounded) weights, exactly.
+    let y = matmul_wt(x, l.weight.dense()?.as_ref())?;
     Ok(match &l.bias {
         Some(b) => y.broadcast_add(b)?,
         None => y,
@@ -307,7 +309,7 @@ pub fn embedding_stage(
 /// row per prompt: `x [batch, pos, d_model]`, `rows[b]` -> `[batch, vocab]`.
 pub fn head_logits(
     final_norm: &Norm,
-    lm_head: &Tensor,
+    lm_head: &Weight,
     x: &Tensor,
     rows: &[usize],
     ctx: &mut HookContext,
@@ -327,5 +329,5 @@ pub fn head_logits(
         .collect();
     let idx = Tensor::from_vec(idx, b, &Device::Cpu)?;
     let picked = normed.reshape((b * t, d))?.index_select(&idx, 0)?;
-    matmul_wt(&picked, lm_head)
+    matmul_wt(&picked, lm_head.dense()?.as_ref())
 }

@@ -64,6 +64,11 @@ pub struct AttendWith<'a> {
 
 impl Attention {
     /// Bytes of its tensors.
+    /// Its projections, q, k, v, o.
+    pub fn linears(&self) -> [&Linear; 4] {
+        [&self.q, &self.k, &self.v, &self.o]
+    }
+
     pub fn nbytes(&self) -> usize {
         [&self.q, &self.k, &self.v, &self.o]
             .iter()

@@ -5,14 +5,14 @@
 use candle_core::{Device, Tensor};
 
 use super::linear::nbytes;
-use super::Norm;
+use super::{Norm, Weight};
 use crate::error::Result;
 use crate::hooks::{HookContext, HookKind, HookPoint};
 
 #[derive(Clone)]
 pub struct Embedding {
-    /// `[vocab, d_model]`, as stored (unscaled).
-    pub tokens: Tensor,
+    /// `[vocab, d_model]`, as stored (unscaled; float32 or quantized).
+    pub tokens: Weight,
     /// Token embeddings are multiplied by this (Gemma: sqrt(d_model)).
     pub scale: Option<f64>,
     /// Learned absolute positions `[context, d_model]`.
@@ -27,7 +27,7 @@ impl Embedding {
     /// Bytes of its tensors.
     pub fn nbytes(&self) -> usize {
         let opt = |t: &Option<Tensor>| t.as_ref().map_or(0, nbytes);
-        nbytes(&self.tokens)
+        self.tokens.nbytes()
             + opt(&self.positions)
             + opt(&self.token_type)
             + self.norm.as_ref().map_or(0, Norm::nbytes)
@@ -36,10 +36,10 @@ impl Embedding {
     /// Token embeddings `[batch, pos, d_model]` of ids `[batch, pos]` (scaled).
     pub fn tokens(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let d = self.tokens.dim(1)?;
+        let d = self.tokens.dims2()?.1;
         let x = self
             .tokens
-            .index_select(&ids.flatten_all()?, 0)?
+            .lookup(&ids.flatten_all()?)?
             .reshape((b, t, d))?;
         Ok(match self.scale {
             Some(s) => (x * s)?,
@@ -49,7 +49,7 @@ impl Embedding {
 
     /// The mean token embedding `[d_model]` as fed to the model (scaled).
     pub fn mean_token(&self) -> Result<Tensor> {
-        let m = self.tokens.mean(0)?;
+        let m = self.tokens.mean_row()?;
         Ok(match self.scale {
             Some(s) => (m * s)?,
             None => m,

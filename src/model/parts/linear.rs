@@ -2,6 +2,7 @@
 
 use candle_core::Tensor;
 
+use super::Weight;
 use crate::error::Result;
 use crate::kernels::matmul;
 
@@ -10,17 +11,20 @@ pub fn nbytes(t: &Tensor) -> usize {
     t.elem_count() * t.dtype().size_in_bytes()
 }
 
-/// A weight `[out, in]` (multiplied through its transposed view, never copied) and an
-/// optional bias `[out]`.
+/// A weight `[out, in]` (float32, multiplied through its transposed view and never copied,
+/// or quantized blocks) and an optional bias `[out]`.
 #[derive(Clone)]
 pub struct Linear {
-    pub weight: Tensor,
+    pub weight: Weight,
     pub bias: Option<Tensor>,
 }
 
 impl Linear {
-    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Linear { weight, bias }
+    pub fn new(weight: impl Into<Weight>, bias: Option<Tensor>) -> Self {
+        Linear {
+            weight: weight.into(),
+            bias,
+        }
     }
 
     /// `[..., in]` -> `[..., out]`.
@@ -30,6 +34,6 @@ impl Linear {
 
     /// Bytes of its tensors.
     pub fn nbytes(&self) -> usize {
-        nbytes(&self.weight) + self.bias.as_ref().map_or(0, nbytes)
+        self.weight.nbytes() + self.bias.as_ref().map_or(0, nbytes)
     }
 }

@@ -51,6 +51,14 @@ fn glu(act: Activation, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 
 impl Mlp {
     /// Bytes of its tensors.
+    /// Its linear layers.
+    pub fn linears(&self) -> Vec<&Linear> {
+        match self {
+            Mlp::Gated { gate, up, down, .. } => vec![gate, up, down],
+            Mlp::Plain { fc, proj, .. } => vec![fc, proj],
+        }
+    }
+
     pub fn nbytes(&self) -> usize {
         match self {
             Mlp::Gated { gate, up, down, .. } => gate.nbytes() + up.nbytes() + down.nbytes(),

@@ -12,6 +12,7 @@ pub mod mlp;
 pub mod norm;
 pub mod packed;
 pub mod rope;
+pub mod weight;
 
 pub use attention::{causal_mask, padding_mask, Attention, Keys};
 pub use block::Block;
@@ -21,3 +22,4 @@ pub use mlp::Mlp;
 pub use norm::Norm;
 pub use packed::{Prefix, Segment};
 pub use rope::Rope;
+pub use weight::Weight;
