@@ -151,7 +151,9 @@ pub fn interruptible_reporting<T: Send>(
             let (tx, rx) = channel();
             let worker_token = &token;
             scope.spawn(move || {
-                let _ = tx.send(catch_unwind(AssertUnwindSafe(|| work(worker_token))));
+                // On a pool worker: see `per_core::in_pool`.
+                let run = || crate::kernels::per_core::in_pool(|| work(worker_token));
+                let _ = tx.send(catch_unwind(AssertUnwindSafe(run)));
             });
             loop {
                 match rx.recv_timeout(SIGNAL_POLL) {

@@ -7,5 +7,5 @@ pub mod composed;
 pub mod fused;
 pub mod matmul;
 pub mod per_core;
-pub mod q4_1;
+pub mod qdot;
 pub mod quantized;

@@ -55,6 +55,16 @@ pub fn map<T: Send, R: Send>(
     done.into_iter().map(|(_, r)| r).collect()
 }
 
+/// Run `f` on a worker of the global rayon pool and wait for it. The kernels split their
+/// loops with rayon; called from a thread outside the pool, each split is handed over
+/// through a lock and wakes the workers from sleep (tens of microseconds, hundreds of times a
+/// generated token), while inside the pool it is a cheap `join`.
+pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    let mut out = None;
+    rayon::scope(|s| s.spawn(|_| out = Some(f())));
+    out.expect("rayon::scope waits for the job it spawned")
+}
+
 /// Up to `n` rayon pools of one thread each, made once per process.
 fn single_thread_pools(n: usize) -> Result<&'static [rayon::ThreadPool]> {
     static POOLS: OnceLock<Vec<rayon::ThreadPool>> = OnceLock::new();

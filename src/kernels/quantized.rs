@@ -2,12 +2,10 @@
 //! multiplied as stored: `x @ W^T` quantizes each activation row to the weight type's 8-bit
 //! partner (Q8_0, Q8_1 or Q8_K, as ggml does) and takes integer dot products per block.
 //!
-//! The dot products are candle-core's (`k_quants::matmul`, AVX2 with run-time detection),
-//! called on the plain block rows: candle's `QMatMul` would also build, on this CPU
-//! (AVX512-VNNI), a second "repacked" copy of every Q4_K, Q6_K and Q8_0 weight beside the
-//! original, 2.3x the file in memory. Q4_1, which candle only has a scalar dot product for,
-//! goes through [`super::q4_1`]. Threads: candle's own pool is kept at one thread (see
-//! `python/mindscope/__init__.py`), so the rows or columns are split over rayon here.
+//! The products go through [`super::qdot`] (its docs say why not candle's `QMatMul`); the
+//! types it has no decoder for (Q2_K, Q3_K) through candle-core's `k_quants::matmul`.
+//! Threads: candle's own pool is kept at one thread (see `python/mindscope/__init__.py`), so
+//! the rows or columns are split over rayon here.
 
 use std::ops::Range;
 
@@ -16,7 +14,7 @@ use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
-use super::q4_1;
+use super::qdot;
 use crate::error::{MsError, Result};
 
 /// Block types multiplied here (every ggml type candle has a dot product for).
@@ -98,10 +96,9 @@ impl<T: GgmlType + 'static> Blocks for Typed<T> {
         let per_row = k / T::BLCK_SIZE;
         let m = lhs.len() / k;
         let rhs = &self.0[cols.start * per_row..cols.end * per_row];
-        if T::DTYPE == GgmlDType::Q4_1 {
-            if let Some(done) = q4_1::matmul_t(lhs, m, k, rhs_bytes(rhs), cols.len(), dst) {
-                return done;
-            }
+        if qdot::supported(T::DTYPE) {
+            qdot::matmul_t(T::DTYPE, rhs_bytes(rhs), cols.len(), k, lhs, dst);
+            return Ok(());
         }
         k_quants::matmul::<T>((m, k, cols.len()), lhs, rhs, dst)
             .map_err(|e| MsError::Compute(format!("quantized matmul: {e}")))

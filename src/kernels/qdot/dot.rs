@@ -1,0 +1,219 @@
+//! The dot products of decoded weight rows with quantized activation rows.
+//!
+//! For one (activation row, weight row) pair, per chunk of 64 values: sixteen 32-bit lanes,
+//! each the exact integer sum of four `u * q` products, converted to f32 and multiplied into
+//! a 16-lane accumulator by the lane's scale (`weight scale * activation scale` of its group
+//! of 16, with one fused multiply-add); the groups' offset terms `offset * activation group
+//! sum` go into a second 16-lane accumulator, group `g` into lane `g % 16`; both are summed
+//! in a fixed tree. The AVX-512 VNNI kernel and the portable one do exactly these operations in this
+//! order, so they agree to the bit, whatever the batch size or tile an element lands in.
+
+use super::acts::QuantizedActs;
+use super::decode::{DecodedRows, CHUNK, GROUP, LANE};
+
+/// Lanes of one chunk.
+const LANES: usize = CHUNK / LANE;
+
+/// The 16 lanes summed as the AVX-512 kernel sums them: halves, then quarters, ...
+fn sum_lanes(acc: &[f32; LANES]) -> f32 {
+    let mut s8 = [0f32; 8];
+    for i in 0..8 {
+        s8[i] = acc[i] + acc[i + 8];
+    }
+    let mut s4 = [0f32; 4];
+    for i in 0..4 {
+        s4[i] = s8[i] + s8[i + 4];
+    }
+    let s2 = [s4[0] + s4[2], s4[1] + s4[3]];
+    s2[0] + s2[1]
+}
+
+/// The offsets' share: `sum_g offset_g * group_sum_g`, group `g` in lane `g % 16`.
+fn offset_terms(offsets: &[f32], sums: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    for (g, (o, a)) in offsets.iter().zip(sums).enumerate() {
+        acc[g % LANES] = o.mul_add(*a, acc[g % LANES]);
+    }
+    sum_lanes(&acc)
+}
+
+/// `dst[r * ldd + c] = w_c . a_r` for every activation row `r` and weight row `c`.
+pub fn products(w: &DecodedRows, a: &QuantizedActs, dst: &mut [f32], ldd: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if vnni::available() {
+        // SAFETY: the CPU has the features (checked), and the shapes agree (asserted inside).
+        unsafe { vnni::products(w, a, dst, ldd) };
+        return;
+    }
+    portable_products(w, a, dst, ldd)
+}
+
+/// The kernel without SIMD intrinsics (any CPU; the reference the fast one must equal).
+pub fn portable_products(w: &DecodedRows, a: &QuantizedActs, dst: &mut [f32], ldd: usize) {
+    let (k64, groups) = (w.k64, w.groups);
+    assert_eq!((k64, groups), (a.k64, a.groups));
+    for r in 0..a.rows() {
+        let codes_a = &a.codes[r * k64..(r + 1) * k64];
+        let scales_a = &a.scales[r * groups..(r + 1) * groups];
+        let sums_a = &a.group_sums[r * groups..(r + 1) * groups];
+        for c in 0..w.rows() {
+            let codes_w = &w.codes[c * k64..(c + 1) * k64];
+            let scales_w = &w.scales[c * groups..(c + 1) * groups];
+            let mut acc = [0f32; LANES];
+            for lane in 0..k64 / LANE {
+                let mut isum = 0i32;
+                for j in lane * LANE..(lane + 1) * LANE {
+                    isum += i32::from(codes_w[j]) * i32::from(codes_a[j]);
+                }
+                let g = lane * LANE / GROUP;
+                let scale = scales_w[g] * scales_a[g];
+                let l = lane % LANES;
+                acc[l] = (isum as f32).mul_add(scale, acc[l]);
+            }
+            let offsets = &w.offsets[c * groups..(c + 1) * groups];
+            dst[r * ldd + c] = sum_lanes(&acc) + offset_terms(offsets, sums_a);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use std::arch::x86_64::*;
+    use std::sync::OnceLock;
+
+    use super::{DecodedRows, QuantizedActs, CHUNK, GROUP, LANE, LANES};
+
+    pub fn available() -> bool {
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| {
+            is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni")
+        })
+    }
+
+    /// Activation rows per tile and weight rows per tile: 4 x 4 accumulators, plus the loaded
+    /// codes and scales, fit the 32 vector registers.
+    const TR: usize = 4;
+    const TC: usize = 4;
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    fn sum_lanes(v: __m512) -> f32 {
+        // Lanes i + 8, then i + 4, i + 2, i + 1: the tree of `super::sum_lanes`.
+        let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+        let s8 = _mm256_add_ps(_mm512_castps512_ps256(v), high);
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps::<1>(s8));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)))
+    }
+
+    /// The lane scales of one chunk from its 4 group scales at `p`: each repeated 4 times.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn lane_scales(p: *const f32) -> __m512 {
+        let spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+        // SAFETY: the caller points at 4 floats.
+        _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(unsafe { _mm_loadu_ps(p) }))
+    }
+
+    /// `sum_g offsets_g * sums_g` as `super::offset_terms` adds it (`n` a multiple of 16).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn offset_terms(offsets: *const f32, sums: *const f32, n: usize) -> f32 {
+        let mut acc = _mm512_setzero_ps();
+        for g in (0..n).step_by(LANES) {
+            // SAFETY: the caller's rows hold `n` floats each.
+            unsafe {
+                acc = _mm512_fmadd_ps(
+                    _mm512_loadu_ps(offsets.add(g)),
+                    _mm512_loadu_ps(sums.add(g)),
+                    acc,
+                );
+            }
+        }
+        sum_lanes(acc)
+    }
+
+    /// Rows `rs` of the activations against rows `cs` of the weights (at most TR x TC).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn tile<const R: usize, const C: usize>(
+        w: &DecodedRows,
+        a: &QuantizedActs,
+        r0: usize,
+        c0: usize,
+        dst: &mut [f32],
+        ldd: usize,
+    ) {
+        let (k64, groups) = (w.k64, w.groups);
+        let zero = _mm512_setzero_si512();
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        for ch in 0..k64 / CHUNK {
+            let mut wc = [zero; C];
+            let mut ws = [_mm512_setzero_ps(); C];
+            for c in 0..C {
+                let row = c0 + c;
+                // SAFETY: chunk `ch` of row `row` lies inside the decoded buffers.
+                unsafe {
+                    wc[c] = _mm512_loadu_si512(w.codes.as_ptr().add(row * k64 + ch * CHUNK).cast());
+                    ws[c] = lane_scales(w.scales.as_ptr().add(row * groups + ch * CHUNK / GROUP));
+                }
+            }
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let row = r0 + r;
+                // SAFETY: as above, for the activations.
+                let (ac, as_) = unsafe {
+                    (
+                        _mm512_loadu_si512(a.codes.as_ptr().add(row * k64 + ch * CHUNK).cast()),
+                        lane_scales(a.scales.as_ptr().add(row * groups + ch * CHUNK / GROUP)),
+                    )
+                };
+                for c in 0..C {
+                    let isum = _mm512_dpbusd_epi32(zero, wc[c], ac);
+                    let scale = _mm512_mul_ps(ws[c], as_);
+                    acc_r[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, acc_r[c]);
+                }
+            }
+        }
+        for r in 0..R {
+            let sums = a.group_sums[(r0 + r) * groups..].as_ptr();
+            for c in 0..C {
+                let offsets = w.offsets[(c0 + c) * groups..].as_ptr();
+                // SAFETY: both rows hold `groups` floats.
+                let shift = unsafe { offset_terms(offsets, sums, groups) };
+                dst[(r0 + r) * ldd + c0 + c] = sum_lanes(acc[r][c]) + shift;
+            }
+        }
+    }
+
+    /// Every (activation row, weight row) product, in tiles.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn products(w: &DecodedRows, a: &QuantizedActs, dst: &mut [f32], ldd: usize) {
+        assert_eq!((w.k64, w.groups), (a.k64, a.groups));
+        assert_eq!(w.groups % LANES, 0);
+        let (m, n) = (a.rows(), w.rows());
+        assert!(m == 0 || dst.len() >= (m - 1) * ldd + n);
+        const _: () = assert!(CHUNK / LANE == LANES);
+        let full_c = n / TC * TC;
+        let mut r0 = 0;
+        while r0 < m {
+            let rows = (m - r0).min(TR);
+            let mut c0 = 0;
+            // SAFETY (all calls): the tiles stay inside `m` x `n`; features as ours.
+            unsafe {
+                while c0 < full_c {
+                    match rows {
+                        4 => tile::<4, TC>(w, a, r0, c0, dst, ldd),
+                        3 => tile::<3, TC>(w, a, r0, c0, dst, ldd),
+                        2 => tile::<2, TC>(w, a, r0, c0, dst, ldd),
+                        _ => tile::<1, TC>(w, a, r0, c0, dst, ldd),
+                    }
+                    c0 += TC;
+                }
+                for c in full_c..n {
+                    for r in r0..r0 + rows {
+                        tile::<1, 1>(w, a, r, c, dst, ldd);
+                    }
+                }
+            }
+            r0 += rows;
+        }
+    }
+}
