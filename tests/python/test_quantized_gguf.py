@@ -299,12 +299,18 @@ def test_quantized_mode_batch_does_not_change_a_prompt(runs, name):
     activations is per row and block, not per batch)."""
     r = runs(name)
     model, logits_batch, act = r["quantized"]
+    # A large batch too: 48 prompts (many rows per matmul) in one chunk.
+    words = PROMPTS[3].split()
+    filler = [" ".join(words[k % 7:k % 7 + 3 + k % 11]) for k in range(44)]
+    logits_large = model.run(filler[:20] + PROMPTS + filler[20:], batch_size=64)
     for i, prompt in enumerate(PROMPTS):
         alone = model.run([prompt])[0]
         n = act.lengths[i]
         scale = np.abs(alone[:n]).max()
         np.testing.assert_allclose(logits_batch[i, :n], alone[:n], rtol=0, atol=1e-5 * scale,
-                                   err_msg=f"{name}: prompt {i} alone vs in the batch")
+                                   err_msg=f"{name}: prompt {i} alone vs in a batch of 4")
+        np.testing.assert_allclose(logits_large[20 + i, :n], alone[:n], rtol=0, atol=1e-5 * scale,
+                                   err_msg=f"{name}: prompt {i} alone vs in a batch of 48")
 
 
 # --- refused ---------------------------------------------------------------------------------
