@@ -203,10 +203,10 @@ FILE_TYPES = {
 
 
 def write_llama_gguf(path: Path, model: Llama, qtype: QT | None,
-                     nan_scale_in: str | None = None) -> dict[str, np.ndarray]:
+                     nan_scale: tuple[str, int] | None = None) -> dict[str, np.ndarray]:
     """A llama GGUF of ``model``: matrices in ``qtype`` (None: F32), vectors F32.
-    ``nan_scale_in``: a matrix whose first block's scale (its first two bytes, Q8_0's ``d``) is
-    set to NaN. Returns the stored tensors (block bytes for quantized ones) by name."""
+    ``nan_scale``: ``(matrix, byte offset)``: the float16 scale at that offset of the matrix's
+    first block is set to NaN. Returns the stored tensors (block bytes for quantized ones)."""
     c = model.config
     rope = c["rope_parameters"]
     w = gguf.GGUFWriter(str(path), "llama")
@@ -238,8 +238,9 @@ def write_llama_gguf(path: Path, model: Llama, qtype: QT | None,
     for name, x in gguf_tensors(model).items():
         if qtype is not None and x.ndim == 2:
             blocks = quantize(x, qtype)
-            if name == nan_scale_in:
-                blocks[0, :2] = np.array([np.nan], np.float16).view(np.uint8)
+            if nan_scale is not None and name == nan_scale[0]:
+                at = nan_scale[1]
+                blocks[0, at:at + 2] = np.array([np.nan], np.float16).view(np.uint8)
             w.add_tensor(name, blocks, raw_dtype=qtype)
             stored[name] = blocks
         else:

@@ -334,11 +334,18 @@ def test_quantized_mode_refuses_a_file_without_quantized_matrices(written):
     assert ms.load_model(path).weights == "float32"
 
 
+# Where a block's float16 scale sits: Q8_0's d first; Q4_K's d first; Q6_K's d last (byte 208).
+NAN_SCALES = [("q8_0", 0), ("q4_k", 0), ("q6_k", 208)]
+
+
 @pytest.mark.parametrize("mode", ["quantized", "float32", None])
-def test_nan_block_scale_is_refused_at_load(tiny, gguf_dir, mode):
-    """A Q8_0 block whose scale is NaN would turn a whole row of outputs into NaN."""
-    path = gguf_dir / "q8_0_nan_scale.gguf"
+@pytest.mark.parametrize("name,offset", NAN_SCALES)
+def test_nan_block_scale_is_refused_at_load(tiny, wide, gguf_dir, name, offset, mode):
+    """A block whose scale is NaN would turn a whole row of outputs into NaN: refused, naming
+    the tensor, whichever way the weights are held."""
+    path = gguf_dir / f"{name}_nan_scale.gguf"
     if not path.exists():
-        write_llama_gguf(path, tiny, QT.Q8_0, nan_scale_in="blk.1.ffn_up.weight")
+        write_llama_gguf(path, wide if name in K_TYPES else tiny, QT[name.upper()],
+                         nan_scale=("blk.1.ffn_up.weight", offset))
     with pytest.raises(ModelFormatError, match="blk.1.ffn_up.weight"):
         ms.load_model(path, weights=mode)
