@@ -32,6 +32,9 @@ pub fn group_stride(k64: usize) -> usize {
 /// Decoded rows: `codes [rows, k64]`, and per group of 16 values `scales [rows, groups]` and
 /// `offsets [rows, groups]` (`groups` = [`group_stride`]).
 pub struct DecodedRows {
+    /// Rows in use (at most the rows allocated).
+    used: usize,
+    pub k: usize,
     pub k64: usize,
     pub groups: usize,
     pub codes: Vec<u8>,
@@ -44,6 +47,8 @@ impl DecodedRows {
         let k64 = padded(k);
         let groups = group_stride(k64);
         DecodedRows {
+            used: rows,
+            k,
             k64,
             groups,
             codes: vec![0; rows * k64],
@@ -53,7 +58,13 @@ impl DecodedRows {
     }
 
     pub fn rows(&self) -> usize {
-        self.codes.len() / self.k64
+        self.used
+    }
+
+    /// Use the first `rows` rows (at most as many as were allocated).
+    pub fn use_rows(&mut self, rows: usize) {
+        assert!(rows * self.k64 <= self.codes.len());
+        self.used = rows;
     }
 }
 

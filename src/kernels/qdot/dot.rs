@@ -4,8 +4,8 @@
 //! each the exact integer sum of four `u * q` products, converted to f32 and multiplied into
 //! a 16-lane accumulator by the lane's scale (`weight scale * activation scale` of its group
 //! of 16, with one fused multiply-add); the groups' offset terms `offset * activation group
-//! sum` go into a second 16-lane accumulator, group `g` into lane `g % 16`; both are summed
-//! in a fixed tree. The AVX-512 VNNI kernel and the portable one do exactly these operations in this
+//! sum` go into a second 16-lane accumulator, group `g` into lane `g % 16`, which is added to
+//! the first lane by lane before the lanes are summed in a fixed tree. The AVX-512 VNNI kernel and the portable one do exactly these operations in this
 //! order, so they agree to the bit, whatever the batch size or tile an element lands in.
 
 use super::acts::QuantizedActs;
@@ -28,11 +28,15 @@ fn sum_lanes(acc: &[f32; LANES]) -> f32 {
     s2[0] + s2[1]
 }
 
-/// The offsets' share: `sum_g offset_g * group_sum_g`, group `g` in lane `g % 16`.
-fn offset_terms(offsets: &[f32], sums: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
+/// The offsets' share `sum_g offset_g * group_sum_g` (group `g` in lane `g % 16`) added to
+/// the lanes of the products, then all summed once.
+fn finish(mut acc: [f32; LANES], offsets: &[f32], sums: &[f32]) -> f32 {
+    let mut shift = [0f32; LANES];
     for (g, (o, a)) in offsets.iter().zip(sums).enumerate() {
-        acc[g % LANES] = o.mul_add(*a, acc[g % LANES]);
+        shift[g % LANES] = o.mul_add(*a, shift[g % LANES]);
+    }
+    for (a, s) in acc.iter_mut().zip(shift) {
+        *a += s;
     }
     sum_lanes(&acc)
 }
@@ -71,7 +75,7 @@ pub fn portable_products(w: &DecodedRows, a: &QuantizedActs, dst: &mut [f32], ld
                 acc[l] = (isum as f32).mul_add(scale, acc[l]);
             }
             let offsets = &w.offsets[c * groups..(c + 1) * groups];
-            dst[r * ldd + c] = sum_lanes(&acc) + offset_terms(offsets, sums_a);
+            dst[r * ldd + c] = finish(acc, offsets, sums_a);
         }
     }
 }
@@ -115,21 +119,22 @@ mod vnni {
         _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(unsafe { _mm_loadu_ps(p) }))
     }
 
-    /// `sum_g offsets_g * sums_g` as `super::offset_terms` adds it (`n` a multiple of 16).
+    /// `acc` finished as `super::finish` does: the offsets' share (`n` groups, a multiple of
+    /// 16) added lane by lane, then one sum.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn offset_terms(offsets: *const f32, sums: *const f32, n: usize) -> f32 {
-        let mut acc = _mm512_setzero_ps();
+    unsafe fn finish(acc: __m512, offsets: *const f32, sums: *const f32, n: usize) -> f32 {
+        let mut shift = _mm512_setzero_ps();
         for g in (0..n).step_by(LANES) {
             // SAFETY: the caller's rows hold `n` floats each.
             unsafe {
-                acc = _mm512_fmadd_ps(
+                shift = _mm512_fmadd_ps(
                     _mm512_loadu_ps(offsets.add(g)),
                     _mm512_loadu_ps(sums.add(g)),
-                    acc,
+                    shift,
                 );
             }
         }
-        sum_lanes(acc)
+        sum_lanes(_mm512_add_ps(acc, shift))
     }
 
     /// Rows `rs` of the activations against rows `cs` of the weights (at most TR x TC).
@@ -177,8 +182,7 @@ mod vnni {
             for c in 0..C {
                 let offsets = w.offsets[(c0 + c) * groups..].as_ptr();
                 // SAFETY: both rows hold `groups` floats.
-                let shift = unsafe { offset_terms(offsets, sums, groups) };
-                dst[(r0 + r) * ldd + c0 + c] = sum_lanes(acc[r][c]) + shift;
+                dst[(r0 + r) * ldd + c0 + c] = unsafe { finish(acc[r][c], offsets, sums, groups) };
             }
         }
     }

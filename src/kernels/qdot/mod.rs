@@ -29,20 +29,33 @@ fn slab_rows(m: usize) -> usize {
     }
 }
 
+thread_local! {
+    /// Each thread's slab, kept between products: a decode step makes hundreds of products a
+    /// token, and a fresh slab is an allocation and a zeroing each.
+    static SLAB: std::cell::RefCell<Option<decode::DecodedRows>> = const { std::cell::RefCell::new(None) };
+}
+
 /// `dst [m, n] = lhs [m, k] @ W^T` for `W [n, k]` stored as `bytes` in block type `dtype`.
 pub fn matmul_t(dtype: GgmlDType, bytes: &[u8], n: usize, k: usize, lhs: &[f32], dst: &mut [f32]) {
     debug_assert!(supported(dtype));
     let acts = acts::QuantizedActs::new(lhs, k);
-    let per = slab_rows(acts.rows());
-    let mut slab = decode::DecodedRows::new(per.min(n), k);
-    for c0 in (0..n).step_by(per) {
-        let rows = per.min(n - c0);
-        if rows != slab.rows() {
-            slab = decode::DecodedRows::new(rows, k);
+    let per = slab_rows(acts.rows()).min(n);
+    SLAB.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        // Decoding writes every code and group of a row but the padding, which stays zero
+        // as long as the shape is the same.
+        let fits =
+            matches!(&*cell, Some(s) if s.rows() == per && s.k64 == decode::padded(k) && s.k == k);
+        if !fits {
+            *cell = Some(decode::DecodedRows::new(per, k));
         }
-        decode::decode_rows(dtype, bytes, k, c0, &mut slab);
-        dot::products(&slab, &acts, &mut dst[c0..], n);
-    }
+        let slab = cell.as_mut().expect("set above");
+        for c0 in (0..n).step_by(per) {
+            slab.use_rows(per.min(n - c0));
+            decode::decode_rows(dtype, bytes, k, c0, slab);
+            dot::products(slab, &acts, &mut dst[c0..], n);
+        }
+    });
 }
 
 #[cfg(test)]
