@@ -430,10 +430,15 @@ mod simd {
     /// 16 bytes of nibbles and 32 fifth bits (bit `j` of `qh` for code `j`) -> 32 codes.
     #[inline(always)]
     fn five_bits32(qs: &[u8], qh: u32, codes: &mut [u8]) {
-        nibbles16(qs, codes);
-        assert!(codes.len() >= 32);
-        // SAFETY: 32 codes; AVX2 is enabled in the caller.
+        assert!(qs.len() >= 16 && codes.len() >= 32);
+        // SAFETY: lengths checked; AVX2 is enabled in the caller.
         unsafe {
+            let v = _mm_loadu_si128(qs.as_ptr().cast());
+            let low = _mm_set1_epi8(0x0F);
+            let nib = _mm256_set_m128i(
+                _mm_and_si128(_mm_srli_epi16(v, 4), low),
+                _mm_and_si128(v, low),
+            );
             // Byte j gets byte j / 8 of qh, then its bit j % 8 is tested.
             let spread = _mm256_shuffle_epi8(
                 _mm256_set1_epi32(qh as i32),
@@ -446,8 +451,7 @@ mod simd {
             );
             let bits = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
             let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bits), bits);
-            let c = _mm256_loadu_si256(codes.as_ptr().cast());
-            let c = _mm256_or_si256(c, _mm256_and_si256(set, _mm256_set1_epi8(16)));
+            let c = _mm256_or_si256(nib, _mm256_and_si256(set, _mm256_set1_epi8(16)));
             _mm256_storeu_si256(codes.as_mut_ptr().cast(), c);
         }
     }
