@@ -11,6 +11,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::GgmlDType;
@@ -74,7 +75,7 @@ fn ggml_dtype(id: u32) -> Option<GgmlDType> {
 
 /// Consecutive memory-mapped files read as one byte string.
 struct Parts {
-    files: Vec<MappedFile>,
+    files: Vec<Arc<MappedFile>>,
     /// Absolute offset of each part's first byte.
     starts: Vec<usize>,
     len: usize,
@@ -89,9 +90,19 @@ impl Parts {
             let file = MappedFile::open(path)?;
             starts.push(len);
             len += file.len();
-            files.push(file);
+            files.push(Arc::new(file));
         }
         Ok(Parts { files, starts, len })
+    }
+
+    /// The part holding all of `start..start + n` and the range's offset in it, when one does.
+    fn within_one(&self, start: usize, n: usize) -> Option<(Arc<MappedFile>, usize)> {
+        let part = self
+            .starts
+            .partition_point(|&s| s <= start)
+            .saturating_sub(1);
+        let local = start - self.starts[part];
+        (local + n <= self.files[part].len()).then(|| (self.files[part].clone(), local))
     }
 
     /// Bytes `start..start + n`, borrowed when they lie in one part (at an address aligned to
@@ -120,6 +131,23 @@ impl Parts {
             k += 1;
         }
         Cow::Owned(out)
+    }
+
+    /// Copy `start..start + n` into `dst` part by part, releasing each part's pages once they
+    /// are copied (a tensor that straddles parts is held once, not as file pages plus copies).
+    fn copy_into(&self, start: usize, dst: &mut [u8]) {
+        let mut done = 0;
+        while done < dst.len() {
+            let pos = start + done;
+            let part = self.starts.partition_point(|&s| s <= pos).saturating_sub(1);
+            let bytes = self.files[part].bytes();
+            let local = pos - self.starts[part];
+            // In steps of 4 MiB, so that at most that much is both file pages and copy.
+            let take = (bytes.len() - local).min(dst.len() - done).min(4 << 20);
+            dst[done..done + take].copy_from_slice(&bytes[local..local + take]);
+            self.files[part].release(local, take);
+            done += take;
+        }
     }
 
     /// Release the pages of `start..start + n` in whichever parts hold them.
@@ -253,7 +281,8 @@ impl Header<'_> {
     }
 }
 
-/// An opened GGUF file: metadata, tensor directory, and the mapped bytes.
+/// An opened GGUF file: metadata, tensor directory, and the mapped bytes (shared with the
+/// quantized matrices read in place, which keep the mapping alive).
 pub struct GgufFile {
     path: PathBuf,
     parts: Parts,
@@ -469,13 +498,20 @@ impl GgufFile {
                 )))
             }
         };
-        let bytes = self.parts.bytes(info.start, info.len, 1);
-        let q = QMatrix::from_bytes(info.dtype, rows, cols, &bytes).map_err(|e| {
-            MsError::ModelFormat(format!("{}: tensor '{name}': {e}", self.path.display()))
-        })?;
-        drop(bytes);
-        self.parts.release(info.start, info.len);
-        Ok(q)
+        let failed =
+            |e| MsError::ModelFormat(format!("{}: tensor '{name}': {e}", self.path.display()));
+        // In place when the tensor lies in one part (the weights are the file's own pages, as
+        // in llama.cpp: no copy, shared with other processes mapping the file); copied when it
+        // straddles two.
+        if let Some((file, offset)) = self.parts.within_one(info.start, info.len) {
+            if let Some(q) = QMatrix::mapped(info.dtype, rows, cols, file, offset, info.len) {
+                return q.map_err(failed);
+            }
+        }
+        QMatrix::filled(info.dtype, rows, cols, info.len, |dst| {
+            self.parts.copy_into(info.start, dst)
+        })
+        .map_err(failed)
     }
 
     pub fn tensor_f32(&self, name: &str) -> Result<Tensor> {

@@ -8,6 +8,7 @@
 //! the rows or columns are split over rayon here.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use candle_core::quantized::k_quants::{self, GgmlType};
 use candle_core::quantized::GgmlDType;
@@ -16,6 +17,7 @@ use rayon::prelude::*;
 
 use super::qdot;
 use crate::error::{MsError, Result};
+use crate::formats::mapped::MappedFile;
 
 /// Block types multiplied here (every ggml type candle has a dot product for).
 pub const SUPPORTED: &[GgmlDType] = &[
@@ -63,31 +65,72 @@ trait Blocks: Send + Sync {
     fn nbytes(&self) -> usize;
 }
 
+/// Where a matrix's blocks are: its own memory, or the model file's pages.
+enum Store<T> {
+    Owned(Vec<T>),
+    /// `len` bytes at `offset` of a mapped file (aligned for `T`, checked at creation). The
+    /// pages are handed back to the kernel when the matrix is dropped.
+    Mapped {
+        file: Arc<MappedFile>,
+        offset: usize,
+        len: usize,
+    },
+}
+
 /// Rows stored as consecutive blocks of `T`, `k / T::BLCK_SIZE` blocks per row.
-struct Typed<T: GgmlType>(Vec<T>);
+struct Typed<T: GgmlType>(Store<T>);
 
 impl<T: GgmlType + 'static> Typed<T> {
-    /// Blocks from the file's bytes (a whole number of blocks, checked by the caller).
-    fn from_bytes(bytes: &[u8]) -> Self {
-        let size = std::mem::size_of::<T>();
-        let n = bytes.len() / size;
+    /// `len` bytes of blocks (a whole number, checked by the caller) written by `fill`.
+    fn filled(len: usize, fill: impl FnOnce(&mut [u8])) -> Self {
+        let n = len / std::mem::size_of::<T>();
         let mut blocks: Vec<T> = Vec::with_capacity(n);
         // SAFETY: ggml blocks are `repr(C)` structs of f16s and byte arrays with the file's
-        // layout, valid for any bit pattern; `n * size` bytes fit the capacity.
+        // layout, valid for any bit pattern; the bytes are zeroed before `fill` writes them.
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                blocks.as_mut_ptr().cast::<u8>(),
-                n * size,
-            );
+            let bytes = std::slice::from_raw_parts_mut(blocks.as_mut_ptr().cast::<u8>(), len);
+            bytes.fill(0);
+            fill(bytes);
             blocks.set_len(n);
         }
-        Typed(blocks)
+        Typed(Store::Owned(blocks))
+    }
+
+    /// Blocks read in place, when the bytes are aligned for `T`.
+    fn mapped(file: Arc<MappedFile>, offset: usize, len: usize) -> Option<Self> {
+        let at = file.bytes()[offset..offset + len].as_ptr() as usize;
+        at.is_multiple_of(std::mem::align_of::<T>())
+            .then_some(Typed(Store::Mapped { file, offset, len }))
+    }
+
+    fn blocks(&self) -> &[T] {
+        match &self.0 {
+            Store::Owned(v) => v,
+            Store::Mapped { file, offset, len } => {
+                let bytes = &file.bytes()[*offset..*offset + *len];
+                // SAFETY: aligned (checked in `mapped`), a whole number of plain-old-data
+                // blocks (checked by `QMatrix::mapped`), and the map lives as long as `file`.
+                unsafe {
+                    std::slice::from_raw_parts(
+                        bytes.as_ptr().cast::<T>(),
+                        len / std::mem::size_of::<T>(),
+                    )
+                }
+            }
+        }
     }
 
     fn row(&self, r: usize, k: usize) -> &[T] {
         let per_row = k / T::BLCK_SIZE;
-        &self.0[r * per_row..(r + 1) * per_row]
+        &self.blocks()[r * per_row..(r + 1) * per_row]
+    }
+}
+
+impl<T: GgmlType> Drop for Typed<T> {
+    fn drop(&mut self) {
+        if let Store::Mapped { file, offset, len } = &self.0 {
+            file.release(*offset, *len);
+        }
     }
 }
 
@@ -95,7 +138,7 @@ impl<T: GgmlType + 'static> Blocks for Typed<T> {
     fn matmul_t(&self, cols: Range<usize>, k: usize, lhs: &[f32], dst: &mut [f32]) -> Result<()> {
         let per_row = k / T::BLCK_SIZE;
         let m = lhs.len() / k;
-        let rhs = &self.0[cols.start * per_row..cols.end * per_row];
+        let rhs = &self.blocks()[cols.start * per_row..cols.end * per_row];
         if qdot::supported(T::DTYPE) {
             qdot::matmul_t(T::DTYPE, rhs_bytes(rhs), cols.len(), k, lhs, dst);
             return Ok(());
@@ -115,11 +158,11 @@ impl<T: GgmlType + 'static> Blocks for Typed<T> {
         for &r in order {
             blocks.extend_from_slice(self.row(r, k));
         }
-        Box::new(Typed(blocks))
+        Box::new(Typed(Store::Owned(blocks)))
     }
 
     fn nbytes(&self) -> usize {
-        self.0.len() * std::mem::size_of::<T>()
+        std::mem::size_of_val(self.blocks())
     }
 }
 
@@ -144,8 +187,83 @@ pub struct QMatrix {
 const PARALLEL_MIN_MACS: usize = 1 << 18;
 
 impl QMatrix {
-    /// A matrix from its stored bytes (row-major, each row a whole number of blocks).
+    /// A matrix from its stored bytes (row-major, each row a whole number of blocks), copied.
     pub fn from_bytes(dtype: GgmlDType, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {
+        Self::filled(dtype, rows, cols, bytes.len(), |dst| {
+            dst.copy_from_slice(bytes)
+        })
+    }
+
+    /// A matrix of `len` stored bytes that `fill` writes into its own memory.
+    pub fn filled(
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<Self> {
+        Self::check(dtype, rows, cols, len)?;
+        let blocks: Box<dyn Blocks> = match dtype {
+            GgmlDType::Q4_0 => Box::new(Typed::<k_quants::BlockQ4_0>::filled(len, fill)),
+            GgmlDType::Q4_1 => Box::new(Typed::<k_quants::BlockQ4_1>::filled(len, fill)),
+            GgmlDType::Q5_0 => Box::new(Typed::<k_quants::BlockQ5_0>::filled(len, fill)),
+            GgmlDType::Q5_1 => Box::new(Typed::<k_quants::BlockQ5_1>::filled(len, fill)),
+            GgmlDType::Q8_0 => Box::new(Typed::<k_quants::BlockQ8_0>::filled(len, fill)),
+            GgmlDType::Q2K => Box::new(Typed::<k_quants::BlockQ2K>::filled(len, fill)),
+            GgmlDType::Q3K => Box::new(Typed::<k_quants::BlockQ3K>::filled(len, fill)),
+            GgmlDType::Q4K => Box::new(Typed::<k_quants::BlockQ4K>::filled(len, fill)),
+            GgmlDType::Q5K => Box::new(Typed::<k_quants::BlockQ5K>::filled(len, fill)),
+            GgmlDType::Q6K => Box::new(Typed::<k_quants::BlockQ6K>::filled(len, fill)),
+            _ => unreachable!("checked against SUPPORTED above"),
+        };
+        Ok(QMatrix {
+            dtype,
+            rows,
+            cols,
+            blocks,
+        })
+    }
+
+    /// A matrix read in place from `len` bytes at `offset` of a mapped file; `None` when the
+    /// bytes are not aligned for the block type (the caller copies them instead).
+    pub fn mapped(
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        file: Arc<MappedFile>,
+        offset: usize,
+        len: usize,
+    ) -> Option<Result<Self>> {
+        if let Err(e) = Self::check(dtype, rows, cols, len) {
+            return Some(Err(e));
+        }
+        fn boxed<T: GgmlType + 'static>(t: Option<Typed<T>>) -> Option<Box<dyn Blocks>> {
+            t.map(|t| Box::new(t) as Box<dyn Blocks>)
+        }
+        let f = file;
+        let blocks = match dtype {
+            GgmlDType::Q4_0 => boxed(Typed::<k_quants::BlockQ4_0>::mapped(f, offset, len)),
+            GgmlDType::Q4_1 => boxed(Typed::<k_quants::BlockQ4_1>::mapped(f, offset, len)),
+            GgmlDType::Q5_0 => boxed(Typed::<k_quants::BlockQ5_0>::mapped(f, offset, len)),
+            GgmlDType::Q5_1 => boxed(Typed::<k_quants::BlockQ5_1>::mapped(f, offset, len)),
+            GgmlDType::Q8_0 => boxed(Typed::<k_quants::BlockQ8_0>::mapped(f, offset, len)),
+            GgmlDType::Q2K => boxed(Typed::<k_quants::BlockQ2K>::mapped(f, offset, len)),
+            GgmlDType::Q3K => boxed(Typed::<k_quants::BlockQ3K>::mapped(f, offset, len)),
+            GgmlDType::Q4K => boxed(Typed::<k_quants::BlockQ4K>::mapped(f, offset, len)),
+            GgmlDType::Q5K => boxed(Typed::<k_quants::BlockQ5K>::mapped(f, offset, len)),
+            GgmlDType::Q6K => boxed(Typed::<k_quants::BlockQ6K>::mapped(f, offset, len)),
+            _ => unreachable!("checked against SUPPORTED above"),
+        }?;
+        Some(Ok(QMatrix {
+            dtype,
+            rows,
+            cols,
+            blocks,
+        }))
+    }
+
+    /// A supported type, and `len` bytes that are exactly `rows` rows of whole blocks.
+    fn check(dtype: GgmlDType, rows: usize, cols: usize, len: usize) -> Result<()> {
         let (block, size) = (dtype.block_size(), dtype.type_size());
         if !SUPPORTED.contains(&dtype) {
             return Err(MsError::UnsupportedArchitecture(format!(
@@ -158,34 +276,16 @@ impl QMatrix {
                     .join(", ")
             )));
         }
-        if cols == 0 || !cols.is_multiple_of(block) || bytes.len() != rows * cols / block * size {
+        if cols == 0 || !cols.is_multiple_of(block) || len != rows * cols / block * size {
             return Err(MsError::ModelFormat(format!(
                 "a {} matrix [{rows}, {cols}] needs rows of whole {block}-value blocks ({} \
                  bytes in all); it has {} bytes",
                 type_name(dtype),
                 rows * (cols / block.max(1)) * size,
-                bytes.len()
+                len
             )));
         }
-        let blocks: Box<dyn Blocks> = match dtype {
-            GgmlDType::Q4_0 => Box::new(Typed::<k_quants::BlockQ4_0>::from_bytes(bytes)),
-            GgmlDType::Q4_1 => Box::new(Typed::<k_quants::BlockQ4_1>::from_bytes(bytes)),
-            GgmlDType::Q5_0 => Box::new(Typed::<k_quants::BlockQ5_0>::from_bytes(bytes)),
-            GgmlDType::Q5_1 => Box::new(Typed::<k_quants::BlockQ5_1>::from_bytes(bytes)),
-            GgmlDType::Q8_0 => Box::new(Typed::<k_quants::BlockQ8_0>::from_bytes(bytes)),
-            GgmlDType::Q2K => Box::new(Typed::<k_quants::BlockQ2K>::from_bytes(bytes)),
-            GgmlDType::Q3K => Box::new(Typed::<k_quants::BlockQ3K>::from_bytes(bytes)),
-            GgmlDType::Q4K => Box::new(Typed::<k_quants::BlockQ4K>::from_bytes(bytes)),
-            GgmlDType::Q5K => Box::new(Typed::<k_quants::BlockQ5K>::from_bytes(bytes)),
-            GgmlDType::Q6K => Box::new(Typed::<k_quants::BlockQ6K>::from_bytes(bytes)),
-            _ => unreachable!("checked against SUPPORTED above"),
-        };
-        Ok(QMatrix {
-            dtype,
-            rows,
-            cols,
-            blocks,
-        })
+        Ok(())
     }
 
     /// `[rows, cols]`.
