@@ -301,7 +301,7 @@ def test_attribution_quantized_agrees_with_float32(model, model_quantized):
     c = _corr(ef, eq)
     print(f"\nattribution: correlation {c:.4f}, max |delta effect| {np.abs(ef - eq).max():.3f} "
           f"(effects span {np.ptp(ef):.2f}); top token {rf.span_labels[ef.argmax()]!r} / {rq.span_labels[eq.argmax()]!r}")
-    assert c >= 0.97
+    assert c >= 0.97  # measured 0.9999 (max |delta effect| 0.31 on effects spanning 8.0)
     assert ef.argmax() == eq.argmax()
 
 
@@ -316,7 +316,7 @@ def test_activation_patching_quantized_agrees_with_float32(model, model_quantize
         c = _corr(pf.scores[site], pq.scores[site])
         print(f"\npatching {site}: correlation {c:.4f}, max |delta| {np.abs(pf.scores[site] - pq.scores[site]).max():.3f};"
               f" baselines {pf.baseline} / {pq.baseline}")
-        assert c >= 0.97
+        assert c >= 0.97  # measured resid_pre 0.9999, attn_out 0.9976 (max |delta| 0.34, 0.43)
 
 
 def test_logit_lens_quantized_agrees_with_float32(model, model_quantized):
@@ -327,8 +327,8 @@ def test_logit_lens_quantized_agrees_with_float32(model, model_quantized):
     agree = float((top_f == top_q).mean())
     dp = float(np.abs(lf.target_prob - lq.target_prob).max())
     print(f"\nlogit lens: top-1 agreement {agree:.3f} over {top_f.size} cells, max |delta p(Paris)| {dp:.4f}")
-    assert agree >= 0.85
-    assert dp <= 0.1
+    assert agree >= 0.85  # measured 0.973 (146 of 150 cells)
+    assert dp <= 0.05  # measured 0.0153
 
 
 def test_gradients_in_quantized_mode_are_float32_mode_gradients(model, model_quantized):
