@@ -243,8 +243,9 @@ def test_quantized_prompt_alone_equals_prompt_in_a_batch(pairs, name):
 # (SmolLM2) and 2.8e-2 (Gemma) of the largest value, the size of the quantized-vs-float32 gap
 # itself; float32 mode moves by ~1e-6. The quantized products are not the cause (they are exact
 # per row): the attention's score and value products (candle matmuls over the padded key length,
-# src/model/parts/attention.rs) sum in another order once the padded length reaches 10 tokens,
-# changing block 0's hook_attn_out by 1.6e-7 relative; the 8-bit rounding of the next
+# src/model/parts/attention.rs) sum in another order once the padded length reaches 10 tokens
+# (SmolLM2; shorter padding left the bits unchanged), changing block 0's hook_attn_out by 1.6e-7
+# relative; the 8-bit rounding of the next
 # projection's input is discontinuous, so a 1e-7 change flips some codes by one step (~0.4 % of a
 # value), and the flips compound over the layers (1.1e-4 by block 5's resid_post, 4e-2 at the
 # logits). Batch invariance with padding needs an attention whose sums do not depend on the padded
