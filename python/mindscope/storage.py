@@ -331,15 +331,6 @@ def _prepare_folder(out: Path, spec: dict[str, Any], resume: bool, overwrite: bo
             raise StorageError(f"{out} has part files but no manifest; choose an empty folder or pass overwrite=True")
         return []
     old = _read_manifest(out)
-    if not overwrite and old.get("weights") != spec["weights"]:
-        if "weights" not in old:
-            raise StorageError(f"{out} holds a dump that does not record its weights mode (written before "
-                               f"mindscope recorded it), so it cannot be completed with this model "
-                               f"(weights={spec['weights']!r}) without risking rows of two kinds; pass "
-                               "overwrite=True to replace it")
-        raise StorageError(f"{out} holds a dump made with weights={old['weights']!r}; this model runs with "
-                           f"weights={spec['weights']!r}, whose rows would differ. Load the model with "
-                           f"weights={old['weights']!r} to resume it, or pass overwrite=True to replace it")
     same = all(old.get(k, "arrow" if k == "file_format" else None) == spec[k]
                for k in ("format", "file_format", "model", "hooks", "positions", "dtype", "n_prompts", "part_size"))
     if overwrite:
@@ -350,6 +341,15 @@ def _prepare_folder(out: Path, spec: dict[str, Any], resume: bool, overwrite: bo
         raise StorageError(f"{out} holds a dump of another model or spec ({old.get('model', {}).get('name')}, "
                            f"hooks {len(old.get('hooks', []))}, positions {old.get('positions')}, dtype "
                            f"{old.get('dtype')}); pass overwrite=True to replace it")
+    if old.get("weights") != spec["weights"]:
+        if "weights" not in old:
+            raise StorageError(f"{out} holds a dump that does not record its weights mode (written before "
+                               f"mindscope recorded it), so it cannot be completed with this model "
+                               f"(weights={spec['weights']!r}) without risking rows of two kinds; pass "
+                               "overwrite=True to replace it")
+        raise StorageError(f"{out} holds a dump made with weights={old['weights']!r}; this model runs with "
+                           f"weights={spec['weights']!r}, whose rows would differ. Load the model with "
+                           f"weights={old['weights']!r} to resume it, or pass overwrite=True to replace it")
     if not resume:
         raise StorageError(f"{out} already holds this dump; pass resume=True to complete it or overwrite=True")
     keep = []
