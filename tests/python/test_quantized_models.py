@@ -309,17 +309,19 @@ def test_attribution_quantized_agrees_with_float32(model, model_quantized):
 
 
 def test_activation_patching_quantized_agrees_with_float32(model, model_quantized):
+    """The resid_pre grid of the README's indirect-object pair (30 x 14 cells). Measured also
+    once for attn_out: correlation 0.9976, max |delta| 0.43 (not run here, to keep this fast)."""
     clean = "When Mary and John went to the store, John gave a drink to"
     corrupt = "When Mary and John went to the store, Mary gave a drink to"
     metric = ("logit_diff", " Mary", " John")
-    pf = ms.activation_patching(model, clean, corrupt, metric, sites=("resid_pre", "attn_out"), progress=False)
-    pq = ms.activation_patching(model_quantized, clean, corrupt, metric, sites=("resid_pre", "attn_out"),
-                                progress=False)
-    for site in ("resid_pre", "attn_out"):
-        c = _corr(pf.scores[site], pq.scores[site])
-        print(f"\npatching {site}: correlation {c:.4f}, max |delta| {np.abs(pf.scores[site] - pq.scores[site]).max():.3f};"
-              f" baselines {pf.baseline} / {pq.baseline}")
-        assert c >= 0.97  # measured resid_pre 0.9999, attn_out 0.9976 (max |delta| 0.34, 0.43)
+    pf = ms.activation_patching(model, clean, corrupt, metric, sites="resid_pre", progress=False)
+    pq = ms.activation_patching(model_quantized, clean, corrupt, metric, sites="resid_pre", progress=False)
+    f, q = pf.scores["resid_pre"], pq.scores["resid_pre"]
+    c = _corr(f, q)
+    print(f"\npatching resid_pre: correlation {c:.4f}, max |delta| {np.abs(f - q).max():.3f}; baselines "
+          f"{pf.baseline} / {pq.baseline}")
+    assert c >= 0.97  # measured 0.9999 (max |delta| 0.34; clean / corrupt 6.12 / -5.49 and 6.20 / -5.27)
+    assert abs(pq.baseline["clean"] - pf.baseline["clean"]) <= 0.5
 
 
 def test_logit_lens_quantized_agrees_with_float32(model, model_quantized):
