@@ -110,7 +110,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_generate(args: argparse.Namespace) -> int:
     from .model import load_model
 
-    model = load_model(args.model)
+    model = load_model(args.model, weights=args.weights)
     text = model.generate(
         args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed,
@@ -122,7 +122,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_capture(args: argparse.Namespace) -> int:
     from .model import load_model
 
-    model = load_model(args.model)
+    model = load_model(args.model, weights=args.weights)
     _, cache = model.run_with_cache(args.prompts, names=args.names, positions=args.positions)
     for name, arr in cache.items():
         print(f"{name:40s} {tuple(arr.shape)} {arr.dtype}")
@@ -224,7 +224,7 @@ def _run_and_save(name: str, model: Any, args: argparse.Namespace, out: Path) ->
 def _cmd_experiment(args: argparse.Namespace) -> int:
     from .model import load_model
 
-    model = load_model(args.model, progress=_progress(args))
+    model = load_model(args.model, progress=_progress(args), weights=args.weights)
     _run_and_save(args.command, model, args, Path(args.out))
     return 0
 
@@ -235,8 +235,8 @@ def _cmd_tour(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    model = load_model(args.model, progress=_progress(args))
-    print(f"loaded {model} in {time.perf_counter() - t0:.1f} s")
+    model = load_model(args.model, progress=_progress(args), weights=args.weights)
+    print(f"loaded {model} ({model.weights} weights) in {time.perf_counter() - t0:.1f} s")
 
     prompt = "The capital of France is"
     gen = model.generate(prompt, max_new_tokens=8, return_details=True)
@@ -252,7 +252,7 @@ def _cmd_tour(args: argparse.Namespace) -> int:
         print(f"          {name:32s} {tuple(cache[name].shape)} {cache[name].dtype}")
     print()
 
-    summary: dict[str, Any] = {"model": model.name,
+    summary: dict[str, Any] = {"model": model.name, "weights": model.weights,
                                "generation": {"prompt": prompt, "continuation": gen.text, "logprobs": gen.logprobs},
                                "experiments": {}}
     skipped: dict[str, str] = {}
@@ -281,7 +281,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size, part_size=args.part_size, resume=args.resume,
                 overwrite=args.overwrite, quiet=args.quiet, column=args.column,
                 skip_bad_lines=args.skip_bad_lines, format=args.format, engine=args.engine,
-                ray_address=args.address, workers=args.workers, threads=args.threads)
+                ray_address=args.address, workers=args.workers, threads=args.threads, weights=args.weights)
     print(d)
     return 0
 
@@ -310,14 +310,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     ns = _config_namespace(path, config)
     ns.out = args.out or ns.out
     ns.progress = args.progress
-    model = load_model(ns.model, progress=_progress(ns))
+    model = load_model(ns.model, progress=_progress(ns), weights=ns.weights)
     result = _run_and_save(ns.command, model, ns, Path(ns.out))
     folder = Path(ns.out) / result.name
     (folder / "config.toml").write_text(text, encoding="utf-8")
     import numpy
 
     versions = {"mindscope": __version__, "python": platform.python_version(), "numpy": numpy.__version__,
-                "model": model.name, "weights_sha256": model.weights_sha256()}
+                "model": model.name, "weights": model.weights, "weights_sha256": model.weights_sha256()}
     (folder / "versions.json").write_text(json.dumps(versions, indent=2), encoding="utf-8")
     return 0
 
@@ -401,9 +401,18 @@ def _add_experiment_args(p: argparse.ArgumentParser, name: str) -> None:
         p.add_argument("--window", type=POSITIVE, default=2, help="tokens per window with --unit window")
     p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="random seed (an integer >= 0)")
     p.add_argument("--model", default="smollm2-135m", help="registered model name, Hub id or model path")
+    _add_weights_arg(p)
     p.add_argument("--out", default="results", help="output folder (one subfolder per experiment)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars with rate and ETA on stderr (default: when stderr is a terminal)")
+
+
+def _add_weights_arg(p: argparse.ArgumentParser) -> None:
+    from .model import WEIGHTS_MODES
+
+    p.add_argument("--weights", default=None, choices=list(WEIGHTS_MODES),
+                   help="how the weight matrices are held: quantized (a GGUF's blocks as stored) or float32 "
+                        "(dequantized; the exact computation); default: quantized for a quantized GGUF, else float32")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -422,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="continue a prompt")
     g.add_argument("prompt", help="the text to continue")
     g.add_argument("--model", default="smollm2-135m", help="registered model name, Hub id or model path")
+    _add_weights_arg(g)
     g.add_argument("--max-new-tokens", type=POSITIVE, default=20, help="tokens to generate")
     g.add_argument("--temperature", type=_float_type(0.0), default=0.0,
                    help="sampling temperature (0 = greedy)")
@@ -434,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("capture", help="print shapes of captured activations")
     c.add_argument("prompts", nargs="+", help="one or more prompts")
     c.add_argument("--model", default="smollm2-135m", help="registered model name, Hub id or model path")
+    _add_weights_arg(c)
     c.add_argument("--names", default="blocks.*.hook_resid_post", help="hook name or glob")
     c.add_argument("--positions", default="last", choices=["all", "last"],
                    help="capture every token or only the last one")
@@ -452,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  "(read in name order)")
     x.add_argument("--out", required=True, help="dump folder")
     x.add_argument("--model", default="smollm2-135m", help="registered model name, Hub id or model path")
+    _add_weights_arg(x)
     x.add_argument("--names", default="blocks.*.hook_resid_post", help="hook name or glob")
     x.add_argument("--positions", default="last", choices=["last", "all"],
                    help="store every token or only the last one")

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import DataError, InvalidArgumentError, StorageError, WorkerError
+from .model_spec import ModelSpec, loaded, model_spec as _model_spec
 from .progress import ProgressBar, check_progress
 
 T = TypeVar("T")
@@ -98,12 +99,6 @@ def _check_engine(engine: str, workers: int, threads: int | None) -> None:
                                    "importing mindscope")
 
 
-def _model_spec(spec: str | os.PathLike[str]) -> str:
-    """A model name, or an existing file/folder made absolute (Ray workers may run elsewhere)."""
-    s = os.fspath(spec)
-    return os.path.abspath(s) if os.path.exists(s) else s
-
-
 def _failure(block: int, lo: int, hi: int, what: str, tb: str, cause: BaseException | None) -> WorkerError:
     err = WorkerError(f"block {block} (prompts [{lo}, {hi})) failed on a worker: {what}"
                       + (f"\n--- worker traceback ---\n{tb}" if tb else ""), block, (lo, hi), tb)
@@ -111,17 +106,21 @@ def _failure(block: int, lo: int, hi: int, what: str, tb: str, cause: BaseExcept
     return err
 
 
-def map_blocks(model_spec: str | os.PathLike[str], blocks: Sequence[tuple[int, int]], texts: Sequence[str] | None,
+def map_blocks(model_spec: Any, blocks: Sequence[tuple[int, int]], texts: Sequence[str] | None,
                fn: Callable[[Any, list[str], int], T], *, corpus: str | os.PathLike[str] | None = None,
                engine: str = "local", ray_address: str | None = None, workers: int = 1,
-               threads: int | None = None, progress: bool | None = None) -> Iterator[tuple[int, T]]:
+               threads: int | None = None, progress: bool | None = None,
+               weights: str | None = None) -> Iterator[tuple[int, T]]:
     """Run ``fn(model, block_texts, first_prompt_id)`` once per block and yield
     ``(block_index, result)`` as blocks finish (in completion order with ``engine="ray"``, in
     block order in-process).
 
     Args:
         model_spec: what :func:`mindscope.load_model` takes (packaged name, GGUF path, HF
-            folder); each worker loads it once and keeps it for all its blocks.
+            folder), a loaded :class:`HookedModel` (reloaded from its name or file in the
+            weights mode it runs in; in-process it is used as is) or a
+            :class:`~mindscope.model_spec.ModelSpec`; each worker loads it once and keeps it
+            for all its blocks.
         blocks: ``[(lo, hi), ...]``, prompt ids ``[lo, hi)`` per block; block ``i`` is
             ``blocks[i]``. ``fn`` gets ``texts[lo:hi]`` and ``lo``.
         texts: the prompts (list of ``n`` strings), or None to have each worker read ``corpus``.
@@ -139,6 +138,9 @@ def map_blocks(model_spec: str | os.PathLike[str], blocks: Sequence[tuple[int, i
             None: 1 with Ray. In-process the thread pool is fixed at import (set
             ``RAYON_NUM_THREADS``), so ``threads`` must be None with ``engine="local"``.
         progress: a bar with prompts/s and ETA (terminal or Jupyter; None: when interactive).
+        weights: the weights mode workers load a name or path in (``"quantized"``,
+            ``"float32"``; None: the file's default); a loaded model's own mode is kept, and
+            another one asked for is an error.
 
     Raises:
         WorkerError: ``fn`` or the model load failed; names the block and its prompt range.
@@ -151,20 +153,25 @@ def map_blocks(model_spec: str | os.PathLike[str], blocks: Sequence[tuple[int, i
     if texts is not None and not isinstance(texts, list):
         texts = list(texts)
     checked = _check_blocks(blocks, None if texts is None else len(texts))
-    spec = _model_spec(model_spec)
     corpus_path = None if corpus is None else os.path.abspath(os.fspath(corpus))
     if engine == "local":
-        return _run_local(spec, checked, texts, fn, corpus_path, progress)
+        model = loaded(model_spec, weights)
+        spec = None if model is not None else _model_spec(model_spec, weights)
+        return _run_local(spec, checked, texts, fn, corpus_path, progress, model)
+    spec = _model_spec(model_spec, weights)
     ray = import_ray()
     return _run_ray(ray, spec, checked, texts, fn, corpus_path, ray_address, workers, threads or 1, progress)
 
 
-def _run_local(spec: str, blocks: list[tuple[int, int]], texts: list[str] | None, fn: Callable[..., T],
-               corpus: str | None, progress: bool | None) -> Iterator[tuple[int, T]]:
-    from .model import load_model
+def _run_local(spec: ModelSpec | None, blocks: list[tuple[int, int]], texts: list[str] | None,
+               fn: Callable[..., T], corpus: str | None, progress: bool | None,
+               model: Any = None) -> Iterator[tuple[int, T]]:
+    """The blocks in this process, on ``model`` when given loaded, else on ``spec`` loaded."""
     from .storage import read_texts
 
-    model = load_model(spec)
+    if model is None:
+        assert spec is not None
+        model = spec.load()
     prompts = texts if texts is not None else read_texts(corpus)  # type: ignore[arg-type]
     bar = ProgressBar(sum(hi - lo for lo, hi in blocks), check_progress(progress))
     try:
@@ -184,15 +191,14 @@ class _BlockWorker:
     A failure is returned (not raised) with the block's range, so the driver can name it;
     raising would make Ray Data fail the whole dataset with a less useful message."""
 
-    def __init__(self, model_spec: str, fn: Callable[..., Any], corpus: str | None):
+    def __init__(self, model_spec: ModelSpec, fn: Callable[..., Any], corpus: str | None):
         self.fn, self.corpus, self.texts = fn, corpus, None
         self.model, self.load_error = None, None
         try:
-            from .model import load_model
-
-            self.model = load_model(model_spec)
+            # The spec carries the weights mode: every worker runs what the driver asked for.
+            self.model = model_spec.load()
         except Exception as e:  # reported with the first block's range
-            self.load_error = (f"loading model {model_spec!r}: {type(e).__name__}: {e}", traceback.format_exc(), e)
+            self.load_error = (f"loading model {model_spec}: {type(e).__name__}: {e}", traceback.format_exc(), e)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import pickle
@@ -258,7 +264,7 @@ def _quiet_ray_data(ray: Any) -> None:
             setattr(ctx, key, value)
 
 
-def _run_ray(ray: Any, spec: str, blocks: list[tuple[int, int]], texts: list[str] | None, fn: Callable[..., T],
+def _run_ray(ray: Any, spec: ModelSpec, blocks: list[tuple[int, int]], texts: list[str] | None, fn: Callable[..., T],
              corpus: str | None, address: str | None, workers: int, threads: int,
              progress: bool | None) -> Iterator[tuple[int, T]]:
     import pickle
@@ -313,12 +319,13 @@ class _ExtractBlock:
         return self.writer.write(model, texts, first, self.batch_size)
 
 
-def extract(model_spec: str | os.PathLike[str], corpus: str | os.PathLike[str] | Sequence[str],
+def extract(model_spec: Any, corpus: str | os.PathLike[str] | Sequence[str],
             out: str | os.PathLike[str], names: str | Sequence[str] = "blocks.*.hook_resid_post",
             positions: str = "last", dtype: str = "float16", batch_size: int = 32, part_size: int = 1024,
             resume: bool = False, overwrite: bool = False, quiet: bool = False, column: str = "text",
             skip_bad_lines: bool = False, format: str = "arrow", engine: str = "local",
-            ray_address: str | None = None, workers: int = 1, threads: int | None = None) -> Any:
+            ray_address: str | None = None, workers: int = 1, threads: int | None = None,
+            weights: str | None = None) -> Any:
     """Stream the ``names`` hooks of ``model_spec`` over ``corpus`` to a dump at ``out``, as
     :func:`mindscope.storage.dump` does (same files, same rows), in-process or on Ray.
 
@@ -329,10 +336,12 @@ def extract(model_spec: str | os.PathLike[str], corpus: str | os.PathLike[str] |
     ``"all"``: one per token). ``resume=True`` keeps the verified parts of an interrupted run
     and computes only the missing ones. ``engine``, ``ray_address``, ``workers``, ``threads``: see
     :func:`map_blocks`. The driver loads the model too (for the manifest: weights' SHA-256, hook
-    names). Returns the dump, opened for reading.
+    names, weights mode), unless it is given loaded. ``weights``: the mode to load a name or path
+    in (see :func:`mindscope.load_model`); the manifest records the mode the rows were computed
+    in, every worker loads that mode, and ``resume`` refuses a dump made in another one.
+    Returns the dump, opened for reading.
     """
     from . import storage
-    from .model import load_model
 
     storage.check_dump_args(positions, dtype, format, part_size, batch_size)
     _check_engine(engine, workers, threads)
@@ -341,19 +350,23 @@ def extract(model_spec: str | os.PathLike[str], corpus: str | os.PathLike[str] |
     prompts = storage.read_texts(corpus, column, skip_bad_lines)
     if not prompts:
         raise DataError("the corpus is empty: no prompts to dump")
-    spec_name = _model_spec(model_spec)
-    model = load_model(spec_name)
+    model = loaded(model_spec, weights)
+    if model is None:
+        model = _model_spec(model_spec, weights).load()
+    # In-process the driver's model computes the parts. Ray workers load their own copies, in
+    # the mode the driver's model runs in (weights=None resolved to the file's default).
+    runner = model if engine == "local" else _model_spec(model)
     hooks = model.resolve_hooks(names)
     folder = Path(out).absolute()
     spec = storage._spec(model, hooks, positions, dtype, len(prompts), part_size, format)
-    del model  # the workers load their own copies
+    del model
     manifest = storage.open_dump(folder, spec, resume, overwrite)
     done = {p["index"] for p in manifest["parts"]}
     n_parts = -(-len(prompts) // part_size)
     todo = [k for k in range(n_parts) if k not in done]
     blocks = [(k * part_size, min((k + 1) * part_size, len(prompts))) for k in todo]
     fn = _ExtractBlock(storage.PartWriter(folder, spec), batch_size)
-    for j, entry in map_blocks(spec_name, blocks, prompts, fn, engine=engine, ray_address=ray_address,
+    for j, entry in map_blocks(runner, blocks, prompts, fn, engine=engine, ray_address=ray_address,
                                workers=workers, threads=threads, progress=False if quiet else None):
         if entry["index"] != todo[j]:
             raise StorageError(f"block {j} came back as part {entry['index']}, expected {todo[j]}")

@@ -406,6 +406,14 @@ class HookedModel:
 WEIGHTS_MODES = ("quantized", "float32")
 
 
+def check_weights_mode(weights: object) -> None:
+    """Raise :class:`InvalidArgumentError` unless ``weights`` is one of :data:`WEIGHTS_MODES`
+    or None (a str subclass equal to one counts; ``3``, ``b"float32"``, ``True`` do not)."""
+    if weights is not None and not (isinstance(weights, str) and weights in WEIGHTS_MODES):
+        raise InvalidArgumentError(f"weights={weights!r} is not a weights mode; use one of "
+                                   f"{', '.join(map(repr, WEIGHTS_MODES))} or None")
+
+
 def load_model(name_or_path: str | os.PathLike[str] = "smollm2-135m", revision: str | None = None,
                progress: bool | None = None, weights: str | None = None) -> HookedModel:
     """Load a model: a short name (``"smollm2-135m"``, ``"gemma3-270m"``, ``"minilm-l6"``; see
@@ -425,9 +433,7 @@ def load_model(name_or_path: str | os.PathLike[str] = "smollm2-135m", revision: 
     - None (default): quantized when the file has quantized matrices, else float32.
 
     A model stored as floats (a Hugging Face folder) refuses ``"quantized"``."""
-    if weights is not None and weights not in WEIGHTS_MODES:
-        raise InvalidArgumentError(f"weights={weights!r} is not a weights mode; use one of "
-                                   f"{', '.join(map(repr, WEIGHTS_MODES))} or None")
+    check_weights_mode(weights)
     paths = resolve_model_paths(name_or_path, revision)
     enable_default_blas()
     with native_progress(progress, "tensors", "load") as report:

@@ -872,26 +872,6 @@ def _block_state(model: Any, texts: Sequence[str], first_prompt_id: int, options
     return state
 
 
-def _model_spec(model: Any) -> str:
-    """A name or path a worker can load: ``engine="ray"`` ships the spec, not the model."""
-    from .model import HookedModel
-    from .registry import resolve_model_paths
-
-    if isinstance(model, (str, os.PathLike)):
-        return os.fspath(model)
-    if isinstance(model, HookedModel):
-        try:
-            resolve_model_paths(model.name, None)
-            return model.name
-        except (MindscopeError, OSError):
-            pass
-        files = model._weight_files  # a model loaded from a path: its one file or folder
-        if len(files) == 1 and os.path.exists(files[0]):
-            return files[0]
-    raise InvalidArgumentError('engine="ray" loads the model on each worker: pass its name or path '
-                               f'(e.g. "smollm2-135m"), not {type(model).__name__} {getattr(model, "name", "")!r}')
-
-
 def corpus_stats(model: Any, corpus: str | os.PathLike[str] | Sequence[str],
                  names: Any = "blocks.*.hook_resid_post", stats: Sequence[str] | str = ("mean", "cov", "topk"),
                  positions: str = "all", batch_size: int = 32, k: int = 10, bins: int = 100,
@@ -899,7 +879,8 @@ def corpus_stats(model: Any, corpus: str | os.PathLike[str] | Sequence[str],
                  engine: str = "local", ray_address: str | None = None, workers: int = 1,
                  threads: int | None = None, progress: bool | None = None, *,
                  direction_range: tuple[float, float] | None = None, neurons: bool = True,
-                 window: tuple[int, int] = (8, 4), block_size: int = 256, column: str = "text") -> CorpusStats:
+                 window: tuple[int, int] = (8, 4), block_size: int = 256, column: str = "text",
+                 weights: str | None = None) -> CorpusStats:
     """Streaming statistics of hooks over a corpus, without storing activations.
 
     Args:
@@ -915,11 +896,15 @@ def corpus_stats(model: Any, corpus: str | os.PathLike[str] | Sequence[str],
             ``workers`` workers, each ``threads`` threads, at ``ray_address``).
         batch_size: prompts per forward pass.
         progress: a bar with prompts/s and ETA (None: when interactive, False: never).
+        weights: the weights mode a name or path is loaded in (``"quantized"``, ``"float32"``;
+            None: the file's default). A loaded model keeps its own (Ray workers reload it in
+            that mode); asking for another is an error.
 
     Returns:
         a :class:`CorpusStats`: ``result[hook][name]`` numpy arrays, ``.pca()``,
         ``.topk_table()``, ``.save()``.
     """
+    from .model_spec import model_spec
     from .storage import read_texts
 
     state_kwargs = dict(stats=stats, positions=positions, k=k, bins=bins, range=range,
@@ -934,30 +919,32 @@ def corpus_stats(model: Any, corpus: str | os.PathLike[str] | Sequence[str],
         raise DataError("the corpus is empty")
     blocks = [(lo, min(lo + block_size, len(texts))) for lo in np.arange(0, len(texts), block_size).tolist()]
     if engine == "local":
-        return _local(model, texts, blocks, names, batch_size, state_kwargs, total, ray_address, workers, threads,
-                      progress)
+        return _local(model, weights, texts, blocks, names, batch_size, state_kwargs, total, ray_address, workers,
+                      threads, progress)
     from .distributed import map_blocks  # says how to install Ray when it is missing
     if callable(names) and not isinstance(names, str):
         raise InvalidArgumentError('engine="ray" needs hook names or globs, not a predicate')
     fn = partial(_block_state, options=BlockOptions(names, batch_size, state_kwargs))
-    for _, part in map_blocks(_model_spec(model), blocks, texts, fn, engine=engine, ray_address=ray_address,
+    # The spec carries the weights mode: workers reload a float32 model in float32.
+    for _, part in map_blocks(model_spec(model, weights), blocks, texts, fn, engine=engine, ray_address=ray_address,
                               workers=workers, threads=threads, progress=progress):
         total.merge(part)  # in completion order: exact up to float64 rounding in any order
     return total
 
 
-def _local(model: Any, texts: list[str], blocks: list[tuple[int, int]], names: Any, batch_size: int,
-           state_kwargs: dict[str, Any], total: CorpusStats, ray_address: str | None, workers: int,
+def _local(model: Any, weights: str | None, texts: list[str], blocks: list[tuple[int, int]], names: Any,
+           batch_size: int, state_kwargs: dict[str, Any], total: CorpusStats, ray_address: str | None, workers: int,
            threads: int | None, progress: bool | None) -> CorpusStats:
-    from .model import HookedModel, load_model
-
     if workers != 1 or threads is not None or ray_address is not None:
         raise InvalidArgumentError('workers, threads and ray_address apply to engine="ray"; the local engine runs '
                                    "in this process (set RAYON_NUM_THREADS before importing mindscope)")
-    if isinstance(model, (str, os.PathLike)):
-        model = load_model(model)
-    if not isinstance(model, HookedModel):
-        raise InvalidArgumentError(f"model must be a HookedModel or a model name / path, got {type(model).__name__}")
+    from .model_spec import loaded, model_spec
+
+    if loaded(model, weights) is None:
+        if not isinstance(model, (str, os.PathLike)):
+            raise InvalidArgumentError(f"model must be a HookedModel or a model name / path, got "
+                                       f"{type(model).__name__}")
+        model = model_spec(model, weights).load()
     hooks = model.resolve_hooks(names)  # unknown hooks fail here, before any forward pass
     options = BlockOptions(hooks, batch_size, state_kwargs)
     bar = ProgressBar(len(texts), on=check_progress(progress), label="corpus stats")

@@ -34,6 +34,7 @@ from .datasets import not_utf8_error
 from .errors import DataError, InvalidArgumentError, StorageError
 from .progress import ProgressBar, check_progress, progress_bar
 from .experiments._result import write_json_atomic
+from .model import WEIGHTS_MODES
 
 FORMAT = "mindscope.dump/1"
 #: Part file formats and their extensions. Arrow IPC is the default: it is memory-mapped on
@@ -189,6 +190,8 @@ def _spec(model: Any, names: list[str], positions: str, dtype: str, n_prompts: i
 
     return {"format": FORMAT, "file_format": file_format, "model": {"name": model.name, "source": model._native.source,
                                          "sha256": model.weights_sha256()},
+            # How the weights were held: the same file gives other rows in the other mode.
+            "weights": model.weights,
             "hooks": names, "positions": positions, "dtype": dtype, "n_prompts": n_prompts,
             "part_size": part_size, "tokenizer": f"{model.cfg.get('architecture')} vocab {model.cfg.get('vocab_size')}",
             "mindscope_version": __version__}
@@ -280,6 +283,7 @@ class PartWriter:
         self.dtype: str = spec["dtype"]
         self.format: str = spec.get("file_format", "arrow")
         self.part_size: int = spec["part_size"]
+        self.weights: str | None = spec.get("weights")
         self.metadata = {"mindscope": json.dumps(spec)}
 
     def write(self, model: Any, texts: Sequence[str], first: int, batch_size: int,
@@ -288,6 +292,10 @@ class PartWriter:
         write their part; returns its manifest entry (index, file, rows, bytes, crc32...)."""
         if first % self.part_size:
             raise InvalidArgumentError(f"a part starts at a multiple of part_size ({self.part_size}), got {first}")
+        if self.weights is not None and model.weights != self.weights:
+            # A worker that loaded the model in another mode would write other numbers.
+            raise InvalidArgumentError(f"this dump's rows are computed with weights={self.weights!r}; the model "
+                                       f"given runs with weights={model.weights!r}")
         k = first // self.part_size
         rows, arrays = _run_part(model, list(texts), first, self.hooks, self.positions, batch_size, progress)
         name = f"part-{k:05d}{FILE_FORMATS[self.format]}"
@@ -333,6 +341,15 @@ def _prepare_folder(out: Path, spec: dict[str, Any], resume: bool, overwrite: bo
         raise StorageError(f"{out} holds a dump of another model or spec ({old.get('model', {}).get('name')}, "
                            f"hooks {len(old.get('hooks', []))}, positions {old.get('positions')}, dtype "
                            f"{old.get('dtype')}); pass overwrite=True to replace it")
+    if old.get("weights") != spec["weights"]:
+        if "weights" not in old:
+            raise StorageError(f"{out} holds a dump that does not record its weights mode (written before "
+                               f"mindscope recorded it), so it cannot be completed with this model "
+                               f"(weights={spec['weights']!r}) without risking rows of two kinds; pass "
+                               "overwrite=True to replace it")
+        raise StorageError(f"{out} holds a dump made with weights={old['weights']!r}; this model runs with "
+                           f"weights={spec['weights']!r}, whose rows would differ. Load the model with "
+                           f"weights={old['weights']!r} to resume it, or pass overwrite=True to replace it")
     if not resume:
         raise StorageError(f"{out} already holds this dump; pass resume=True to complete it or overwrite=True")
     keep = []
@@ -417,6 +434,8 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
             raise bad(f"'{key}' must be a {kind.__name__}, got {manifest.get(key)!r:.80}")
     if not all(isinstance(h, str) for h in manifest["hooks"]):
         raise bad("'hooks' must be a list of hook names")
+    if "weights" in manifest and manifest["weights"] not in WEIGHTS_MODES:
+        raise bad(f"'weights' must be one of {', '.join(WEIGHTS_MODES)}, got {manifest['weights']!r:.80}")
     if manifest["dtype"] not in _NP:
         raise bad(f"'dtype' is {manifest['dtype']!r}, not float16 or float32")
     seen: set[int] = set()

@@ -94,7 +94,9 @@ def assert_same_rows(a: ms.Dump, b: ms.Dump) -> None:
 
 def test_local_extract_writes_the_files_of_model_dump(model, tmp_path):
     a = model.dump(TEXTS, tmp_path / "a", names=HOOKS, part_size=5, quiet=True)
-    b = ms.extract("smollm2-135m", TEXTS, tmp_path / "b", names=HOOKS, part_size=5, quiet=True)
+    b = ms.extract("smollm2-135m", TEXTS, tmp_path / "b", names=HOOKS, part_size=5, quiet=True,
+                   weights="float32")  # the fixture's mode (the GGUF's default is quantized)
+    assert a.metadata["weights"] == b.metadata["weights"] == "float32"
     assert_same_rows(a, b)
     assert [p["file"] for p in b.metadata["parts"]] == [f"part-{k:05d}.arrow" for k in range(5)]
     assert [(p["first_prompt"], p["n_prompts"]) for p in b.metadata["parts"]] == [(0, 5), (5, 5), (10, 5), (15, 5), (20, 3)]
@@ -199,6 +201,18 @@ def test_ray_map_blocks_reads_a_shared_corpus_and_yields_each_block_once(ray_loc
     got = dict(ms.map_blocks("smollm2-135m", blocks, None, lambda m, texts, first: (first, texts), corpus=corpus,
                              engine="ray", workers=2, threads=1, progress=False))
     assert got == {i: (lo, TEXTS[lo:hi]) for i, (lo, hi) in enumerate(blocks)}
+
+
+def test_ray_workers_load_the_weights_mode_of_the_model_given(ray_local, model):
+    """A model loaded in float32 is reloaded in float32 on the actors (the spec carries the
+    mode), not in the GGUF's default (quantized); a name alone gets that default."""
+    blocks = [(0, 5), (5, 10)]
+    got = dict(ms.map_blocks(model, blocks, TEXTS, lambda m, texts, first: m.weights, engine="ray", workers=1,
+                             progress=False))
+    assert got == {0: "float32", 1: "float32"}
+    got = dict(ms.map_blocks("smollm2-135m", blocks[:1], TEXTS, lambda m, texts, first: m.weights, engine="ray",
+                             workers=1, progress=False))
+    assert got == {0: "quantized"}
 
 
 def test_ray_errors_name_the_prompt_range(ray_local):

@@ -83,7 +83,7 @@ def test_chunks_on_several_cores_equal_one_core(model, tmp_path):
     import sys
 
     prompts = ["a", "The quick brown fox jumps over", "Paris is in", "1 2 3 4 5 6 7 8 9", "Hello"]
-    script = ("import sys, numpy as np, mindscope as ms; m = ms.load_model('smollm2-135m');"
+    script = ("import sys, numpy as np, mindscope as ms; m = ms.load_model('smollm2-135m', weights='float32');"
               f"l, c = m.run_with_cache({prompts!r}, names='blocks.*.hook_resid_post', positions='last',"
               " return_logits='all', batch_size=4);"
               "np.savez(sys.argv[1], logits=l, resid=c.stack('hook_resid_post'))")
@@ -316,7 +316,7 @@ def test_matrix_products_use_the_default_blas_and_agree_with_gemm(model, tmp_pat
         assert ms.backend.blas_library() == (ms.backend.mkl_path() or ms.backend.numpy_blas_path())
     prompt = "The capital of France is"
     with_blas = model.run(prompt, return_logits="last")[0]
-    script = ("import sys, numpy as np, mindscope as ms; m = ms.load_model('smollm2-135m');"
+    script = ("import sys, numpy as np, mindscope as ms; m = ms.load_model('smollm2-135m', weights='float32');"
               "assert ms.backend.blas_library() is None;"
               f"np.save(sys.argv[1], m.run({prompt!r}, return_logits='last')[0])")
     out = tmp_path / "gemm_logits.npy"
@@ -353,7 +353,7 @@ def test_mkl_choice_loads_mkl_or_names_the_missing_package(model, tmp_path):
     import sys
 
     prompt = "The capital of France is"
-    script = ("import sys, numpy as np, mindscope as ms; m = ms.load_model('smollm2-135m');"
+    script = ("import sys, numpy as np, mindscope as ms; m = ms.load_model('smollm2-135m', weights='float32');"
               "print(ms.backend.blas_library());"
               f"np.save(sys.argv[1], m.run({prompt!r}, return_logits='last')[0])")
     out = tmp_path / "mkl_logits.npy"

@@ -93,7 +93,7 @@ def test_ctrl_c_stops_a_long_call_and_the_model_still_works(job):
     assert rest and rest[0].startswith("after:") and "Paris" in rest[0], rest
 
 
-def test_ctrl_c_during_a_dump_keeps_its_complete_parts(model, tmp_path):
+def test_ctrl_c_during_a_dump_keeps_its_complete_parts(model_quantized, tmp_path):
     out = tmp_path / "d"
     elapsed, _ = _interrupt("dump", str(out), delay=4.0)
     assert elapsed < CTRL_C_BOUND_S
@@ -102,7 +102,10 @@ def test_ctrl_c_during_a_dump_keeps_its_complete_parts(model, tmp_path):
     assert parts and len(parts) < 4000 // 64, "the interrupt came before the first or after the last part"
     lo, n = parts[0]["first_prompt"], parts[0]["n_prompts"]
     texts = [f"City number {i} lies in the country of" for i in range(lo, lo + n)]
-    _, ref = model.run_with_cache(texts, names="blocks.3.hook_resid_post", positions="last", return_logits=False)
+    # The child loads the model in the GGUF's default mode (quantized), and the dump says so.
+    assert partial.metadata["weights"] == "quantized"
+    _, ref = model_quantized.run_with_cache(texts, names="blocks.3.hook_resid_post", positions="last",
+                                            return_logits=False)
     np.testing.assert_array_equal(partial.read_part(0, "prompt_id"), np.arange(lo, lo + n))
     np.testing.assert_allclose(partial.read_part(0, "blocks.3.hook_resid_post").astype(np.float32),
                                ref["blocks.3.hook_resid_post"], rtol=1e-3, atol=0.05)

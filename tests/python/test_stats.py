@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import mindscope as ms
+from mindscope.model_spec import ModelSpec
 from mindscope.stats import CorpusStats
 
 RESID = "blocks.3.hook_resid_post"
@@ -222,7 +223,8 @@ def test_last_positions_match_run_with_cache(model):
 
 
 def test_model_by_name_and_mapping_behaviour(model, full):
-    by_name = ms.corpus_stats("smollm2-135m", TEXTS[:3], names=RESID, stats="mean", progress=False)
+    by_name = ms.corpus_stats("smollm2-135m", TEXTS[:3], names=RESID, stats="mean", progress=False,
+                              weights="float32")  # the fixture's mode (the GGUF's default is quantized)
     by_model = ms.corpus_stats(model, TEXTS[:3], names=RESID, stats="mean", progress=False)
     np.testing.assert_array_equal(by_name[RESID]["mean"], by_model[RESID]["mean"])
     assert RESID in full and "blocks.9.hook_resid_post" not in full and list(full) == HOOKS and len(full) == 2
@@ -371,7 +373,7 @@ def test_ray_engine_merges_blocks_in_completion_order(model, monkeypatch, full, 
 
     def map_blocks(model_spec, blocks, texts, fn, *, engine, ray_address, workers, threads, progress):
         calls.update(spec=model_spec, engine=engine, workers=workers, blocks=list(blocks))
-        worker_model = ms.load_model(model_spec)
+        worker_model = model_spec.load()
         order = list(range(len(blocks)))
         random.Random(3).shuffle(order)
         for i in order:
@@ -382,6 +384,8 @@ def test_ray_engine_merges_blocks_in_completion_order(model, monkeypatch, full, 
     s = ms.corpus_stats(model, TEXTS, names=HOOKS, stats=["mean", "cov", "hist", "topk"], k=K, bins=BINS,
                         range=RANGE, batch_size=BATCH, block_size=20, progress=False, engine="ray", workers=3,
                         directions={"truth": directions["truth"]}, direction_range=(-40, 40))
-    assert calls == {"spec": "smollm2-135m", "engine": "ray", "workers": 3, "blocks": [(0, 20), (20, 40), (40, 60)]}
+    # The float32 model is reloaded in float32 (not the GGUF's default, quantized).
+    assert calls == {"spec": ModelSpec("smollm2-135m", "float32"), "engine": "ray", "workers": 3,
+                     "blocks": [(0, 20), (20, 40), (40, 60)]}
     assert_same(s, full)
     assert s.topk_table(RESID, 3) == full.topk_table(RESID, 3)

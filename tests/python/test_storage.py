@@ -92,7 +92,7 @@ def dying(path, *args):
         os.kill(os.getpid(), signal.SIGKILL)
     return real(path, *args)
 _native.write_dump_part = dying
-model = ms.load_model()
+model = ms.load_model(weights="float32")  # the mode of the test's model, which resumes the dump
 texts = [f"Fact number {i}: the sky is blue" for i in range(23)]
 model.dump(texts, sys.argv[1], names="blocks.3.hook_resid_post", part_size=5, quiet=True)
 """
