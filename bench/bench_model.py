@@ -4,9 +4,10 @@ mindscope with quantized weights (GGUF blocks as stored), Hugging Face transform
 GGUF), on SmolLM2-135M, Gemma-3-270M and all-MiniLM-L6-v2 (float32 only: it is a HF folder).
 
 Jobs (each in a fresh subprocess, so that peak RSS = VmHWM belongs to that job alone; each
-process loads the model, warms up once and times --reps calls; the table shows the median over
---rounds interleaved rounds of those in-process medians: every round runs every job once, so a
-slow spell of the shared machine hits all rows alike):
+process loads the model, warms up once (the batched jobs on 2 prompts) and times --reps calls;
+the table shows the median over --rounds interleaved rounds of those in-process medians: every
+round runs every job once, so a slow spell of the shared machine hits all rows alike; Ctrl-C
+or SIGTERM stops and prints the jobs that finished):
 
 - load: the model load alone (imports excluded), seconds;
 - generate: batch 1, greedy, --new-tokens new tokens (EOS does not stop it), --threads threads,
@@ -50,6 +51,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -81,10 +83,11 @@ def vm(key: str) -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
 
 
-def _median_calls(fns: dict[str, Callable[[], Any]], reps: int) -> tuple[dict[str, float], dict[str, Any]]:
-    """One untimed warm-up call of each fn, then ``reps`` rounds calling each once (interleaved);
-    median seconds per fn and each fn's last result."""
-    last = {key: fn() for key, fn in fns.items()}
+def _median_calls(fns: dict[str, Callable[[], Any]], reps: int,
+                  warmups: dict[str, Callable[[], Any]]) -> tuple[dict[str, float], dict[str, Any]]:
+    """An untimed warm-up call of each fn (or of its lighter stand-in in ``warmups``), then
+    ``reps`` rounds calling each once (interleaved); median seconds per fn and its last result."""
+    last = {key: warmups.get(key, fn)() for key, fn in fns.items()}
     times: dict[str, list[float]] = {key: [] for key in fns}
     for _ in range(max(reps, 1)):
         for key, fn in fns.items():
@@ -94,7 +97,7 @@ def _median_calls(fns: dict[str, Callable[[], Any]], reps: int) -> tuple[dict[st
     return {key: statistics.median(ts) for key, ts in times.items()}, last
 
 
-def _mindscope_setup(spec: dict) -> tuple[dict, dict[str, Callable[[], Any]]]:
+def _mindscope_setup(spec: dict) -> tuple[dict, tuple[dict, dict]]:
     import numpy as np
 
     import mindscope as ms
@@ -121,21 +124,29 @@ def _mindscope_setup(spec: dict) -> tuple[dict, dict[str, Callable[[], Any]]]:
             raise RuntimeError(f"generate tokenized the prompt as {g.prompt_ids}, not {spec['prompt_ids']}")
         return g.token_ids
 
-    def forward() -> None:
+    def forward(rows: int = batch) -> None:
         if spec["model"] in ENCODERS:
-            model.embed(ids, batch_size=batch)
+            model.embed(ids[:rows], batch_size=batch)
         else:
-            model.run(ids, return_logits="all", batch_size=batch)
+            model.run(ids[:rows], return_logits="all", batch_size=batch)
 
-    def capture() -> None:
-        model.run_with_cache(ids, names=RESID_POST, positions="last", return_logits=False, batch_size=batch)
+    def capture(rows: int = batch) -> None:
+        model.run_with_cache(ids[:rows], names=RESID_POST, positions="last", return_logits=False, batch_size=batch)
 
-    fns = {"generate": {"hooks": lambda: generate(True), "plain": lambda: generate(False)},
-           "forward": {"run": forward}, "capture": {"run": capture}}[spec["job"]]
-    return out, fns
+    return out, _job_fns(spec["job"], generate, forward, capture)
 
 
-def _transformers_setup(spec: dict) -> tuple[dict, dict[str, Callable[[], Any]]]:
+def _job_fns(job: str, generate: Callable[[bool], Any], forward: Callable[..., None],
+             capture: Callable[..., None]) -> tuple[dict[str, Callable[[], Any]], dict[str, Callable[[], Any]]]:
+    """The timed calls of ``job`` and their warm-ups: the batched jobs warm up on 2 prompts (a
+    full-batch warm-up cost minutes with slow kernels under load and measured nothing)."""
+    if job == "generate":
+        return {"hooks": lambda: generate(True), "plain": lambda: generate(False)}, {}
+    fn = forward if job == "forward" else capture
+    return {"run": fn}, {"run": lambda: fn(2)}
+
+
+def _transformers_setup(spec: dict) -> tuple[dict, tuple[dict, dict]]:
     import numpy as np
     import torch
     import transformers
@@ -167,25 +178,23 @@ def _transformers_setup(spec: dict) -> tuple[dict, dict[str, Callable[[], Any]]]
             [[h[:, -1].numpy().copy() for h in step[1:]] for step in res.hidden_states]
         return res.sequences[0, prompt.shape[1]:].tolist()
 
-    def forward() -> None:
+    def forward(rows: int = batch) -> None:
         with torch.no_grad():
             if spec["model"] in ENCODERS:
-                h = model(x, attention_mask=mask).last_hidden_state.mean(1)
+                h = model(x[:rows], attention_mask=mask[:rows]).last_hidden_state.mean(1)
                 torch.nn.functional.normalize(h, dim=-1).numpy().copy()
             else:
-                model(x).logits.numpy()  # zero-copy, as numpy: mindscope returns its logits once too
+                model(x[:rows]).logits.numpy()  # zero-copy, as numpy: mindscope returns its logits once too
 
-    def capture() -> None:
+    def capture(rows: int = batch) -> None:
         with torch.no_grad():
-            hs = model(x, attention_mask=mask, output_hidden_states=True).hidden_states
+            hs = model(x[:rows], attention_mask=mask[:rows], output_hidden_states=True).hidden_states
             [h[:, -1].numpy().copy() for h in hs[1:]]
 
-    fns = {"generate": {"hooks": lambda: generate(True), "plain": lambda: generate(False)},
-           "forward": {"run": forward}, "capture": {"run": capture}}[spec["job"]]
-    return out, fns
+    return out, _job_fns(spec["job"], generate, forward, capture)
 
 
-def _llama_cpp_setup(spec: dict) -> tuple[dict, dict[str, Callable[[], Any]]]:
+def _llama_cpp_setup(spec: dict) -> tuple[dict, tuple[dict, dict]]:
     from llama_cpp import Llama
 
     if spec["job"] != "generate":
@@ -206,7 +215,7 @@ def _llama_cpp_setup(spec: dict) -> tuple[dict, dict[str, Callable[[], Any]]]:
                 break
         return tokens
 
-    return out, {"plain": generate}
+    return out, ({"plain": generate}, {})
 
 
 def _numerics(spec: dict) -> dict:
@@ -250,8 +259,8 @@ def run_job_here(spec: dict) -> dict:
         return _numerics(spec)
     setup = {"mindscope": _mindscope_setup, "transformers": _transformers_setup,
              "llama.cpp": _llama_cpp_setup}[spec["kind"]]
-    out, fns = setup(spec)
-    secs, last = _median_calls(fns, spec["reps"])
+    out, (fns, warmups) = setup(spec)
+    secs, last = _median_calls(fns, spec["reps"], warmups)
     out["secs"] = secs
     if spec["job"] == "generate":
         out["tokens"] = last[next(iter(last))]
@@ -385,6 +394,8 @@ def main() -> None:
 
     import mindscope as ms
 
+    # SIGTERM as Ctrl-C: stop, delete the temporary file, print the jobs that finished.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     load_before = loadavg()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     jobs = [j for j in ("generate", "forward", "capture") if j in args.jobs.split(",")]
@@ -423,7 +434,13 @@ def main() -> None:
             prompt_ids[m] = ms.load_model(m).to_tokens(GEN_PROMPT)
 
     results: dict[tuple[str, str, str], list[dict]] = {}
+    numerics: dict[str, dict] = {}
     try:
+        if "numerics" in args.jobs.split(","):  # deterministic and short: once, first
+            for m in models:
+                if m not in ENCODERS:
+                    print(f"[numerics] {m}", file=sys.stderr, flush=True)
+                    numerics[m] = run_job(rows[0], {"model": m, "job": "numerics"}, args.threads)
         for r in range(args.rounds):
             for m in models:
                 for job in jobs:
@@ -436,12 +453,8 @@ def main() -> None:
                         print(f"[round {r + 1}/{args.rounds}] {m} {job} {row.label} (load {loadavg()})",
                               file=sys.stderr, flush=True)
                         results.setdefault((m, job, row.label), []).append(run_job(row, spec, args.threads))
-        numerics: dict[str, dict] = {}
-        if "numerics" in args.jobs.split(","):
-            for m in models:
-                if m not in ENCODERS:
-                    print(f"[numerics] {m}", file=sys.stderr, flush=True)
-                    numerics[m] = run_job(rows[0], {"model": m, "job": "numerics"}, args.threads)
+    except KeyboardInterrupt:
+        notes.append(f"INTERRUPTED: {sum(map(len, results.values()))} jobs finished; rows show what ran")
     finally:
         for path in temp_files:
             os.unlink(path)
