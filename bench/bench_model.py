@@ -292,7 +292,9 @@ def run_job(row: Row, spec: dict, threads: int) -> dict:
                          capture_output=True, text=True, env=env, check=False)
     if res.returncode != 0:
         lines = res.stderr.strip().splitlines() or ["(no output)"]
-        return {"error": lines[-1][:200]}
+        how = (f"killed by {signal.Signals(-res.returncode).name}" if res.returncode < 0
+               else f"exit {res.returncode}")
+        return {"error": f"{how}; last stderr line: {lines[-1][:200]}"}
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
