@@ -41,6 +41,7 @@ class GenerateRequest(TypedDict, total=False):
     seed: int
     stop_at_eos: bool
     interventions: Sequence[Any] | None
+    names: Sequence[str]
 
 class EmbedRequest(TypedDict, total=False):
     prompts: Prompts
@@ -128,7 +129,8 @@ class Model:
         """Sentence embeddings ``[n, d_model]``: mean over real tokens of the last hidden state,
         L2-normalised. Encoders only. ``progress(done, total)`` counts sentences."""
     def generate(self, request: GenerateRequest) -> dict[str, Any]:
-        """``{"text": str, "token_ids": [n_new], "logprobs": [n_new], "prompt_ids": [n_prompt]}``."""
+        """``{"text": str, "token_ids": [n_new], "logprobs": [n_new], "prompt_ids": [n_prompt],
+        "cache": {name: [1, pos, ...]}}`` (the hooks of ``names``, every step's positions)."""
     def unembed(self, resid: F32) -> F32:
         """Final norm + LM head: ``[n, d_model]`` -> logits ``[n, vocab]``."""
     def embedding_matrix(self) -> F32:

@@ -23,13 +23,16 @@ Prompts = Union[str, Sequence[str], Sequence[Sequence[int]]]
 @dataclass
 class Generation:
     """A generated continuation: ``text`` (without the prompt), new ``token_ids``, and the
-    model's log-probability of each new token (``logprobs``, temperature 1)."""
+    model's log-probability of each new token (``logprobs``, temperature 1). ``cache``: the
+    hooks asked for with ``names=``, each ``[1, pos, ...]`` over every position that was run
+    (the prompt, then each new token but the last); None when none were asked for."""
 
     prompt: str
     text: str
     token_ids: list[int]
     logprobs: list[float]
     prompt_ids: list[int]
+    cache: ActivationCache | None = None
 
 
 @dataclass
@@ -257,17 +260,30 @@ class HookedModel:
         stop_at_eos: bool = True,
         interventions: Iterable[InterventionSpec] | None = None,
         return_details: bool = False,
+        names: NamesSpec = None,
     ) -> str | Generation:
         """Continue ``prompt`` with a KV cache. ``temperature=0`` is greedy; otherwise sampling
         with optional top-k / top-p, reproducible for a ``seed``. Returns the continuation's text,
-        or a :class:`Generation` with token ids and log-probs if ``return_details``."""
-        out = self._native.generate({
+        or a :class:`Generation` with token ids and log-probs if ``return_details``.
+
+        ``names`` (hook names, globs or a predicate; not attention patterns, whose key axis
+        grows each step): keep those activations at every step, in the core, as
+        ``Generation.cache`` (implies ``return_details``): ``cache[name]`` is
+        ``[1, len(prompt_ids) + len(token_ids) - 1, ...]``."""
+        request = {
             "prompt": prompt, "max_new_tokens": max_new_tokens, "temperature": temperature,
             "top_k": top_k, "top_p": top_p, "seed": seed, "stop_at_eos": stop_at_eos,
             "interventions": list(interventions) if interventions is not None else None,
-        })
+        }
+        if names is not None:
+            request["names"] = names_request(names, self._hook_names)
+        out = self._native.generate(request)
         gen = Generation(prompt, out["text"], list(out["token_ids"]), list(out["logprobs"]), list(out["prompt_ids"]))
-        return gen if return_details else gen.text
+        if names is None:
+            return gen if return_details else gen.text
+        run = list(gen.prompt_ids) + list(gen.token_ids[:-1])
+        gen.cache = ActivationCache(dict(out["cache"]), [run], "all", token_texts=self._native.token_texts)
+        return gen
 
     def check_layers(self, layers: Iterable[int] | None) -> list[int]:
         """Validate block indices (negative counts from the end); ``None`` means every block."""

@@ -341,13 +341,24 @@ impl Model {
             let model = &self.inner;
             let args = generate_args(request, model).py_err()?;
             let g = interruptible(py, |cancel| {
-                model.generate(&args.prompt, &args.params, &args.interventions, cancel)
+                model.generate(
+                    &args.prompt,
+                    &args.params,
+                    &args.interventions,
+                    args.capture.as_ref(),
+                    cancel,
+                )
             })?;
             let d = PyDict::new(py);
             d.set_item("text", g.text)?;
             d.set_item("token_ids", g.token_ids)?;
             d.set_item("logprobs", g.logprobs)?;
             d.set_item("prompt_ids", g.prompt_ids)?;
+            let cache = PyDict::new(py);
+            for (name, array) in g.cache {
+                cache.set_item(name, array_to_py(py, array)?)?;
+            }
+            d.set_item("cache", cache)?;
             Ok(d)
         })
     }

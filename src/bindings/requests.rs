@@ -632,6 +632,8 @@ pub struct GenerateArgs {
     pub prompt: String,
     pub params: SamplingParams,
     pub interventions: Vec<Intervention>,
+    /// Hooks to keep at every step (`names`; none when absent).
+    pub capture: Option<CaptureSpec>,
 }
 
 pub fn generate_args(obj: &Bound<'_, PyAny>, model: &LanguageModel) -> Result<GenerateArgs> {
@@ -647,6 +649,7 @@ pub fn generate_args(obj: &Bound<'_, PyAny>, model: &LanguageModel) -> Result<Ge
             "seed",
             "stop_at_eos",
             "interventions",
+            "names",
         ],
     )?;
     let prompt = match Prompts::parse(&req, "prompt")? {
@@ -666,10 +669,18 @@ pub fn generate_args(obj: &Bound<'_, PyAny>, model: &LanguageModel) -> Result<Ge
             .map_or(0, |n| n as u64),
         stop_at_eos: req.bool("stop_at_eos", true)?,
     };
+    let capture = match req.get("names") {
+        None => None,
+        Some(_) => Some(crate::model::generation_capture(
+            model.hooks(),
+            &names(&req, model.hooks())?,
+        )?),
+    };
     Ok(GenerateArgs {
         prompt,
         params,
         interventions: interventions(&req, model.hooks())?,
+        capture,
     })
 }
 

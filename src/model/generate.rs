@@ -6,7 +6,10 @@ use rand::{Rng, SeedableRng};
 
 use super::{KvCache, LanguageModel, RunPlan};
 use crate::error::{MsError, Result};
-use crate::hooks::{HookContext, Intervention, LogitsMode};
+use crate::hooks::{
+    CaptureSpec, CapturedArray, HookContext, HookKind, HookRegistry, Intervention, LogitsMode,
+    Positions,
+};
 use crate::interrupt::Cancel;
 
 /// How to pick each next token. `temperature == 0` is greedy (argmax).
@@ -55,6 +58,64 @@ pub struct Generation {
     /// Log-probability of each new token under the model's distribution (temperature 1,
     /// before top-k/top-p), so that greedy and sampled runs report comparable numbers.
     pub logprobs: Vec<f32>,
+    /// The captured hooks, `[1, pos, ...]` over every position that was run: the prompt and
+    /// each new token but the last (which no forward has read).
+    pub cache: Vec<(String, CapturedArray)>,
+}
+
+/// Captures of every step, joined along the position axis.
+#[derive(Default)]
+struct StepCaptures {
+    /// Name, the shape after the position axis, the data, positions so far.
+    arrays: Vec<(String, Vec<usize>, Vec<f32>, usize)>,
+}
+
+impl StepCaptures {
+    /// Append one step's `[1, t, ...]` arrays.
+    fn push(&mut self, step: Vec<(String, CapturedArray)>) -> Result<()> {
+        if self.arrays.is_empty() {
+            self.arrays = step
+                .iter()
+                .map(|(n, a)| (n.clone(), a.shape[2..].to_vec(), Vec::new(), 0))
+                .collect();
+        }
+        for ((name, a), (want, rest, data, positions)) in step.into_iter().zip(&mut self.arrays) {
+            if name != *want || a.shape.len() < 2 || a.shape[0] != 1 || a.shape[2..] != rest[..] {
+                return Err(MsError::Compute(format!(
+                    "generate: hook '{name}' changed shape between steps ({:?})",
+                    a.shape
+                )));
+            }
+            *positions += a.shape[1];
+            data.extend_from_slice(&a.data);
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Vec<(String, CapturedArray)> {
+        self.arrays
+            .into_iter()
+            .map(|(name, rest, data, positions)| {
+                let mut shape = vec![1, positions];
+                shape.extend(rest);
+                (name, CapturedArray::new(shape, data))
+            })
+            .collect()
+    }
+}
+
+/// A capture for generation: hooks whose position axis is the second (every hook but the
+/// attention pattern, whose key axis grows each step), at every position, no logits.
+pub fn generation_capture(registry: &HookRegistry, patterns: &[String]) -> Result<CaptureSpec> {
+    let spec = CaptureSpec::new(registry, patterns, Positions::All, None, LogitsMode::None)?;
+    if let Some(p) = spec.points.iter().find(|p| p.kind == HookKind::AttnPattern) {
+        return Err(MsError::invalid(format!(
+            "generate cannot capture '{}': an attention pattern gains a key per step; capture it \
+             with run_with_cache on the prompt plus the generated text",
+            p.name()
+        )));
+    }
+    Ok(spec)
 }
 
 /// Temperatures below this sample greedily.
@@ -129,12 +190,14 @@ fn pick_token(logits: &[f32], p: &SamplingParams, rng: &mut StdRng) -> u32 {
 }
 
 impl LanguageModel {
-    /// Continue one prompt. Interventions apply at every step (e.g. steering vectors).
+    /// Continue one prompt. Interventions apply at every step (e.g. steering vectors); the
+    /// hooks of `capture` (see [`generation_capture`]) are kept at every step, in the core.
     pub fn generate(
         &self,
         prompt: &str,
         params: &SamplingParams,
         interventions: &[Intervention],
+        capture: Option<&CaptureSpec>,
         cancel: &Cancel,
     ) -> Result<Generation> {
         params.validate()?;
@@ -153,11 +216,12 @@ impl LanguageModel {
         let mut new_ids = Vec::new();
         let mut logprobs = Vec::new();
         let net = self.decoder("generate text")?;
+        let mut captured = StepCaptures::default();
         for _ in 0..params.max_new_tokens {
             let ids = Tensor::from_vec(input.clone(), (1, input.len()), &Device::Cpu)?;
             let lengths = [input.len()];
-            let mut ctx =
-                HookContext::new(self.hooks(), None, interventions, &lengths)?.with_cancel(cancel);
+            let mut ctx = HookContext::new(self.hooks(), capture, interventions, &lengths)?
+                .with_cancel(cancel);
             let plan = RunPlan::new(
                 net,
                 &ctx,
@@ -170,6 +234,9 @@ impl LanguageModel {
                 .forward(&ids, &lengths, &mut ctx, &plan, Some(&mut cache), None)?
                 .ok_or_else(|| MsError::Compute("forward returned no logits".into()))?;
             let logits = logits.data;
+            if capture.is_some() {
+                captured.push(std::mem::take(&mut ctx.cache).into_entries())?;
+            }
             let next = pick_token(&logits, params, &mut rng);
             logprobs.push(log_softmax(&logits)[next as usize]);
             new_ids.push(next);
@@ -183,6 +250,7 @@ impl LanguageModel {
             prompt_ids,
             token_ids: new_ids,
             logprobs,
+            cache: captured.finish(),
         })
     }
 }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 pub use ablation::{Ablation, AblationJob, AblationScores, PackLimits};
 pub use config::ModelConfig;
 pub use families::{Family, SUPPORTED_ARCHITECTURES, SUPPORTED_MODEL_TYPES};
-pub use generate::{Generation, SamplingParams};
+pub use generate::{generation_capture, Generation, SamplingParams};
 pub use metric::Metric;
 pub use parts::{Prefix, Segment};
 pub use patching::{PatchJob, PatchScores, PatchSite, SiteGrid};

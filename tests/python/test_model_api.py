@@ -218,6 +218,29 @@ def test_generation_details(model):
     assert gen.text == model.decode(gen.token_ids)
 
 
+def test_generation_captures_hooks_at_every_step(model):
+    """``generate(names=...)`` keeps the hooks in the core at every step: the prompt's
+    positions, then one per new token but the last, equal (float32 weights) to a forward over
+    the same tokens; attention patterns, whose key axis grows, are refused."""
+    names = ["hook_embed", "blocks.*.hook_resid_post", "blocks.3.attn.hook_z"]
+    gen = model.generate("The capital of France is", max_new_tokens=6, stop_at_eos=False, names=names)
+    run = list(gen.prompt_ids) + list(gen.token_ids[:-1])
+    assert gen.cache["blocks.29.hook_resid_post"].shape == (1, len(run), model.d_model)
+    assert gen.cache["blocks.3.attn.hook_z"].shape[:2] == (1, len(run))
+    assert gen.cache.tokens == [run]
+    _, full = model.run_with_cache([run], names=names)
+    for name in full.keys():
+        a, b = gen.cache[name], full[name]
+        # The KV cache sums attention in another order than the full forward: float32 noise.
+        assert np.abs(a - b).max() <= 1e-4 * max(1.0, float(np.abs(b).max())), name
+    # The text is what it is without the capture.
+    assert gen.text == model.generate("The capital of France is", max_new_tokens=6, stop_at_eos=False)
+    with pytest.raises(errors.InvalidArgumentError, match="attention pattern"):
+        model.generate("Hi", max_new_tokens=2, names="blocks.0.attn.hook_pattern")
+    with pytest.raises(errors.UnknownHookError):
+        model.generate("Hi", max_new_tokens=2, names="blocks.99.hook_resid_post")
+
+
 @pytest.mark.parametrize("text", [
     "café au lait, naïve Ünïcödé — 東京 🚀 ", "  two  spaces\n\ttabs\r\n", "<|im_start|>user\nhi<|im_end|>",
     "12345678901234567890", "\u200b zero width, עברית, العربية, हिन्दी",
