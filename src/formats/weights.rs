@@ -206,6 +206,19 @@ impl<'a> WeightReader<'a> {
 
     /// The tensor `name` as f32, which must have shape `expect` (checked before reading).
     pub fn tensor(&self, name: &str, expect: &[usize]) -> Result<Tensor> {
+        self.before_reading(name, expect)?;
+        let t = self
+            .source
+            .tensors_f32(&[name.to_string()])?
+            .pop()
+            .ok_or_else(|| self.missing(name))?;
+        check_finite(&t, name, &self.origin())?;
+        self.read(name);
+        Ok(t)
+    }
+
+    /// Stop here if cancelled; refuse a missing tensor or one of another shape.
+    fn before_reading(&self, name: &str, expect: &[usize]) -> Result<()> {
         self.cancel.check()?;
         let dims = self.dims(name).ok_or_else(|| self.missing(name))?;
         if dims != expect {
@@ -214,18 +227,16 @@ impl<'a> WeightReader<'a> {
                 self.origin()
             )));
         }
-        let t = self
-            .source
-            .tensors_f32(&[name.to_string()])?
-            .pop()
-            .ok_or_else(|| self.missing(name))?;
-        check_finite(&t, name, &self.origin())?;
+        Ok(())
+    }
+
+    /// Count `name` as read (for `check_all_used` and the progress).
+    fn read(&self, name: &str) {
         self.used
             .lock()
             .expect("no panics while held")
             .insert(name.to_string());
         self.cancel.progress().advance(1);
-        Ok(t)
     }
 
     /// A weight matrix `expect = [out, in]`: kept in its stored block type in quantized mode
@@ -234,28 +245,17 @@ impl<'a> WeightReader<'a> {
         if self.mode == WeightsMode::Float32 || self.source.quantized_len(name).is_none() {
             return Ok(self.tensor(name, expect)?.into());
         }
-        self.cancel.check()?;
-        let dims = self.dims(name).ok_or_else(|| self.missing(name))?;
-        if dims != expect {
-            return Err(MsError::ModelFormat(format!(
-                "{}: tensor '{name}' has shape {dims:?}, expected {expect:?}",
-                self.origin()
-            )));
-        }
+        self.before_reading(name, expect)?;
         let q = self.source.quantized(name)?;
         if let Some(row) = q.first_non_finite_row() {
             return Err(MsError::ModelFormat(format!(
                 "{}: tensor '{name}' has a NaN or infinite value in row {row} of shape \
-                 {dims:?}; weights must be finite numbers (a corrupted or badly converted \
+                 {expect:?}; weights must be finite numbers (a corrupted or badly converted \
                  checkpoint?)",
                 self.origin()
             )));
         }
-        self.used
-            .lock()
-            .expect("no panics while held")
-            .insert(name.to_string());
-        self.cancel.progress().advance(1);
+        self.read(name);
         Ok(q.into())
     }
 

@@ -54,37 +54,34 @@ fn quantized_matmul(x: &Tensor, q: &QMatrix) -> Result<Tensor> {
 pub fn linear(x: &Tensor, w: &Weight, bias: Option<&Tensor>) -> Result<Tensor> {
     match w {
         Weight::Dense(t) => linear_dense(x, t, bias),
-        Weight::Quantized(q) => {
-            let dims = x.dims().to_vec();
-            let rows: usize = dims[..dims.len() - 1].iter().product();
-            let out = quantized_matmul(&x.reshape((rows, dims[dims.len() - 1]))?, q)?;
-            let out = match bias {
-                Some(b) => match fused::add_row(&out, b)? {
-                    Some(o) => o,
-                    None => out.broadcast_add(b)?,
-                },
-                None => out,
-            };
-            let mut shape = dims[..dims.len() - 1].to_vec();
-            shape.push(q.dims().0);
-            Ok(out.reshape(shape)?)
-        }
+        Weight::Quantized(q) => with_rows(x, bias, |x2| quantized_matmul(x2, q)),
     }
 }
 
 /// `x [..., in] @ w^T (+ b)` for a float32 weight `w [out, in]`.
 pub fn linear_dense(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    with_rows(x, bias, |x2| {
+        let (rows, n) = (x2.dim(0)?, w.dim(0)?);
+        Ok(if let Some(data) = blas_matmul(x2, w) {
+            Tensor::from_vec(data, (rows, n), &Device::Cpu)?
+        } else if rows <= SMALL_BATCH_ROWS {
+            w.matmul(&x2.t()?)?.t()?.contiguous()?
+        } else {
+            x2.matmul(&w.t()?)?
+        })
+    })
+}
+
+/// `product(x as [rows, in])` `[rows, out]`, plus the bias, back in `x`'s leading shape.
+fn with_rows(
+    x: &Tensor,
+    bias: Option<&Tensor>,
+    product: impl FnOnce(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let rows: usize = dims[..dims.len() - 1].iter().product();
-    let x2 = x.reshape((rows, dims[dims.len() - 1]))?;
-    let n = w.dim(0)?;
-    let out = if let Some(data) = blas_matmul(&x2, w) {
-        Tensor::from_vec(data, (rows, n), &Device::Cpu)?
-    } else if rows <= SMALL_BATCH_ROWS {
-        w.matmul(&x2.t()?)?.t()?.contiguous()?
-    } else {
-        x2.matmul(&w.t()?)?
-    };
+    let out = product(&x.reshape((rows, dims[dims.len() - 1]))?)?;
+    let n = out.dim(1)?;
     let out = match bias {
         Some(b) => match fused::add_row(&out, b)? {
             Some(o) => o,
