@@ -372,6 +372,10 @@ impl Transformer {
                     let n = chunk.len() / vocab;
                     linear_into(&rows.narrow(0, k * block, n)?, lm_head, chunk)?;
                 }
+                // Padded positions computed logits of padding tokens: zero them, as captures.
+                for (row, &len) in lengths.iter().enumerate().take(b) {
+                    buf[(row * t + len.min(t)) * vocab..(row + 1) * t * vocab].fill(0.0);
+                }
                 Ok((!owned.is_empty()).then(|| CapturedArray::new(vec![b, t, vocab], owned)))
             }
             LogitsMode::Last => {

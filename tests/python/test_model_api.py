@@ -218,6 +218,16 @@ def test_generation_details(model):
     assert gen.text == model.decode(gen.token_ids)
 
 
+def test_padded_positions_of_all_logits_are_zero(model):
+    """``run(..., return_logits="all")`` zeroes the positions after each prompt's end, as the captures do."""
+    prompts = ["Hi", "The capital of France is Paris, and the capital of Italy is"]
+    out = model.run(prompts, return_logits="all")
+    short = len(model.to_tokens(prompts[0]))
+    assert out.shape[1] > short
+    assert np.all(out[0, short:] == 0)
+    assert np.all(np.abs(out[0, :short]).max(-1) > 0) and np.all(np.abs(out[1]).max(-1) > 0)
+
+
 def test_generation_captures_hooks_at_every_step(model):
     """``generate(names=...)`` keeps the hooks in the core at every step: the prompt's
     positions, then one per new token but the last, equal (float32 weights) to a forward over
