@@ -234,7 +234,7 @@ def test_a_model_load_counts_its_tensors(capfd):
     from conftest import shared_path
 
     rec = Recorder()
-    native = ms._native.Model.load(str(shared_path("models", "tiny", "llama3")), rec)
+    native = ms._native.Model.load(str(shared_path("models", "tiny", "llama3")), progress=rec)
     assert native.config()["n_layers"] >= 1
     rec.check(rec.calls[-1][1])
     assert len(rec.calls) >= 1
