@@ -41,13 +41,18 @@ fn quantized_matmul(x: &Tensor, q: &QMatrix) -> Result<Tensor> {
             x.dims()
         )));
     }
-    let x = x.contiguous()?;
     let mut out = vec![0f32; rows * n];
-    match fused::with_f32(&x, |xs| q.matmul_t_into(xs, &mut out)) {
-        Some(done) => done?,
-        None => q.matmul_t_into(&x.flatten_all()?.to_vec1::<f32>()?, &mut out)?,
-    }
+    quantized_into(x, q, &mut out)?;
     Ok(Tensor::from_vec(out, (rows, n), &Device::Cpu)?)
+}
+
+/// `out = x @ q^T`, reading `x`'s floats in place when it is a contiguous f32 CPU tensor.
+fn quantized_into(x: &Tensor, q: &QMatrix, out: &mut [f32]) -> Result<()> {
+    let x = x.contiguous()?;
+    match fused::with_f32(&x, |xs| q.matmul_t_into(xs, out)) {
+        Some(done) => done,
+        None => q.matmul_t_into(&x.flatten_all()?.to_vec1::<f32>()?, out),
+    }
 }
 
 /// `x [..., in] @ w^T (+ b)` for a weight `w [out, in]`.
@@ -100,13 +105,7 @@ fn with_rows(
 pub fn linear_into(x: &Tensor, w: &Weight, out: &mut [f32]) -> Result<()> {
     let w = match w {
         Weight::Dense(t) => t,
-        Weight::Quantized(q) => {
-            let x = x.contiguous()?;
-            return match fused::with_f32(&x, |xs| q.matmul_t_into(xs, out)) {
-                Some(done) => done,
-                None => q.matmul_t_into(&x.flatten_all()?.to_vec1::<f32>()?, out),
-            };
-        }
+        Weight::Quantized(q) => return quantized_into(x, q, out),
     };
     let k = x.dim(D::Minus1)?;
     let rows = x.elem_count() / k.max(1);
