@@ -81,7 +81,7 @@ pub fn portable_products(w: &DecodedRows, a: &QuantizedActs, dst: &mut [f32], ld
 }
 
 #[cfg(target_arch = "x86_64")]
-mod vnni {
+pub(super) mod vnni {
     use std::arch::x86_64::*;
     use std::sync::OnceLock;
 
@@ -102,7 +102,7 @@ mod vnni {
     const TC: usize = 4;
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    fn sum_lanes(v: __m512) -> f32 {
+    pub(in crate::kernels::qdot) fn sum_lanes(v: __m512) -> f32 {
         // Lanes i + 8, then i + 4, i + 2, i + 1: the tree of `super::sum_lanes`.
         let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
         let s8 = _mm256_add_ps(_mm512_castps512_ps256(v), high);
@@ -113,7 +113,7 @@ mod vnni {
 
     /// The lane scales of one chunk from its 4 group scales at `p`: each repeated 4 times.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn lane_scales(p: *const f32) -> __m512 {
+    pub(in crate::kernels::qdot) unsafe fn lane_scales(p: *const f32) -> __m512 {
         let spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
         // SAFETY: the caller points at 4 floats.
         _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(unsafe { _mm_loadu_ps(p) }))

@@ -2,7 +2,8 @@
 //! `scale * code + offset` per group of 16 (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K):
 //! weight rows are decoded in slabs to 8-bit codes (`decode`), activation rows rounded to 8
 //! bits per 32 values (`acts`), and multiplied with exact integer dot products (`dot`: AVX-512
-//! VNNI, or a portable kernel giving the same bits).
+//! VNNI, or a portable kernel giving the same bits). One or two activation rows (a decode
+//! step) skip the slab: `gemv` expands each chunk of codes in registers, with the same bits.
 //!
 //! Why not candle's `k_quants::matmul`: measured on this project's machine, its Q8_0 product
 //! ran at 16 GMAC/s and Q5_0 at 2.6 GMAC/s (no vector kernel for Q4_1, Q5_0, Q5_1) against
@@ -13,6 +14,7 @@
 mod acts;
 mod decode;
 mod dot;
+mod gemv;
 
 use candle_core::quantized::GgmlDType;
 
@@ -39,6 +41,10 @@ thread_local! {
 pub fn matmul_t(dtype: GgmlDType, bytes: &[u8], n: usize, k: usize, lhs: &[f32], dst: &mut [f32]) {
     debug_assert!(supported(dtype));
     let acts = acts::QuantizedActs::new(lhs, k);
+    if acts.rows() <= gemv::MAX_ROWS && gemv::available(dtype) {
+        gemv::products(dtype, bytes, n, k, &acts, dst);
+        return;
+    }
     let per = slab_rows(acts.rows()).min(n);
     SLAB.with(|cell| {
         let mut cell = cell.borrow_mut();
@@ -150,6 +156,30 @@ mod tests {
     }
 
     #[test]
+    fn rows_read_from_their_blocks_equal_the_decoded_ones_bit_for_bit() {
+        // n = 9: two quads of weight rows and one alone; k = 544 (17 blocks of 32, a half
+        // chunk at the end) for the 32-value types, 768 (3 superblocks) for the k-quants.
+        for dtype in TYPES {
+            if !gemv::available(dtype) {
+                eprintln!("{dtype:?}: no AVX-512 VNNI here, the slab path runs");
+                continue;
+            }
+            let k = if dtype.block_size() == 32 { 544 } else { 768 };
+            let n = 9;
+            let (bytes, _) = stored(dtype, n, k);
+            let mut dec = decode::DecodedRows::new(n, k);
+            decode::decode_rows(dtype, &bytes, k, 0, &mut dec);
+            for m in 1..=gemv::MAX_ROWS {
+                let acts = acts::QuantizedActs::new(&values(m * k, 21 + m as u64), k);
+                let (mut fused, mut portable) = (vec![0f32; m * n], vec![0f32; m * n]);
+                gemv::products(dtype, &bytes, n, k, &acts, &mut fused);
+                dot::portable_products(&dec, &acts, &mut portable, n);
+                assert_eq!(fused, portable, "{dtype:?} m={m}");
+            }
+        }
+    }
+
+    #[test]
     fn the_fast_kernel_equals_the_portable_one_bit_for_bit() {
         let (n, k) = (9, 768);
         for dtype in TYPES {
@@ -187,7 +217,7 @@ mod timing {
         ] {
             let q = candle_core::quantized::QTensor::quantize(&w, dtype).unwrap();
             let bytes = q.data().unwrap();
-            for m in [1usize, 256] {
+            for m in [1usize, 2, 256] {
                 let x = vec![0.5f32; m * k];
                 let t = std::time::Instant::now();
                 let acts = acts::QuantizedActs::new(&x, k);
@@ -200,6 +230,18 @@ mod timing {
                 let t = std::time::Instant::now();
                 dot::products(&dec, &acts, &mut out, n);
                 let t_dot = t.elapsed().as_secs_f64();
+                if m <= gemv::MAX_ROWS && gemv::available(dtype) {
+                    let t = std::time::Instant::now();
+                    for _ in 0..10 {
+                        gemv::products(dtype, &bytes, n, k, &acts, &mut out);
+                    }
+                    let t_fused = t.elapsed().as_secs_f64() / 10.0;
+                    println!(
+                        "{dtype:?} m={m}: read from the blocks {:.3} ms ({:.3} ns/weight)",
+                        t_fused * 1e3,
+                        t_fused * 1e9 / (n * k) as f64
+                    );
+                }
                 println!(
                     "{dtype:?} m={m}: acts {:.3} ms, decode {:.3} ms ({:.2} ns/weight), dot {:.3} ms ({:.1} GMAC/s)",
                     t_acts * 1e3,
