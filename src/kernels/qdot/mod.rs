@@ -253,4 +253,49 @@ mod timing {
             }
         }
     }
+
+    /// One activation row against 64 MB of weights (beyond the caches, as in a decode step),
+    /// on one thread: ns a weight, and the bandwidth that makes.
+    #[test]
+    #[ignore]
+    fn streamed() {
+        let (n, k) = (1536, 576);
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::Q5_0] {
+            let w =
+                candle_core::Tensor::randn(0f32, 1.0, (n, k), &candle_core::Device::Cpu).unwrap();
+            let q = candle_core::quantized::QTensor::quantize(&w, dtype).unwrap();
+            let one = q.data().unwrap().into_owned();
+            let copies = (64 << 20) / one.len();
+            let all: Vec<u8> = one
+                .iter()
+                .copied()
+                .cycle()
+                .take(copies * one.len())
+                .collect();
+            let x = vec![0.5f32; k];
+            let mut out = vec![0f32; n];
+            for round in 0..3 {
+                let t = std::time::Instant::now();
+                for c in 0..copies {
+                    matmul_t(
+                        dtype,
+                        &all[c * one.len()..(c + 1) * one.len()],
+                        n,
+                        k,
+                        &x,
+                        &mut out,
+                    );
+                }
+                let dt = t.elapsed().as_secs_f64();
+                let weights = (copies * n * k) as f64;
+                if round > 0 {
+                    println!(
+                        "{dtype:?}: {:.3} ns/weight, {:.1} GB/s",
+                        dt * 1e9 / weights,
+                        all.len() as f64 / dt / 1e9
+                    );
+                }
+            }
+        }
+    }
 }
