@@ -57,7 +57,14 @@ pub fn type_name(dtype: GgmlDType) -> &'static str {
 /// The rows of a matrix in one block type: the operations that need the type.
 trait Blocks: Send + Sync {
     /// `dst [m, cols.len()] = lhs [m, k] @ W[cols]^T`.
-    fn matmul_t(&self, cols: Range<usize>, k: usize, lhs: &[f32], dst: &mut [f32]) -> Result<()>;
+    fn matmul_t(
+        &self,
+        cols: Range<usize>,
+        k: usize,
+        lhs: &[f32],
+        dst: &mut [f32],
+        batch_rows: usize,
+    ) -> Result<()>;
     /// Rows `rows` as floats into `out [rows.len(), k]`.
     fn to_f32(&self, rows: Range<usize>, k: usize, out: &mut [f32]);
     /// A new matrix of the rows `order` (in that order).
@@ -135,12 +142,27 @@ impl<T: GgmlType> Drop for Typed<T> {
 }
 
 impl<T: GgmlType + 'static> Blocks for Typed<T> {
-    fn matmul_t(&self, cols: Range<usize>, k: usize, lhs: &[f32], dst: &mut [f32]) -> Result<()> {
+    fn matmul_t(
+        &self,
+        cols: Range<usize>,
+        k: usize,
+        lhs: &[f32],
+        dst: &mut [f32],
+        batch_rows: usize,
+    ) -> Result<()> {
         let per_row = k / T::BLCK_SIZE;
         let m = lhs.len() / k;
         let rhs = &self.blocks()[cols.start * per_row..cols.end * per_row];
         if qdot::supported(T::DTYPE) {
-            qdot::matmul_t(T::DTYPE, rhs_bytes(rhs), cols.len(), k, lhs, dst);
+            qdot::matmul_t(
+                T::DTYPE,
+                rhs_bytes(rhs),
+                cols.len(),
+                k,
+                lhs,
+                dst,
+                batch_rows,
+            );
             return Ok(());
         }
         k_quants::matmul::<T>((m, k, cols.len()), lhs, rhs, dst)
@@ -317,14 +339,14 @@ impl QMatrix {
         }
         let threads = rayon::current_num_threads();
         if threads <= 1 || m * n * k < PARALLEL_MIN_MACS {
-            return self.blocks.matmul_t(0..n, k, x, out);
+            return self.blocks.matmul_t(0..n, k, x, out, m);
         }
         if m >= 2 * threads {
             let per = m.div_ceil(threads);
             return x
                 .par_chunks(per * k)
                 .zip(out.par_chunks_mut(per * n))
-                .try_for_each(|(xs, o)| self.blocks.matmul_t(0..n, k, xs, o));
+                .try_for_each(|(xs, o)| self.blocks.matmul_t(0..n, k, xs, o, m));
         }
         // Few rows: split the weight's rows (output columns) in multiples of 4 (candle's
         // kernels take columns four at a time).
@@ -334,13 +356,13 @@ impl QMatrix {
             return out
                 .par_chunks_mut(per)
                 .zip(ranges)
-                .try_for_each(|(o, cols)| self.blocks.matmul_t(cols, k, x, o));
+                .try_for_each(|(o, cols)| self.blocks.matmul_t(cols, k, x, o, m));
         }
         let parts: Vec<Vec<f32>> = ranges
             .par_iter()
             .map(|cols| {
                 let mut part = vec![0f32; m * cols.len()];
-                self.blocks.matmul_t(cols.clone(), k, x, &mut part)?;
+                self.blocks.matmul_t(cols.clone(), k, x, &mut part, m)?;
                 Ok(part)
             })
             .collect::<Result<_>>()?;

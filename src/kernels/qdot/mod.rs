@@ -15,6 +15,7 @@ mod acts;
 mod decode;
 mod dot;
 mod gemv;
+mod panels;
 
 use candle_core::quantized::GgmlDType;
 
@@ -24,27 +25,46 @@ pub use decode::supported;
 /// while every activation row passes over them; with few activation rows (a decode step), a
 /// few weight rows at a time, so that they are read back from L1.
 fn slab_rows(m: usize) -> usize {
-    if m <= 8 {
+    if m <= 8 && !panels::available() {
         8
     } else {
         128
     }
 }
 
+/// From this many activation rows on, the decoded slab is repacked in panels (`panels`); fewer
+/// go to `gemv`. (The row-major `dot` kernel is the reference the others were built against,
+/// and what a CPU without AVX-512 VNNI runs.) Every batch of three rows or more gets the same
+/// bits for a row, whatever the batch: panels sum in their own order.
+const PANEL_MIN_ROWS: usize = gemv::MAX_ROWS + 1;
+
 thread_local! {
     /// Each thread's slab, kept between products: a decode step makes hundreds of products a
     /// token, and a fresh slab is an allocation and a zeroing each.
     static SLAB: std::cell::RefCell<Option<decode::DecodedRows>> = const { std::cell::RefCell::new(None) };
+    /// Each thread's panels, likewise.
+    static PANELS: std::cell::RefCell<panels::PanelSlab> = std::cell::RefCell::new(panels::PanelSlab::new());
 }
 
 /// `dst [m, n] = lhs [m, k] @ W^T` for `W [n, k]` stored as `bytes` in block type `dtype`.
-pub fn matmul_t(dtype: GgmlDType, bytes: &[u8], n: usize, k: usize, lhs: &[f32], dst: &mut [f32]) {
+/// `lhs` is part of a product of `batch_rows` rows (split over threads), which chooses the
+/// kernel, so that a row gets the same bits whichever part it lands in.
+pub fn matmul_t(
+    dtype: GgmlDType,
+    bytes: &[u8],
+    n: usize,
+    k: usize,
+    lhs: &[f32],
+    dst: &mut [f32],
+    batch_rows: usize,
+) {
     debug_assert!(supported(dtype));
     let acts = acts::QuantizedActs::new(lhs, k);
-    if acts.rows() <= gemv::MAX_ROWS && gemv::available(dtype) {
+    if batch_rows <= gemv::MAX_ROWS && gemv::available(dtype) {
         gemv::products(dtype, bytes, n, k, &acts, dst);
         return;
     }
+    let in_panels = batch_rows >= PANEL_MIN_ROWS && panels::available();
     let per = slab_rows(acts.rows()).min(n);
     SLAB.with(|cell| {
         let mut cell = cell.borrow_mut();
@@ -56,11 +76,19 @@ pub fn matmul_t(dtype: GgmlDType, bytes: &[u8], n: usize, k: usize, lhs: &[f32],
             *cell = Some(decode::DecodedRows::new(per, k));
         }
         let slab = cell.as_mut().expect("set above");
-        for c0 in (0..n).step_by(per) {
-            slab.use_rows(per.min(n - c0));
-            decode::decode_rows(dtype, bytes, k, c0, slab);
-            dot::products(slab, &acts, &mut dst[c0..], n);
-        }
+        PANELS.with(|panels_cell| {
+            let mut repacked = panels_cell.borrow_mut();
+            for c0 in (0..n).step_by(per) {
+                slab.use_rows(per.min(n - c0));
+                decode::decode_rows(dtype, bytes, k, c0, slab);
+                if in_panels {
+                    repacked.repack(slab);
+                    panels::products(&repacked, &acts, &mut dst[c0..], n);
+                } else {
+                    dot::products(slab, &acts, &mut dst[c0..], n);
+                }
+            }
+        });
     });
 }
 
@@ -124,7 +152,7 @@ mod tests {
     }
 
     #[test]
-    fn products_are_close_to_the_dequantized_product_and_batch_invariant() {
+    fn products_are_close_to_the_dequantized_product_and_batches_agree() {
         // k = 544 = 8.5 chunks: a padded tail; n = 7: a weight tile of 4 and three single rows.
         let (n, k) = (7, 544);
         for dtype in [
@@ -138,12 +166,27 @@ mod tests {
             let m = 6;
             let x = values(m * k, 9);
             let mut all = vec![0f32; m * n];
-            matmul_t(dtype, &bytes, n, k, &x, &mut all);
+            matmul_t(dtype, &bytes, n, k, &x, &mut all, m);
             for r in 0..m {
-                // Alone, the row gives the same bits as inside the batch.
+                // In another batch of three or more rows, the row gives the same bits; alone
+                // (a decode step's kernel, its own order of sums) within rounding.
+                let others = [r, (r + 1) % m, (r + 2) % m];
+                let three: Vec<f32> = others
+                    .iter()
+                    .flat_map(|&o| &x[o * k..(o + 1) * k])
+                    .copied()
+                    .collect();
+                let mut in_three = vec![0f32; 3 * n];
+                matmul_t(dtype, &bytes, n, k, &three, &mut in_three, 3);
+                assert_eq!(in_three[..n], all[r * n..(r + 1) * n], "{dtype:?} row {r}");
                 let mut one = vec![0f32; n];
-                matmul_t(dtype, &bytes, n, k, &x[r * k..(r + 1) * k], &mut one);
-                assert_eq!(one, all[r * n..(r + 1) * n], "{dtype:?} row {r}");
+                matmul_t(dtype, &bytes, n, k, &x[r * k..(r + 1) * k], &mut one, 1);
+                for (c, (a, b)) in one.iter().zip(&all[r * n..(r + 1) * n]).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                        "{dtype:?} [{r},{c}] {a} vs {b}"
+                    );
+                }
                 for c in 0..n {
                     let exact: f32 = (0..k).map(|i| x[r * k + i] * w[c * k + i]).sum();
                     let size: f32 = (0..k).map(|i| (x[r * k + i] * w[c * k + i]).abs()).sum();
@@ -175,6 +218,45 @@ mod tests {
                 gemv::products(dtype, &bytes, n, k, &acts, &mut fused);
                 dot::portable_products(&dec, &acts, &mut portable, n);
                 assert_eq!(fused, portable, "{dtype:?} m={m}");
+            }
+        }
+    }
+
+    #[test]
+    fn panels_equal_their_portable_kernel_bit_for_bit() {
+        // n = 37: two whole panels and 5 rows of a third; m = 7: a tile of 4 rows and one of 3.
+        let n = 37;
+        for dtype in TYPES {
+            let k = if dtype.block_size() == 32 { 544 } else { 768 };
+            let (bytes, _) = stored(dtype, n, k);
+            let mut dec = decode::DecodedRows::new(n, k);
+            decode::decode_rows(dtype, &bytes, k, 0, &mut dec);
+            let mut slab = panels::PanelSlab::new();
+            slab.repack(&dec);
+            let m = 7;
+            let acts = acts::QuantizedActs::new(&values(m * k, 5), k);
+            let (mut fast, mut portable) = (vec![f32::NAN; m * n], vec![0f32; m * n]);
+            panels::products(&slab, &acts, &mut fast, n);
+            panels::portable_products(&slab, &acts, &mut portable, n);
+            assert_eq!(fast, portable, "{dtype:?}");
+        }
+    }
+
+    #[test]
+    fn batches_in_panels_are_close_to_the_dequantized_product() {
+        let (n, k, m) = (21, 544, PANEL_MIN_ROWS + 3);
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q8_0] {
+            let (bytes, w) = stored(dtype, n, k);
+            let x = values(m * k, 13);
+            let mut got = vec![0f32; m * n];
+            matmul_t(dtype, &bytes, n, k, &x, &mut got, m);
+            for r in 0..m {
+                for c in 0..n {
+                    let exact: f32 = (0..k).map(|i| x[r * k + i] * w[c * k + i]).sum();
+                    let size: f32 = (0..k).map(|i| (x[r * k + i] * w[c * k + i]).abs()).sum();
+                    let err = (got[r * n + c] - exact).abs();
+                    assert!(err < 0.01 * size, "{dtype:?} [{r},{c}] {err} of {size}");
+                }
             }
         }
     }
@@ -284,6 +366,7 @@ mod timing {
                         k,
                         &x,
                         &mut out,
+                        1,
                     );
                 }
                 let dt = t.elapsed().as_secs_f64();
