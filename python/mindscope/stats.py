@@ -358,18 +358,25 @@ class CorpusStats(Mapping[str, dict[str, np.ndarray]]):
         neurons: collect per-neuron histograms / top-k (``False``: directions only).
         window: tokens kept ``(before, after)`` each top-k hit, for :meth:`topk_table`.
         model_name: recorded so that states of different models refuse to merge.
+        weights: the model's weights mode (``model.weights``: ``"quantized"`` or ``"float32"``),
+            recorded so that states computed in different modes refuse to merge (their
+            activations differ by the 8-bit rounding of quantized mode, a few percent).
     """
 
     def __init__(self, stats: Sequence[str] | str = ("mean", "cov", "topk"), *, positions: str = "all", k: int = 10,
                  bins: int = 100, range: tuple[float, float] | None = None,
                  direction_range: tuple[float, float] | None = None, directions: Mapping[str, Any] | None = None,
-                 neurons: bool = True, window: tuple[int, int] = (8, 4), model_name: str | None = None):
+                 neurons: bool = True, window: tuple[int, int] = (8, 4), model_name: str | None = None,
+                 weights: str | None = None):
         self._init(_Options.make(stats, positions, k, bins, range, direction_range, directions, neurons, window),
-                   model_name)
+                   model_name, weights)
 
-    def _init(self, options: _Options, model_name: str | None) -> None:
+    def _init(self, options: _Options, model_name: str | None, weights: str | None = None) -> None:
+        if weights not in (None, "quantized", "float32"):
+            raise InvalidArgumentError(f"weights must be 'quantized', 'float32' or None, got {weights!r}")
         self.options = options
         self.model_name = model_name
+        self.weights = weights
         self._hooks: dict[str, _HookState] = {}
         #: Prompt-id intervals [lo, hi) seen so far, sorted and coalesced: merging states that
         #: share a prompt would count it twice, so it is refused.
@@ -378,9 +385,9 @@ class CorpusStats(Mapping[str, dict[str, np.ndarray]]):
         self.token_texts: dict[int, str] = {}
 
     @classmethod
-    def _from_options(cls, options: _Options, model_name: str | None) -> CorpusStats:
+    def _from_options(cls, options: _Options, model_name: str | None, weights: str | None = None) -> CorpusStats:
         self = cls.__new__(cls)
-        self._init(options, model_name)
+        self._init(options, model_name, weights)
         return self
 
     # --- mapping -------------------------------------------------------------------------
@@ -518,6 +525,9 @@ class CorpusStats(Mapping[str, dict[str, np.ndarray]]):
         if self.model_name and other.model_name and self.model_name != other.model_name:
             raise InvalidArgumentError(f"cannot merge states of different models ({self.model_name!r} and "
                                        f"{other.model_name!r})")
+        if self.weights and other.weights and self.weights != other.weights:
+            raise InvalidArgumentError(f"cannot merge states computed with {self.weights} and {other.weights} "
+                                       "weights (their activations differ); recompute one in the other's mode")
         if self._hooks and other._hooks and list(self._hooks) != list(other._hooks):
             raise InvalidArgumentError(f"cannot merge states of different hooks ({', '.join(self._hooks)} vs "
                                        f"{', '.join(other._hooks)})")
@@ -532,6 +542,7 @@ class CorpusStats(Mapping[str, dict[str, np.ndarray]]):
         self.prompt_ranges = ranges
         self.token_texts.update(other.token_texts)
         self.model_name = self.model_name or other.model_name
+        self.weights = self.weights or other.weights
         return self
 
     @classmethod
@@ -539,7 +550,7 @@ class CorpusStats(Mapping[str, dict[str, np.ndarray]]):
         """A new state holding the union of ``states`` (none is modified)."""
         if not states:
             raise InvalidArgumentError("merged() needs at least one state")
-        out = cls._from_options(states[0].options, states[0].model_name)
+        out = cls._from_options(states[0].options, states[0].model_name, states[0].weights)
         for s in states:
             out.merge(s)
         return out
@@ -682,7 +693,7 @@ class CorpusStats(Mapping[str, dict[str, np.ndarray]]):
     # --- display ---------------------------------------------------------------------------
     def __repr__(self) -> str:
         return (f"CorpusStats({', '.join(self.options.stats)}; {len(self._hooks)} hooks, {self.n_prompts} prompts, "
-                f"positions={self.options.positions!r}, model={self.model_name!r})")
+                f"positions={self.options.positions!r}, model={self.model_name!r}, weights={self.weights!r})")
 
     def _repr_html_(self) -> str:
         rows = "".join(f"<tr><td>{html.escape(h)}</td><td>{s.width}</td><td>{s.count}</td></tr>"
@@ -707,7 +718,8 @@ class CorpusStats(Mapping[str, dict[str, np.ndarray]]):
         if self.options.directions is not None:
             arrays["directions"] = self.options.directions
         keep = self._window_ids()  # token texts no longer referenced by any window are dropped
-        meta = {"format": FORMAT, "options": self.options.to_json(), "model": self.model_name, "hooks": hooks,
+        meta = {"format": FORMAT, "options": self.options.to_json(), "model": self.model_name,
+                "weights": self.weights, "hooks": hooks,
                 "prompt_ranges": [list(r) for r in self.prompt_ranges],
                 "token_texts": {str(t): x for t, x in sorted(self.token_texts.items()) if t in keep}}
         arrays["meta"] = np.array(json.dumps(meta))
@@ -744,7 +756,8 @@ class CorpusStats(Mapping[str, dict[str, np.ndarray]]):
             options = _Options.from_json(meta["options"], None if directions is None else directions.astype(np.float64))
         except MindscopeError as e:
             raise DataError(f"invalid options: {e}") from None
-        self = cls._from_options(options, meta["model"])
+        # States saved before the weights mode was recorded have none (they merge with any).
+        self = cls._from_options(options, meta["model"], meta.get("weights"))
         self.prompt_ranges = _union_ranges([], [(int(lo), int(hi)) for lo, hi in meta["prompt_ranges"]])
         self.token_texts = {int(t): str(x) for t, x in meta["token_texts"].items()}
         for i, h in enumerate(meta["hooks"]):
@@ -858,7 +871,7 @@ def _block_state(model: Any, texts: Sequence[str], first_prompt_id: int, options
     """The statistics of one block of prompts (corpus ids ``first_prompt_id ...``): the unit of
     work of every engine (a worker runs this, the driver merges what comes back)."""
     positions = options.state.get("positions", "all")
-    state = CorpusStats(**options.state, model_name=model.name)
+    state = CorpusStats(**options.state, model_name=model.name, weights=model.weights)
     size = options.batch_size
     for start in range(0, len(texts), size):
         batch = list(texts[start:start + size])

@@ -148,7 +148,7 @@ def batch_states(model, directions):
     for lo in range(0, len(TEXTS), BATCH):
         _, cache = model.run_with_cache(TEXTS[lo:lo + BATCH], names=HOOKS, positions="all", return_logits=False)
         s = CorpusStats(["mean", "cov", "hist", "topk"], k=K, bins=BINS, range=RANGE, directions=directions,
-                        direction_range=(-40, 40), model_name=model.name)
+                        direction_range=(-40, 40), model_name=model.name, weights=model.weights)
         states.append(s.update(cache, cache.tokens, lo))
     return states
 
@@ -207,6 +207,21 @@ def test_merging_overlapping_or_incompatible_states_is_refused(batch_states, mod
         a.merge(gpt2)
 
 
+def test_states_of_different_weights_modes_refuse_to_merge(batch_states):
+    """Quantized and float32 activations differ by a few percent: their states do not mix."""
+    a = CorpusStats.merged(batch_states[:1])
+    assert a.weights in ("quantized", "float32")
+    other_mode = "float32" if a.weights == "quantized" else "quantized"
+    b = CorpusStats.from_bytes(batch_states[1].to_bytes())
+    assert b.weights == batch_states[1].weights  # kept by a save and load
+    b.weights = other_mode
+    with pytest.raises(ms.InvalidArgumentError, match="weights"):
+        a.merge(b)
+    assert a.prompt_ranges == batch_states[0].prompt_ranges  # unchanged by the refused merge
+    with pytest.raises(ms.InvalidArgumentError, match="weights must be"):
+        CorpusStats(["mean"], weights="int4")
+
+
 def test_last_positions_match_run_with_cache(model):
     _, cache = model.run_with_cache(TEXTS, names=RESID, positions="last", return_logits=False)
     X = cache[RESID].astype(np.float64)
@@ -227,6 +242,11 @@ def test_model_by_name_and_mapping_behaviour(model, full):
                               weights="float32")  # the fixture's mode (the GGUF's default is quantized)
     by_model = ms.corpus_stats(model, TEXTS[:3], names=RESID, stats="mean", progress=False)
     np.testing.assert_array_equal(by_name[RESID]["mean"], by_model[RESID]["mean"])
+    assert by_name.weights == by_model.weights == "float32"  # each state records its weights mode
+    quantized = ms.corpus_stats("smollm2-135m", TEXTS[3:5], names=RESID, stats="mean", progress=False)
+    assert quantized.weights == "quantized"  # the GGUF's default
+    with pytest.raises(ms.InvalidArgumentError, match="quantized and float32|float32 and quantized"):
+        quantized.merge(by_model)
     assert RESID in full and "blocks.9.hook_resid_post" not in full and list(full) == HOOKS and len(full) == 2
     assert full == full and full != by_model
     with pytest.raises(KeyError, match="no statistics"):
