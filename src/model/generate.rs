@@ -122,12 +122,12 @@ pub fn generation_capture(registry: &HookRegistry, patterns: &[String]) -> Resul
 const GREEDY_BELOW: f64 = 1e-6;
 
 /// `log_softmax(logits)[id]`, without the vector: a step of a 262k-token vocabulary
-/// (Gemma 3) would spend a millisecond on it. The exponentials are f32 (each within an ulp),
-/// their sum f64.
+/// (Gemma 3) would spend a millisecond on it. The exponentials are f32 (2 ulp), their sum f64.
 fn log_prob(logits: &[f32], id: usize) -> f32 {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    let total: f64 = logits.iter().map(|&x| f64::from((x - max).exp())).sum();
-    logits[id] - max - total.ln() as f32
+    let max = logits
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    logits[id] - max - crate::kernels::fused::exp_sum(logits, max).ln() as f32
 }
 
 fn pick_token(logits: &[f32], p: &SamplingParams, rng: &mut StdRng) -> u32 {
