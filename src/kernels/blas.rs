@@ -178,14 +178,31 @@ pub fn is_loaded() -> bool {
     BLAS.get().is_some()
 }
 
-/// `x [m, k] @ w^T` for row-major `x` and `w [n, k]`, as a fresh row-major `[m, n]` `Vec`, if
-/// a BLAS is loaded and takes the product (see [`sgemm_xwt_into`]).
-pub fn sgemm_xwt(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Option<Vec<f32>> {
+/// `x [m, k] @ w^T (+ bias)` for row-major `x`, `w [n, k]` and `bias [n]`, as a fresh
+/// row-major `[m, n]` `Vec`, if a BLAS is loaded and takes the product (see
+/// [`sgemm_xwt_into`]).
+///
+/// The bias costs no pass of its own: each block of the output starts as copies of the bias
+/// row and the product is accumulated onto it (beta = 1), where beta = 0 would have zeroed
+/// the block first (OpenBLAS's beta step) and a separate add would have read and written it
+/// again.
+pub fn sgemm_xwt(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Option<Vec<f32>> {
+    if bias.is_some_and(|b| b.len() != n) {
+        return None;
+    }
     let mut out = Vec::<f32>::with_capacity(m * n);
     // SAFETY: `out` has room for [m, n]; on success every element was written (beta = 0
-    // writes C without reading it; OpenBLAS zero-fills in its beta step).
+    // writes C without reading it, as OpenBLAS zero-fills in its beta step; with a bias,
+    // every block is filled with it before the product reads it).
     unsafe {
-        if !sgemm_xwt_ptr(x, w, m, n, k, out.as_mut_ptr()) {
+        if !sgemm_xwt_ptr(x, w, bias, m, n, k, out.as_mut_ptr()) {
             return None;
         }
         out.set_len(m * n);
@@ -198,7 +215,7 @@ pub fn sgemm_xwt(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Option<V
 /// its integers.
 pub fn sgemm_xwt_into(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, out: &mut [f32]) -> bool {
     // SAFETY: `out` is an exclusive [m, n] block.
-    out.len() == m * n && unsafe { sgemm_xwt_ptr(x, w, m, n, k, out.as_mut_ptr()) }
+    out.len() == m * n && unsafe { sgemm_xwt_ptr(x, w, None, m, n, k, out.as_mut_ptr()) }
 }
 
 /// With OpenBLAS, the rows are split across the rayon pool and each worker multiplies its
@@ -211,11 +228,22 @@ pub fn sgemm_xwt_into(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, out: &
 ///
 /// # Safety
 /// `out` must point to room for `[m, n]` floats that nothing else accesses during the call.
-unsafe fn sgemm_xwt_ptr(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, out: *mut f32) -> bool {
+unsafe fn sgemm_xwt_ptr(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    m: usize,
+    n: usize,
+    k: usize,
+    out: *mut f32,
+) -> bool {
     let Some(blas) = BLAS.get() else {
         return false;
     };
     if x.len() != m * k || w.len() != n * k || m == 0 || n == 0 || k == 0 {
+        return false;
+    }
+    if bias.is_some_and(|b| b.len() != n) {
         return false;
     }
     let c = SendPtr(out);
@@ -250,16 +278,17 @@ unsafe fn sgemm_xwt_ptr(x: &[f32], w: &[f32], m: usize, n: usize, k: usize, out:
                     unsafe {
                         if by_rows {
                             let xs = &x[a * k..b * k];
-                            sgemm_raw(blas, xs, w, c.at(a * n), b - a, n, k, n)
+                            sgemm_raw(blas, xs, w, bias, c.at(a * n), b - a, n, k, n)
                         } else {
                             let ws = &w[a * k..b * k];
-                            sgemm_raw(blas, x, ws, c.at(a), m, b - a, k, n)
+                            let bs = bias.map(|bs| &bs[a..b]);
+                            sgemm_raw(blas, x, ws, bs, c.at(a), m, b - a, k, n)
                         }
                     }
                 })
                 .all(|ok| ok)
         }
-        _ => unsafe { sgemm_raw(blas, x, w, c.at(0), m, n, k, n) },
+        _ => unsafe { sgemm_raw(blas, x, w, bias, c.at(0), m, n, k, n) },
     }
 }
 
@@ -287,8 +316,8 @@ impl SendPtr {
     }
 }
 
-/// One `cblas_sgemm`: `c [m, n] = x [m, k] @ w^T`, rows of `c` `ldc` floats apart; false if
-/// the sizes do not fit the library's integers.
+/// One `cblas_sgemm`: `c [m, n] = x [m, k] @ w^T (+ bias [n])`, rows of `c` `ldc` floats
+/// apart; false (nothing written) if the sizes do not fit the library's integers.
 ///
 /// # Safety
 /// `c` must point to an `[m, n]` block (row stride `ldc`) that nothing else accesses during
@@ -298,12 +327,29 @@ unsafe fn sgemm_raw(
     blas: &Blas,
     x: &[f32],
     w: &[f32],
+    bias: Option<&[f32]>,
     c: *mut f32,
     m: usize,
     n: usize,
     k: usize,
     ldc: usize,
 ) -> bool {
+    if let Sgemm::Lp64(_) = blas.sgemm {
+        if [m, n, k, ldc].iter().any(|&v| i32::try_from(v).is_err()) {
+            return false;
+        }
+    }
+    let beta = match bias {
+        Some(b) => {
+            for row in 0..m {
+                // SAFETY: row `row` of the caller's block: n floats at c + row * ldc.
+                let dst = unsafe { std::slice::from_raw_parts_mut(c.add(row * ldc), n) };
+                dst.copy_from_slice(&b[..n]);
+            }
+            1.0
+        }
+        None => 0.0,
+    };
     match blas.sgemm {
         Sgemm::Ilp64(f) => f(
             ROW_MAJOR,
@@ -317,7 +363,7 @@ unsafe fn sgemm_raw(
             k as i64,
             w.as_ptr(),
             k as i64,
-            0.0,
+            beta,
             c,
             ldc as i64,
         ),
@@ -342,7 +388,7 @@ unsafe fn sgemm_raw(
                 k32,
                 w.as_ptr(),
                 k32,
-                0.0,
+                beta,
                 c,
                 ldc32,
             )

@@ -35,7 +35,10 @@ pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
 ///
 /// # Safety
 /// `fill` must write every element of the slice it is given.
-unsafe fn written_by(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+pub(crate) unsafe fn written_by(
+    len: usize,
+    fill: impl FnOnce(&mut [MaybeUninit<f32>]),
+) -> Vec<f32> {
     let mut out = Vec::with_capacity(len);
     fill(&mut out.spare_capacity_mut()[..len]);
     // SAFETY: `fill` wrote all `len` elements (the caller's promise).
@@ -99,6 +102,32 @@ pub fn layer_norm(
     bias: Option<&Tensor>,
     eps: f64,
 ) -> Result<Option<Tensor>> {
+    layer_norm_of(x, None, weight, bias, eps)
+}
+
+/// [`layer_norm`] of `a + b` (two tensors of one shape: a post-norm block's residual add),
+/// without writing the sum out: the same floats as [`add`] followed by [`layer_norm`].
+pub fn add_layer_norm(
+    a: &Tensor,
+    b: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Option<Tensor>> {
+    if a.dims() != b.dims() {
+        return Ok(None);
+    }
+    layer_norm_of(a, Some(b), weight, bias, eps)
+}
+
+/// LayerNorm of `x` (or of `x + plus`, same shape) over the last axis.
+fn layer_norm_of(
+    x: &Tensor,
+    plus: Option<&Tensor>,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Option<Tensor>> {
     let d = x.dims().last().copied().unwrap_or(0);
     if d == 0 || weight.elem_count() != d || bias.is_some_and(|b| b.elem_count() != d) {
         return Ok(None);
@@ -111,39 +140,114 @@ pub fn layer_norm(
             &zeros
         }
     };
-    let out = with_f32(x, |xs| {
+    let norm = |xs: &[f32], ys: Option<&[f32]>| {
         with_f32(weight, |w| {
             with_f32(bias_data, |bs| {
                 let chunk = rows_per_task(d) * d;
                 let fill = |out: &mut [MaybeUninit<f32>]| {
-                    out.par_chunks_mut(chunk)
-                        .zip(xs.par_chunks(chunk))
-                        .for_each(|(o, x)| {
-                            for (o, x) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                                // Two passes in f64: mean, then the centred second moment.
-                                let mean = x.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
-                                let var = x
-                                    .iter()
-                                    .map(|&v| (v as f64 - mean) * (v as f64 - mean))
-                                    .sum::<f64>()
-                                    / d as f64;
-                                let inv = (1.0 / (var + eps).sqrt()) as f32;
-                                let mean = mean as f32;
-                                for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(bs) {
-                                    o.write((x - mean) * inv * w + b);
-                                }
-                            }
-                        })
+                    out.par_chunks_mut(chunk).enumerate().for_each(|(task, o)| {
+                        let rows = task * chunk..task * chunk + o.len();
+                        let ys = ys.map(|ys| &ys[rows.clone()]);
+                        layer_norm_rows(&xs[rows], ys, w, bs, eps, o)
+                    })
                 };
                 // SAFETY: the rows of `d` (its length is a multiple of d) cover the output.
                 unsafe { written_by(xs.len(), fill) }
             })
         })
-    })
-    .flatten()
-    .flatten();
+        .flatten()
+    };
+    let out = match plus {
+        None => with_f32(x, |xs| norm(xs, None)).flatten(),
+        Some(p) => with_f32(x, |xs| with_f32(p, |ys| norm(xs, Some(ys))))
+            .flatten()
+            .flatten(),
+    };
     out.map(|o| Ok(Tensor::from_vec(o, x.shape(), &Device::Cpu)?))
         .transpose()
+}
+
+/// `sum(f(x))` in f64 over eight interleaved partial sums (one chain of dependent adds
+/// would take four cycles an element), then the remainder.
+#[inline(always)]
+fn sum_f64(x: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0f64; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..8 {
+            acc[l] += f(c[l] as f64);
+        }
+    }
+    let mut total =
+        ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for &v in rest {
+        total += f(v as f64);
+    }
+    total
+}
+
+/// LayerNorm of each row of `x` (plus the same row of `y`), rows of `w.len()` floats.
+#[inline(always)]
+fn layer_norm_rows_body(
+    x: &[f32],
+    y: Option<&[f32]>,
+    w: &[f32],
+    bs: &[f32],
+    eps: f64,
+    out: &mut [MaybeUninit<f32>],
+) {
+    let d = w.len();
+    let mut sum_row = vec![0f32; if y.is_some() { d } else { 0 }];
+    for (r, o) in out.chunks_exact_mut(d).enumerate() {
+        let x = &x[r * d..][..d];
+        let x = match y {
+            Some(y) => {
+                for ((s, &a), &b) in sum_row.iter_mut().zip(x).zip(&y[r * d..][..d]) {
+                    *s = a + b;
+                }
+                &sum_row[..]
+            }
+            None => x,
+        };
+        // Two passes in f64: mean, then the centred second moment.
+        let mean = sum_f64(x, |v| v) / d as f64;
+        let var = sum_f64(x, |v| (v - mean) * (v - mean)) / d as f64;
+        let inv = (1.0 / (var + eps).sqrt()) as f32;
+        let mean = mean as f32;
+        for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(bs) {
+            o.write((x - mean) * inv * w + b);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn layer_norm_rows_avx2(
+    x: &[f32],
+    y: Option<&[f32]>,
+    w: &[f32],
+    bs: &[f32],
+    eps: f64,
+    out: &mut [MaybeUninit<f32>],
+) {
+    layer_norm_rows_body(x, y, w, bs, eps, out)
+}
+
+fn layer_norm_rows(
+    x: &[f32],
+    y: Option<&[f32]>,
+    w: &[f32],
+    bs: &[f32],
+    eps: f64,
+    out: &mut [MaybeUninit<f32>],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features the function was compiled for.
+        return unsafe { layer_norm_rows_avx2(x, y, w, bs, eps, out) };
+    }
+    layer_norm_rows_body(x, y, w, bs, eps, out)
 }
 
 /// `x + row` with `row [n]` added to every row of `x [..., n]` (a linear layer's bias), on the
@@ -208,11 +312,11 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
 /// element, which made the GLU 3x slower. Cephes' polynomial on `x - n ln 2` (with FMAs),
 /// scaled by `2^n` through the exponent bits; `-inf` and underflow give 0.
 ///
-/// Used for the MLP gate only. In the attention softmax the extra ulp moved SmolLM2's
+/// Used for the MLP's gates and activations only. In the attention softmax the extra ulp moved SmolLM2's
 /// last-layer residuals 30 % further from transformers' (the large attention-sink scores
 /// amplify it), so the softmax keeps libm's `expf`.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
@@ -255,12 +359,12 @@ pub enum Gate {
 
 impl Gate {
     #[inline(always)]
-    fn silu(v: f32) -> f32 {
+    pub(crate) fn silu(v: f32) -> f32 {
         v / (1.0 + exp(-v))
     }
 
     #[inline(always)]
-    fn gelu_tanh(v: f32) -> f32 {
+    pub(crate) fn gelu_tanh(v: f32) -> f32 {
         const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
         // tanh(y) = 1 - 2 / (e^{2y} + 1), exact at both tails.
         let y = SQRT_TWO_OVER_PI * v * (1.0 + 0.044715 * v * v);
@@ -631,6 +735,12 @@ mod tests {
             let want = composed::layer_norm(&x, &w, bias, 1e-5).unwrap();
             assert!(max_abs_diff(&fused, &want) < 1e-5);
         }
+        let y = randn(&[3, 11, 64], 3.0);
+        let fused_sum = add_layer_norm(&x, &y, &w, Some(&b), 1e-5).unwrap().unwrap();
+        let separate = layer_norm(&add(&x, &y).unwrap().unwrap(), &w, Some(&b), 1e-5)
+            .unwrap()
+            .unwrap();
+        assert_eq!(max_abs_diff(&fused_sum, &separate), 0.0);
         let added = add_row(&x, &b).unwrap().unwrap();
         assert_eq!(max_abs_diff(&added, &x.broadcast_add(&b).unwrap()), 0.0);
     }

@@ -4,6 +4,7 @@
 
 use candle_core::{Device, Tensor, D};
 
+use super::activation::{self, Act};
 use super::quantized::QMatrix;
 use super::{blas, fused};
 use crate::error::{MsError, Result};
@@ -13,9 +14,11 @@ use crate::model::parts::Weight;
 /// `gemm`'s cost is packing the whole weight matrix, which the other order streams once.
 const SMALL_BATCH_ROWS: usize = 192;
 
-/// `x [rows, k] @ w^T` through the loaded BLAS, for contiguous f32 CPU tensors; `None` when
-/// there is no BLAS or the tensors do not qualify.
-fn blas_matmul(x: &Tensor, w: &Tensor) -> Option<Vec<f32>> {
+/// `x [rows, k] @ w^T` through the loaded BLAS, for contiguous f32 CPU tensors, and whether
+/// `bias` was added inside the product (see [`blas::sgemm_xwt`]; a bias that is not
+/// contiguous f32 is left to the caller); `None` when there is no BLAS or the tensors do not
+/// qualify.
+fn blas_matmul(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Option<(Vec<f32>, bool)> {
     if !blas::is_loaded() {
         return None;
     }
@@ -24,11 +27,17 @@ fn blas_matmul(x: &Tensor, w: &Tensor) -> Option<Vec<f32>> {
     if k != k_w {
         return None;
     }
-    fused::with_f32(x, |xs| {
-        fused::with_f32(w, |ws| blas::sgemm_xwt(xs, ws, rows, n, k))
-    })
-    .flatten()
-    .flatten()
+    let product = |bs: Option<&[f32]>| {
+        fused::with_f32(x, |xs| {
+            fused::with_f32(w, |ws| blas::sgemm_xwt(xs, ws, bs, rows, n, k))
+        })
+        .flatten()
+        .flatten()
+    };
+    match bias.and_then(|b| fused::with_f32(b, |bs| product(Some(bs)))) {
+        Some(with_bias) => with_bias.map(|data| (data, true)),
+        None => product(None).map(|data| (data, false)),
+    }
 }
 
 /// `x [rows, in] @ q^T` for a quantized weight.
@@ -59,35 +68,41 @@ fn quantized_into(x: &Tensor, q: &QMatrix, out: &mut [f32]) -> Result<()> {
 pub fn linear(x: &Tensor, w: &Weight, bias: Option<&Tensor>) -> Result<Tensor> {
     match w {
         Weight::Dense(t) => linear_dense(x, t, bias),
-        Weight::Quantized(q) => with_rows(x, bias, |x2| quantized_matmul(x2, q)),
+        Weight::Quantized(q) => with_rows(x, bias, |x2| Ok((quantized_matmul(x2, q)?, false))),
     }
+}
+
+/// `act(x [..., in] @ w^T (+ b))`: the activation runs in place on the product's fresh buffer.
+pub fn linear_act(x: &Tensor, w: &Weight, bias: Option<&Tensor>, act: Act) -> Result<Tensor> {
+    activation::activate_owned(act, linear(x, w, bias)?)
 }
 
 /// `x [..., in] @ w^T (+ b)` for a float32 weight `w [out, in]`.
 pub fn linear_dense(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     with_rows(x, bias, |x2| {
         let (rows, n) = (x2.dim(0)?, w.dim(0)?);
-        Ok(if let Some(data) = blas_matmul(x2, w) {
-            Tensor::from_vec(data, (rows, n), &Device::Cpu)?
+        Ok(if let Some((data, bias_added)) = blas_matmul(x2, w, bias) {
+            (Tensor::from_vec(data, (rows, n), &Device::Cpu)?, bias_added)
         } else if rows <= SMALL_BATCH_ROWS {
-            w.matmul(&x2.t()?)?.t()?.contiguous()?
+            (w.matmul(&x2.t()?)?.t()?.contiguous()?, false)
         } else {
-            x2.matmul(&w.t()?)?
+            (x2.matmul(&w.t()?)?, false)
         })
     })
 }
 
-/// `product(x as [rows, in])` `[rows, out]`, plus the bias, back in `x`'s leading shape.
+/// `product(x as [rows, in])` `[rows, out]`, plus the bias unless the product says it added
+/// it already, back in `x`'s leading shape.
 fn with_rows(
     x: &Tensor,
     bias: Option<&Tensor>,
-    product: impl FnOnce(&Tensor) -> Result<Tensor>,
+    product: impl FnOnce(&Tensor) -> Result<(Tensor, bool)>,
 ) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let rows: usize = dims[..dims.len() - 1].iter().product();
-    let out = product(&x.reshape((rows, dims[dims.len() - 1]))?)?;
+    let (out, bias_added) = product(&x.reshape((rows, dims[dims.len() - 1]))?)?;
     let n = out.dim(1)?;
-    let out = match bias {
+    let out = match bias.filter(|_| !bias_added) {
         Some(b) => match fused::add_row(&out, b)? {
             Some(o) => o,
             None => out.broadcast_add(b)?,

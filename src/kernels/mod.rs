@@ -2,8 +2,10 @@
 //! `gemm`), single-pass element-wise kernels, and running independent work one piece per core.
 //! Nothing here knows about architectures or hooks.
 
+pub mod activation;
 pub mod blas;
 pub mod composed;
+pub mod dense_attention;
 pub mod fused;
 pub mod matmul;
 pub mod per_core;

@@ -13,7 +13,7 @@ use super::rope::rope_to_heads;
 use super::{Linear, Norm};
 use crate::error::Result;
 use crate::hooks::{HookContext, HookKind, HookPoint};
-use crate::kernels::{composed, fused};
+use crate::kernels::{composed, dense_attention, fused};
 
 /// The attention of one block.
 #[derive(Clone)]
@@ -99,6 +99,16 @@ impl Attention {
             Some(n) => n.forward(&k)?,
             None => k,
         };
+        // Without RoPE, a KV cache, a query selection or a pattern hook, short sequences
+        // attend in one pass from the projections' layout (no head transposes, no scores).
+        if let Keys::Dense { mask, cache: None } = &a.keys {
+            if a.rope.is_none() && a.queries.is_none() && !ctx.wants(hp(HookKind::AttnPattern)) {
+                if let Some(z) = dense_attention::attend(&q, &k, &v, mask, a.scale)? {
+                    let z = ctx.visit(hp(HookKind::AttnZ), z.reshape((b, t, h, dh))?)?;
+                    return self.o.forward(&z.reshape((b, t, h * dh))?);
+                }
+            }
+        }
         let (q, k) = match a.rope {
             Some((cos, sin)) => (rope_to_heads(&q, cos, sin)?, rope_to_heads(&k, cos, sin)?),
             None => (heads_first(&q)?, heads_first(&k)?),

@@ -97,13 +97,11 @@ impl Block {
             Residual::PostNorm => {
                 let attn = self.attn.forward(&x, ctx, attend)?;
                 let attn = ctx.visit(hp(HookKind::AttnOut), attn)?;
-                let mid = self
-                    .attn_norm
-                    .forward(&residual_add(&at_rows(&x)?, &attn)?)?;
+                let mid = self.attn_norm.forward_sum(&at_rows(&x)?, &attn)?;
                 let mid = ctx.visit(hp(HookKind::ResidMid), mid)?;
                 let mlp = self.mlp.forward(layer, &mid, ctx)?;
                 let mlp = ctx.visit(hp(HookKind::MlpOut), mlp)?;
-                self.mlp_norm.forward(&residual_add(&mid, &mlp)?)?
+                self.mlp_norm.forward_sum(&mid, &mlp)?
             }
         };
         match rows {

@@ -4,6 +4,7 @@ use candle_core::Tensor;
 
 use super::Weight;
 use crate::error::Result;
+use crate::kernels::activation::Act;
 use crate::kernels::matmul;
 
 /// Bytes of a tensor's elements.
@@ -30,6 +31,11 @@ impl Linear {
     /// `[..., in]` -> `[..., out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         matmul::linear(x, &self.weight, self.bias.as_ref())
+    }
+
+    /// `act([..., in] @ W^T + b)` -> `[..., out]`, the activation in place on the product.
+    pub fn forward_act(&self, x: &Tensor, act: Act) -> Result<Tensor> {
+        matmul::linear_act(x, &self.weight, self.bias.as_ref(), act)
     }
 
     /// Bytes of its tensors.

@@ -6,6 +6,7 @@ use candle_core::Tensor;
 use super::Linear;
 use crate::error::Result;
 use crate::hooks::{HookContext, HookKind, HookPoint};
+use crate::kernels::activation::Act;
 use crate::kernels::fused::{self, Gate};
 use crate::model::config::Activation;
 
@@ -32,6 +33,16 @@ pub fn activate(act: Activation, x: &Tensor) -> Result<Tensor> {
         Activation::GeluErf => x.gelu_erf()?,
         Activation::Relu => x.relu()?,
     })
+}
+
+/// The kernel computing `act` in place on a product.
+fn kernel_act(act: Activation) -> Act {
+    match act {
+        Activation::Silu => Act::Silu,
+        Activation::GeluTanh => Act::GeluTanh,
+        Activation::GeluErf => Act::GeluErf,
+        Activation::Relu => Act::Relu,
+    }
 }
 
 /// `act(gate) * up`, in one pass where a fused kernel exists.
@@ -80,7 +91,7 @@ impl Mlp {
                 down.forward(&ctx.visit(post_point, hidden)?)
             }
             Mlp::Plain { fc, proj, act } => {
-                let hidden = activate(*act, &fc.forward(x)?)?;
+                let hidden = fc.forward_act(x, kernel_act(*act))?;
                 proj.forward(&ctx.visit(post_point, hidden)?)
             }
         }

@@ -2,6 +2,7 @@
 
 use candle_core::Tensor;
 
+use super::block::residual_add;
 use super::linear::nbytes;
 use crate::error::Result;
 use crate::kernels::{composed, fused};
@@ -21,6 +22,18 @@ impl Norm {
     /// Bytes of its tensors.
     pub fn nbytes(&self) -> usize {
         nbytes(&self.weight) + self.bias.as_ref().map_or(0, nbytes)
+    }
+
+    /// The norm of `a + b` (two tensors of one shape): one pass for a LayerNorm, else the
+    /// residual add, then the norm.
+    pub fn forward_sum(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        if self.kind == NormKind::Layer {
+            let fused = fused::add_layer_norm(a, b, &self.weight, self.bias.as_ref(), self.eps)?;
+            if let Some(out) = fused {
+                return Ok(out);
+            }
+        }
+        self.forward(&residual_add(a, b)?)
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
