@@ -251,6 +251,38 @@ def test_generation_captures_hooks_at_every_step(model):
         model.generate("Hi", max_new_tokens=2, names="blocks.99.hook_resid_post")
 
 
+def test_generation_calls_python_hooks_at_every_step(model):
+    """A Python function at every resid_post is called at each step with what
+    ``generate(names=...)`` keeps; changing the activation in place (returning None) steers
+    exactly as the core's ``("add", vector)``; what it raises comes back as itself."""
+    prompt, names = "The capital of France is", "blocks.*.hook_resid_post"
+    seen: dict[str, list[np.ndarray]] = {}
+    gen = model.generate(prompt, max_new_tokens=4, stop_at_eos=False, names=names,
+                         interventions=[(names, lambda a, n: seen.setdefault(n, []).append(a.copy()))])
+    assert len(seen) == model.n_layers and all(len(steps) == 4 for steps in seen.values())
+    for name, steps in seen.items():
+        np.testing.assert_array_equal(np.concatenate(steps, axis=1), gen.cache[name])
+
+    vector = np.random.default_rng(0).normal(size=model.d_model).astype(np.float32) * 4
+    kw = dict(max_new_tokens=6, stop_at_eos=False, return_details=True)
+    native = model.generate(prompt, interventions=[("blocks.5.hook_resid_post", ("add", vector))], **kw)
+
+    def add_in_place(act: np.ndarray, name: str) -> None:
+        act += vector
+
+    called = model.generate(prompt, interventions=[("blocks.5.hook_resid_post", add_in_place)], **kw)
+    plain = model.generate(prompt, **kw)
+    assert called.token_ids == native.token_ids
+    np.testing.assert_allclose(called.logprobs, native.logprobs, rtol=0, atol=1e-6)
+    assert native.logprobs != plain.logprobs  # the steering did something
+
+    def boom(act, name):
+        raise RuntimeError("kaput")
+
+    with pytest.raises(RuntimeError, match="kaput"):
+        model.generate(prompt, max_new_tokens=2, interventions=[("blocks.2.hook_resid_post", boom)])
+
+
 @pytest.mark.parametrize("text", [
     "café au lait, naïve Ünïcödé — 東京 🚀 ", "  two  spaces\n\ttabs\r\n", "<|im_start|>user\nhi<|im_end|>",
     "12345678901234567890", "\u200b zero width, עברית, العربية, हिन्दी",
