@@ -539,8 +539,16 @@ fn blas_library() -> Option<String> {
     crate::kernels::blas::active()
 }
 
+/// The number of threads rayon's pool takes when `RAYON_NUM_THREADS` is not set: the CPUs this
+/// process may use (affinity and cgroup quota included).
+#[pyfunction]
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Model>()?;
+    m.add_function(wrap_pyfunction!(default_threads, m)?)?;
     m.add_function(wrap_pyfunction!(use_blas, m)?)?;
     m.add_function(wrap_pyfunction!(blas_library, m)?)?;
     m.add_function(wrap_pyfunction!(supported_architectures, m)?)?;

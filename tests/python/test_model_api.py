@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -281,6 +285,21 @@ def test_generation_calls_python_hooks_at_every_step(model):
 
     with pytest.raises(RuntimeError, match="kaput"):
         model.generate(prompt, max_new_tokens=2, interventions=[("blocks.2.hook_resid_post", boom)])
+
+
+def test_import_sets_the_thread_count_unless_the_user_did():
+    """Without RAYON_NUM_THREADS candle reads /proc/cpuinfo at every attention product: the
+    import sets it to what rayon's pool takes anyway, and keeps a value the user set."""
+    code = "import os, mindscope; print(os.environ['RAYON_NUM_THREADS'], mindscope._native.default_threads())"
+    env = {k: v for k, v in os.environ.items() if k != "RAYON_NUM_THREADS"}
+
+    def run(env: dict[str, str]) -> list[str]:
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                              check=True).stdout.split()
+
+    set_by_import, pool = run(env)
+    assert set_by_import == pool and int(pool) >= 1
+    assert run(dict(env, RAYON_NUM_THREADS="7"))[0] == "7"
 
 
 @pytest.mark.parametrize("text", [
