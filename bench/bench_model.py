@@ -481,8 +481,8 @@ def main() -> None:
     print(f"reference ({args.reference_python}): {reference_info(args.reference_python)}")
     print(f"medians of {args.rounds} interleaved rounds (fresh process each) x {args.reps} timed calls; generate: "
           f"batch 1, greedy, {args.new_tokens} new tokens; forward / capture: {args.batch} x {args.seq} tokens")
-    head = (f"{'model':13s} {'row':20s} {'load s':>6s} {'gen hooks':>9s} {'gen cb':>7s} {'gen plain':>9s} {'fwd tok/s':>9s} "
-            f"{'cap tok/s':>9s} {'weights':>8s} {'loaded':>7s} {'peak gen/fwd/cap MiB':>21s} {'same':>5s}")
+    head = (f"{'model':13s} {'row':20s} {'load s':>6s} {'gen hooks':>9s} {'gen cb':>7s} {'gen plain':>9s} "
+            f"{'fwd tok/s':>9s} {'cap tok/s':>9s} {'weights':>8s} {'loaded':>7s} {'peak gen/fwd/cap MiB':>21s} {'same':>5s}")
     print(head)
     errors = []
     summary: dict[tuple[str, str], dict[str, float | None]] = {}
@@ -520,15 +520,17 @@ def main() -> None:
             cell["capture_peak"] = peaks.get("capture")
             summary[(m, row.label)] = cell
             peak_text = "/".join(fmt(peaks.get(j)) for j in ("generate", "forward", "capture"))
-            print(f"{m:13s} {row.label:20s} {cell['load']:6.2f} {fmt(cell.get('gen_hooks')):>9s} {fmt(cell.get('gen_callback')):>7s} "
-                  f"{fmt(cell.get('gen_plain')):>9s} {fmt(cell.get('forward')):>9s} {fmt(cell.get('capture')):>9s} "
+            print(f"{m:13s} {row.label:20s} {cell['load']:6.2f} {fmt(cell.get('gen_hooks')):>9s} "
+                  f"{fmt(cell.get('gen_callback')):>7s} {fmt(cell.get('gen_plain')):>9s} "
+                  f"{fmt(cell.get('forward')):>9s} {fmt(cell.get('capture')):>9s} "
                   f"{fmt(None if weight_bytes is None else weight_bytes / MIB):>8s} {fmt(loaded / MIB):>7s} "
                   f"{peak_text:>21s} {same:>5s}")
         _print_ratios(m, summary, sum(os.path.getsize(p) for p in files[m]))
         if m in numerics:
             _print_numerics(m, numerics[m])
     print("(gen tok/s: new tokens / wall time incl. the prompt's prefill; hooks = every resid_post captured at "
-          "every step (mindscope: in the core, generate(names=)); cb = the same through a Python function; fwd = logits at every position (minilm-l6: the sentence embedding); cap = every layer's "
+          "every step (mindscope: in the core, generate(names=)); cb = the same through a Python function; "
+          "fwd = logits at every position (minilm-l6: the sentence embedding); cap = every layer's "
           "resid_post at the last position, no logits; weights = MiB of weights in memory; loaded = RSS the load "
           "added; same = leading greedy tokens equal to mindscope float32's)")
     for line in notes + errors:
