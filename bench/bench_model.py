@@ -482,7 +482,8 @@ def main() -> None:
     print(f"medians of {args.rounds} interleaved rounds (fresh process each) x {args.reps} timed calls; generate: "
           f"batch 1, greedy, {args.new_tokens} new tokens; forward / capture: {args.batch} x {args.seq} tokens")
     head = (f"{'model':13s} {'row':20s} {'load s':>6s} {'gen hooks':>9s} {'gen cb':>7s} "
-            f"{'gen plain':>9s} {'fwd tok/s':>9s} {'cap tok/s':>9s} {'weights':>8s} {'loaded':>7s} {'peak gen/fwd/cap MiB':>21s} {'same':>5s}")
+            f"{'gen plain':>9s} {'fwd tok/s':>9s} {'cap tok/s':>9s} {'weights':>8s} {'loaded':>7s} "
+            f"{'peak gen/fwd/cap MiB':>21s} {'same':>5s}")
     print(head)
     errors = []
     summary: dict[tuple[str, str], dict[str, float | None]] = {}
