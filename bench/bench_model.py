@@ -12,10 +12,12 @@ or SIGTERM stops and prints the jobs that finished):
 - load: the model load alone (imports excluded), seconds;
 - generate: batch 1, greedy, --new-tokens new tokens (EOS does not stop it), --threads threads,
   from a short prompt (prefill included), tokens/s. "hooks": mindscope captures every
-  blocks.*.hook_resid_post at every step (``generate`` has no ``names=`` / cache argument, so
-  the capture is a ``(glob, fn)`` intervention whose fn copies the last position and returns
-  None); transformers returns ``output_hidden_states`` and the last position of each layer is
-  copied to numpy. "plain": no capture. llama.cpp has no hooks (plain only);
+  blocks.*.hook_resid_post at every step in the core (``generate(..., names=RESID_POST)``;
+  checked: n_layers arrays of ``[1, prompt + new - 1, d_model]``); transformers returns
+  ``output_hidden_states`` and the last position of each layer is copied to numpy. "hooks
+  (callback)" (mindscope only): the same sites through a Python function, a ``(glob, fn)``
+  intervention whose fn copies the last position and returns None (checked: new x n_layers
+  calls). "plain": no capture. llama.cpp has no hooks (plain only);
 - forward: --batch x --seq random token ids, logits at every position (the sentence embedding
   for minilm-l6), tokens/s;
 - capture: the same tokens, every layer's resid_post at the last position, no logits, tokens/s;
@@ -114,12 +116,18 @@ def _mindscope_setup(spec: dict) -> tuple[dict, tuple[dict, dict]]:
     grabbed: list[np.ndarray] = []
     hooks = [(RESID_POST, lambda act, name: grabbed.append(act[:, -1].copy()))]  # None: unchanged
 
-    def generate(hooked: bool) -> list[int]:
+    def generate(mode: str) -> list[int]:
         grabbed.clear()
         g = model.generate(GEN_PROMPT, max_new_tokens=n, temperature=0.0, stop_at_eos=False,
-                           interventions=hooks if hooked else None, return_details=True)
-        if len(g.token_ids) != n or (hooked and len(grabbed) != n * model.n_layers):
+                           interventions=hooks if mode == "callback" else None,
+                           names=RESID_POST if mode == "hooks" else None, return_details=True)
+        if len(g.token_ids) != n or (mode == "callback" and len(grabbed) != n * model.n_layers):
             raise RuntimeError(f"generate gave {len(g.token_ids)} tokens, {len(grabbed)} captures")
+        if mode == "hooks":  # every position that was run: the prompt and each new token but the last
+            want = (1, len(g.prompt_ids) + n - 1, model.d_model)
+            shapes = {name: g.cache[name].shape for name in g.cache}
+            if len(shapes) != model.n_layers or any(s != want for s in shapes.values()):
+                raise RuntimeError(f"generate captured {shapes}, not {model.n_layers} x {want}")
         if g.prompt_ids != spec["prompt_ids"]:
             raise RuntimeError(f"generate tokenized the prompt as {g.prompt_ids}, not {spec['prompt_ids']}")
         return g.token_ids
@@ -133,15 +141,17 @@ def _mindscope_setup(spec: dict) -> tuple[dict, tuple[dict, dict]]:
     def capture(rows: int = batch) -> None:
         model.run_with_cache(ids[:rows], names=RESID_POST, positions="last", return_logits=False, batch_size=batch)
 
-    return out, _job_fns(spec["job"], generate, forward, capture)
+    return out, _job_fns(spec["job"], generate, forward, capture, ("hooks", "callback", "plain"))
 
 
-def _job_fns(job: str, generate: Callable[[bool], Any], forward: Callable[..., None],
-             capture: Callable[..., None]) -> tuple[dict[str, Callable[[], Any]], dict[str, Callable[[], Any]]]:
+def _job_fns(job: str, generate: Callable[[str], Any], forward: Callable[..., None],
+             capture: Callable[..., None], modes: tuple[str, ...] = ("hooks", "plain"),
+             ) -> tuple[dict[str, Callable[[], Any]], dict[str, Callable[[], Any]]]:
     """The timed calls of ``job`` and their warm-ups: the batched jobs warm up on 2 prompts (a
-    full-batch warm-up cost minutes with slow kernels under load and measured nothing)."""
+    full-batch warm-up cost minutes with slow kernels under load and measured nothing);
+    generate runs each of ``modes``."""
     if job == "generate":
-        return {"hooks": lambda: generate(True), "plain": lambda: generate(False)}, {}
+        return {mode: (lambda m=mode: generate(m)) for mode in modes}, {}
     fn = forward if job == "forward" else capture
     return {"run": fn}, {"run": lambda: fn(2)}
 
@@ -169,7 +179,8 @@ def _transformers_setup(spec: dict) -> tuple[dict, tuple[dict, dict]]:
     mask = torch.ones_like(x)
     prompt = torch.tensor([spec["prompt_ids"]])
 
-    def generate(hooked: bool) -> list[int]:
+    def generate(mode: str) -> list[int]:
+        hooked = mode == "hooks"
         with torch.no_grad():
             res = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n,
                                  min_new_tokens=n, do_sample=False, output_hidden_states=hooked,
@@ -470,8 +481,9 @@ def main() -> None:
     print(f"reference ({args.reference_python}): {reference_info(args.reference_python)}")
     print(f"medians of {args.rounds} interleaved rounds (fresh process each) x {args.reps} timed calls; generate: "
           f"batch 1, greedy, {args.new_tokens} new tokens; forward / capture: {args.batch} x {args.seq} tokens")
-    head = (f"{'model':13s} {'row':20s} {'load s':>6s} {'gen hooks':>9s} {'gen plain':>9s} {'fwd tok/s':>9s} "
-            f"{'cap tok/s':>9s} {'weights':>8s} {'loaded':>7s} {'peak gen/fwd/cap MiB':>21s} {'same':>5s}")
+    head = (f"{'model':13s} {'row':20s} {'load s':>6s} {'gen hooks':>9s} {'gen cb':>7s} "
+            f"{'gen plain':>9s} {'fwd tok/s':>9s} {'cap tok/s':>9s} {'weights':>8s} {'loaded':>7s} "
+            f"{'peak gen/fwd/cap MiB':>21s} {'same':>5s}")
     print(head)
     errors = []
     summary: dict[tuple[str, str], dict[str, float | None]] = {}
@@ -510,14 +522,16 @@ def main() -> None:
             summary[(m, row.label)] = cell
             peak_text = "/".join(fmt(peaks.get(j)) for j in ("generate", "forward", "capture"))
             print(f"{m:13s} {row.label:20s} {cell['load']:6.2f} {fmt(cell.get('gen_hooks')):>9s} "
-                  f"{fmt(cell.get('gen_plain')):>9s} {fmt(cell.get('forward')):>9s} {fmt(cell.get('capture')):>9s} "
+                  f"{fmt(cell.get('gen_callback')):>7s} {fmt(cell.get('gen_plain')):>9s} "
+                  f"{fmt(cell.get('forward')):>9s} {fmt(cell.get('capture')):>9s} "
                   f"{fmt(None if weight_bytes is None else weight_bytes / MIB):>8s} {fmt(loaded / MIB):>7s} "
                   f"{peak_text:>21s} {same:>5s}")
         _print_ratios(m, summary, sum(os.path.getsize(p) for p in files[m]))
         if m in numerics:
             _print_numerics(m, numerics[m])
     print("(gen tok/s: new tokens / wall time incl. the prompt's prefill; hooks = every resid_post captured at "
-          "every step; fwd = logits at every position (minilm-l6: the sentence embedding); cap = every layer's "
+          "every step (mindscope: in the core, generate(names=)); cb = the same through a Python function; "
+          "fwd = logits at every position (minilm-l6: the sentence embedding); cap = every layer's "
           "resid_post at the last position, no logits; weights = MiB of weights in memory; loaded = RSS the load "
           "added; same = leading greedy tokens equal to mindscope float32's)")
     for line in notes + errors:
@@ -555,6 +569,8 @@ def _print_ratios(model: str, summary: dict, file_bytes: int) -> None:
           f"(target >= 1.0x; plain {ratio(get(q, 'gen_plain'), get(ll, 'gen_plain'))}{vs_best}), / transformers "
           f"{ratio(get(q, 'gen_hooks'), get(hf, 'gen_hooks'))} (target >= 5x), quantized / float32 "
           f"{ratio(get(q, 'gen_hooks'), get(f32, 'gen_hooks'))}")
+    print(f"  {model} ratios: quantized gen hooks / plain {ratio(get(q, 'gen_hooks'), get(q, 'gen_plain'))}, "
+          f"callback / plain {ratio(get(q, 'gen_callback'), get(q, 'gen_plain'))}")
     print(f"  {model} ratios: vs transformers fwd quantized {ratio(get(q, 'forward'), get(hf, 'forward'))} / "
           f"float32 {ratio(get(f32, 'forward'), get(hf, 'forward'))} (target >= {fwd_target}), cap quantized "
           f"{ratio(get(q, 'capture'), get(hf, 'capture'))} / float32 {ratio(get(f32, 'capture'), get(hf, 'capture'))}"

@@ -23,6 +23,14 @@ import os as _os
 # set wins.
 _os.environ.setdefault("CANDLE_NUM_THREADS", "1")
 
+from ._native import default_threads as _default_threads  # noqa: E402
+
+# candle's CPU matmul (the attention products) asks for its thread count at every call and,
+# without RAYON_NUM_THREADS, counts the physical cores by reading /proc/cpuinfo each time: 7 %
+# of a generated token's CPU time (SmolLM2, 2 cores), on the thread the other core waits for.
+# The value is what rayon's pool takes anyway; a value the user set wins.
+_os.environ.setdefault("RAYON_NUM_THREADS", str(_default_threads()))
+
 from . import analysis, backend, datasets, distributed, errors, experiments, plotting, stats, storage, views
 from ._native import __version__
 from .errors import *  # noqa: F401,F403  (typed exceptions at the top level)

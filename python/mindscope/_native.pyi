@@ -156,6 +156,9 @@ def use_blas(path: str) -> str:
     returns the library in use."""
 def blas_library() -> str | None:
     """The BLAS library in use, or None for the built-in ``gemm`` kernels."""
+def default_threads() -> int:
+    """The threads rayon's pool takes without ``RAYON_NUM_THREADS``: the CPUs this process may
+    use (affinity and cgroup quota included)."""
 def supported_architectures() -> list[str]:
     """GGUF ``general.architecture`` values and Hugging Face ``model_type`` values with a mapping."""
 

@@ -82,6 +82,25 @@ pub fn guarded<T>(body: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
     }
 }
 
+/// Whether any of `interventions` calls a Python function.
+pub fn calls_python(interventions: &[crate::hooks::Intervention]) -> bool {
+    interventions
+        .iter()
+        .any(|iv| matches!(iv.action, crate::hooks::Action::Custom(_)))
+}
+
+/// `work` on this thread attached to Python once for its whole length (and detached while it
+/// runs) when `python_hooks`. Each Python hook function then takes the GIL on a thread state
+/// that already exists; without it every call creates and destroys one, and with it the
+/// thread state's frame stack (an mmap, page faults and an munmap, per hooked site and step).
+pub fn keeping_python_thread<T: Send>(python_hooks: bool, work: impl FnOnce() -> T + Send) -> T {
+    if python_hooks {
+        Python::attach(|py| py.detach(work))
+    } else {
+        work()
+    }
+}
+
 /// How often the waiting thread looks for Ctrl-C.
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
 

@@ -12,7 +12,10 @@ use super::patching::patching_args;
 use super::requests::{
     ablation_args, embed_args, generate_args, gradient_args, run_args, token_ids,
 };
-use super::{guarded, interruptible, interruptible_reporting, to_py_err, IntoPyResult};
+use super::{
+    calls_python, guarded, interruptible, interruptible_reporting, keeping_python_thread,
+    to_py_err, IntoPyResult,
+};
 use crate::error::{MsError, Result};
 use crate::hooks::CapturedArray;
 use crate::interrupt::Cancel;
@@ -262,15 +265,18 @@ impl Model {
         guarded(|| {
             let model = &self.inner;
             let args = run_args(request, model).py_err()?;
+            let python_hooks = calls_python(&args.interventions);
             let out = interruptible_reporting(py, &Cancel::new(), progress, |cancel| {
                 let tokens = args.prompts.tokens(model)?;
-                model.run_ids(
-                    tokens,
-                    &args.spec,
-                    &args.interventions,
-                    args.batch_size,
-                    cancel,
-                )
+                keeping_python_thread(python_hooks, || {
+                    model.run_ids(
+                        tokens,
+                        &args.spec,
+                        &args.interventions,
+                        args.batch_size,
+                        cancel,
+                    )
+                })
             })?;
             let logits = out.logits.map(|l| array_to_py(py, l)).transpose()?;
             let cache = out
@@ -340,14 +346,17 @@ impl Model {
         guarded(|| {
             let model = &self.inner;
             let args = generate_args(request, model).py_err()?;
+            let python_hooks = calls_python(&args.interventions);
             let g = interruptible(py, |cancel| {
-                model.generate(
-                    &args.prompt,
-                    &args.params,
-                    &args.interventions,
-                    args.capture.as_ref(),
-                    cancel,
-                )
+                keeping_python_thread(python_hooks, || {
+                    model.generate(
+                        &args.prompt,
+                        &args.params,
+                        &args.interventions,
+                        args.capture.as_ref(),
+                        cancel,
+                    )
+                })
             })?;
             let d = PyDict::new(py);
             d.set_item("text", g.text)?;
@@ -530,8 +539,16 @@ fn blas_library() -> Option<String> {
     crate::kernels::blas::active()
 }
 
+/// The number of threads rayon's pool takes when `RAYON_NUM_THREADS` is not set: the CPUs this
+/// process may use (affinity and cgroup quota included).
+#[pyfunction]
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Model>()?;
+    m.add_function(wrap_pyfunction!(default_threads, m)?)?;
     m.add_function(wrap_pyfunction!(use_blas, m)?)?;
     m.add_function(wrap_pyfunction!(blas_library, m)?)?;
     m.add_function(wrap_pyfunction!(supported_architectures, m)?)?;

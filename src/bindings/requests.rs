@@ -371,7 +371,9 @@ fn float_array(v: &Bound<'_, PyAny>, what: &str) -> Result<CapturedArray> {
 fn python_hook(callable: Py<PyAny>) -> HookFn {
     Arc::new(move |name: &str, act: &mut CapturedArray| {
         Python::attach(|py| -> PyResult<()> {
-            let arr = array_to_py(py, act.clone())?;
+            // numpy takes the buffer (no copy); what the function leaves in it is read back.
+            let data = std::mem::take(&mut act.data);
+            let arr = array_to_py(py, CapturedArray::new(act.shape.clone(), data))?;
             let out = callable.call1(py, (arr.clone(), name))?;
             let result: Bound<'_, PyArrayDyn<f32>> = if out.is_none(py) {
                 arr

@@ -64,19 +64,32 @@ pub struct Generation {
 }
 
 /// Captures of every step, joined along the position axis.
-#[derive(Default)]
 struct StepCaptures {
+    /// Positions the whole generation can run (each array's buffer is sized for them once).
+    max_positions: usize,
     /// Name, the shape after the position axis, the data, positions so far.
     arrays: Vec<(String, Vec<usize>, Vec<f32>, usize)>,
 }
 
 impl StepCaptures {
+    fn new(max_positions: usize) -> Self {
+        StepCaptures {
+            max_positions,
+            arrays: Vec::new(),
+        }
+    }
+
     /// Append one step's `[1, t, ...]` arrays.
     fn push(&mut self, step: Vec<(String, CapturedArray)>) -> Result<()> {
         if self.arrays.is_empty() {
             self.arrays = step
                 .iter()
-                .map(|(n, a)| (n.clone(), a.shape[2..].to_vec(), Vec::new(), 0))
+                .map(|(n, a)| {
+                    let rest = a.shape.get(2..).unwrap_or_default().to_vec();
+                    let data =
+                        Vec::with_capacity(self.max_positions * rest.iter().product::<usize>());
+                    (n.clone(), rest, data, 0)
+                })
                 .collect();
         }
         for ((name, a), (want, rest, data, positions)) in step.into_iter().zip(&mut self.arrays) {
@@ -95,7 +108,8 @@ impl StepCaptures {
     fn finish(self) -> Vec<(String, CapturedArray)> {
         self.arrays
             .into_iter()
-            .map(|(name, rest, data, positions)| {
+            .map(|(name, rest, mut data, positions)| {
+                data.shrink_to_fit(); // a stop at end-of-sequence leaves reserved room
                 let mut shape = vec![1, positions];
                 shape.extend(rest);
                 (name, CapturedArray::new(shape, data))
@@ -214,7 +228,9 @@ impl LanguageModel {
         let mut new_ids = Vec::new();
         let mut logprobs = Vec::new();
         let net = self.decoder("generate text")?;
-        let mut captured = StepCaptures::default();
+        // The prompt, then one position per new token but the last.
+        let mut captured =
+            StepCaptures::new(prompt_ids.len() + params.max_new_tokens.saturating_sub(1));
         for _ in 0..params.max_new_tokens {
             let ids = Tensor::from_vec(input.clone(), (1, input.len()), &Device::Cpu)?;
             let lengths = [input.len()];

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -249,6 +253,53 @@ def test_generation_captures_hooks_at_every_step(model):
         model.generate("Hi", max_new_tokens=2, names="blocks.0.attn.hook_pattern")
     with pytest.raises(errors.UnknownHookError):
         model.generate("Hi", max_new_tokens=2, names="blocks.99.hook_resid_post")
+
+
+def test_generation_calls_python_hooks_at_every_step(model):
+    """A Python function at every resid_post is called at each step with what
+    ``generate(names=...)`` keeps; changing the activation in place (returning None) steers
+    exactly as the core's ``("add", vector)``; what it raises comes back as itself."""
+    prompt, names = "The capital of France is", "blocks.*.hook_resid_post"
+    seen: dict[str, list[np.ndarray]] = {}
+    gen = model.generate(prompt, max_new_tokens=4, stop_at_eos=False, names=names,
+                         interventions=[(names, lambda a, n: seen.setdefault(n, []).append(a.copy()))])
+    assert len(seen) == model.n_layers and all(len(steps) == 4 for steps in seen.values())
+    for name, steps in seen.items():
+        np.testing.assert_array_equal(np.concatenate(steps, axis=1), gen.cache[name])
+
+    vector = np.random.default_rng(0).normal(size=model.d_model).astype(np.float32) * 4
+    kw = dict(max_new_tokens=6, stop_at_eos=False, return_details=True)
+    native = model.generate(prompt, interventions=[("blocks.5.hook_resid_post", ("add", vector))], **kw)
+
+    def add_in_place(act: np.ndarray, name: str) -> None:
+        act += vector
+
+    called = model.generate(prompt, interventions=[("blocks.5.hook_resid_post", add_in_place)], **kw)
+    plain = model.generate(prompt, **kw)
+    assert called.token_ids == native.token_ids
+    np.testing.assert_allclose(called.logprobs, native.logprobs, rtol=0, atol=1e-6)
+    assert native.logprobs != plain.logprobs  # the steering did something
+
+    def boom(act, name):
+        raise RuntimeError("kaput")
+
+    with pytest.raises(RuntimeError, match="kaput"):
+        model.generate(prompt, max_new_tokens=2, interventions=[("blocks.2.hook_resid_post", boom)])
+
+
+def test_import_sets_the_thread_count_unless_the_user_did():
+    """Without RAYON_NUM_THREADS candle reads /proc/cpuinfo at every attention product: the
+    import sets it to what rayon's pool takes anyway, and keeps a value the user set."""
+    code = "import os, mindscope; print(os.environ['RAYON_NUM_THREADS'], mindscope._native.default_threads())"
+    env = {k: v for k, v in os.environ.items() if k != "RAYON_NUM_THREADS"}
+
+    def run(env: dict[str, str]) -> list[str]:
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                              check=True).stdout.split()
+
+    set_by_import, pool = run(env)
+    assert set_by_import == pool and int(pool) >= 1
+    assert run(dict(env, RAYON_NUM_THREADS="7"))[0] == "7"
 
 
 @pytest.mark.parametrize("text", [
