@@ -43,7 +43,7 @@ transformers they are concatenated once into a temporary file, deleted at exit. 
     /work/venv-qbench/bin/python bench/bench_model.py --reference-python /work/venv-bench/bin/python
         [--models smollm2-135m,gemma3-270m,minilm-l6] [--rounds 3] [--reps 3] [--threads 2]
         [--batch 64] [--seq 32] [--new-tokens 64] [--jobs generate,forward,capture,numerics]
-        [--baseline-python PY] [--quick]
+        [--baseline-python PY] [--baseline-name NAME] [--quick]
 
 ``--quick``: a smoke run (1 round, 1 rep, 16 new tokens, 16 x 32 tokens).
 """
@@ -394,6 +394,8 @@ def main() -> None:
                     help="a Python with torch + transformers + gguf and llama-cpp-python (rows left out if missing)")
     ap.add_argument("--baseline-python", default=None,
                     help="a Python with another mindscope build: adds 'baseline' rows for a before/after")
+    ap.add_argument("--baseline-name", default="baseline",
+                    help="the baseline rows' name, e.g. 'mindscope MKL' for a Python with the PyPI package mkl")
     ap.add_argument("--llama-threads", default="1",
                     help="extra llama.cpp rows with these thread counts (its spinning thread barriers lose most "
                          "when another process holds a core; '' for none)")
@@ -416,8 +418,8 @@ def main() -> None:
     rows = [Row("mindscope float32", "mindscope", sys.executable, "float32"),
             Row("mindscope quantized", "mindscope", sys.executable, "quantized")]
     if args.baseline_python:
-        rows += [Row("baseline float32", "mindscope", args.baseline_python, "float32"),
-                 Row("baseline quantized", "mindscope", args.baseline_python, "quantized")]
+        rows += [Row(f"{args.baseline_name} float32", "mindscope", args.baseline_python, "float32"),
+                 Row(f"{args.baseline_name} quantized", "mindscope", args.baseline_python, "quantized")]
     notes = []
     if has_modules(args.reference_python, "torch, transformers, gguf"):
         rows.append(Row("transformers", "transformers", args.reference_python))
