@@ -44,21 +44,11 @@ mod x86 {
     use super::super::dot::vnni::{lane_scales, sum_lanes};
     use super::MAX_ROWS;
 
-    /// Whether `dtype` is multiplied here on this CPU.
+    /// Whether `dtype` is multiplied here on this CPU (every type `decode` reads, given VNNI).
     pub fn available(dtype: GgmlDType) -> bool {
         super::super::dot::vnni::available()
             && is_x86_feature_detected!("f16c")
-            && matches!(
-                dtype,
-                GgmlDType::Q4_0
-                    | GgmlDType::Q4_1
-                    | GgmlDType::Q5_0
-                    | GgmlDType::Q5_1
-                    | GgmlDType::Q8_0
-                    | GgmlDType::Q4K
-                    | GgmlDType::Q5K
-                    | GgmlDType::Q6K
-            )
+            && super::super::decode::supported(dtype)
     }
 
     /// `dst[r * n + c] = w_c . a_r` for the `n` weight rows stored as `bytes` (`k` values a row,
