@@ -83,6 +83,16 @@ struct Parts {
 
 impl Parts {
     fn open(paths: &[PathBuf]) -> Result<Self> {
+        if paths.len() > 1 {
+            if let Some(joined) = MappedFile::open_joined(paths)? {
+                let len = joined.len();
+                return Ok(Parts {
+                    files: vec![Arc::new(joined)],
+                    starts: vec![0],
+                    len,
+                });
+            }
+        }
         let mut files = Vec::with_capacity(paths.len());
         let mut starts = Vec::with_capacity(paths.len());
         let mut len = 0usize;

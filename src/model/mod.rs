@@ -36,6 +36,17 @@ pub use crate::formats::weights::WeightsMode;
 use crate::hooks::HookRegistry;
 use crate::interrupt::Cancel;
 
+/// Hand the heap pages freed by a load back to the system. The file's metadata and the
+/// tokenizer's construction (Gemma 3: 262k tokens, their merges) leave tens of MB free in the
+/// middle of glibc's heap, which it keeps resident otherwise (Gemma: 31 MB, SmolLM2: 17 MB).
+fn return_freed_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// A loaded language model: the network and its tokenizer.
 pub struct LanguageModel {
     pub name: String,
@@ -59,7 +70,9 @@ impl LanguageModel {
     /// through its progress.
     pub fn load_with(path: &Path, mode: Option<WeightsMode>, cancel: &Cancel) -> Result<Self> {
         if path.is_dir() {
-            return Self::load_hf_folder(path, mode, cancel);
+            let model = Self::load_hf_folder(path, mode, cancel);
+            return_freed_heap();
+            return model;
         }
         Self::load_gguf_with(&[path.to_path_buf()], mode, cancel)
     }
@@ -77,6 +90,12 @@ impl LanguageModel {
         mode: Option<WeightsMode>,
         cancel: &Cancel,
     ) -> Result<Self> {
+        let model = Self::read_gguf(parts, mode, cancel);
+        return_freed_heap();
+        model
+    }
+
+    fn read_gguf(parts: &[PathBuf], mode: Option<WeightsMode>, cancel: &Cancel) -> Result<Self> {
         for p in parts {
             if !p.is_file() {
                 return Err(MsError::io(
