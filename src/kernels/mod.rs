@@ -5,6 +5,7 @@
 pub mod activation;
 pub mod blas;
 pub mod composed;
+pub mod decode_attention;
 pub mod dense_attention;
 pub mod fused;
 pub mod matmul;

@@ -651,7 +651,7 @@ fn run_pack(
         let total = input.dim(1)?;
         let mut ctx = HookContext::inactive(&net.hooks, &[total]).with_cancel(cancel);
         let prefix = kv
-            .layer(layer)
+            .layer(layer)?
             .ok_or_else(|| MsError::Compute("patching: the corrupt run's cache is empty".into()))?;
         let attend = AttendWith {
             layer,
@@ -659,7 +659,7 @@ fn run_pack(
             scale: spec.scale,
             keys: Keys::Packed {
                 segments: &segments,
-                prefix: Some(prefix),
+                prefix: Some(&prefix),
                 window: spec.window,
             },
             // The last block computes its tail at each patch's metric row only.

@@ -52,8 +52,9 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
-    pub fn layer(&self, layer: usize) -> Option<&(Tensor, Tensor)> {
-        self.layers.get(layer).and_then(Option::as_ref)
+    /// Layer `layer`'s keys and values `[batch, kv_head, len, d_head]` (views), if cached.
+    pub fn layer(&self, layer: usize) -> Result<Option<(Tensor, Tensor)>> {
+        self.layers.get(layer).map_or(Ok(None), LayerKv::get)
     }
 }
 
@@ -211,7 +212,9 @@ impl Transformer {
         let positions: Vec<usize> = (offset..offset + t).collect();
         let mut x = self.embed.finish(x, &positions, ctx)?;
         if let Some(cache) = kv.as_deref_mut() {
-            cache.layers.resize_with(self.cfg.n_layers, || None);
+            cache
+                .layers
+                .resize_with(self.cfg.n_layers, LayerKv::default);
         }
         let tables = self.dense_tables(lengths, t, offset)?;
         let n_run = plan.n_blocks.min(self.cfg.n_layers);
@@ -308,10 +311,11 @@ impl Transformer {
         for (layer, block) in self.blocks.iter().enumerate() {
             cancel.check()?;
             let spec = &self.cfg.layers[layer];
-            let prefix = match source {
-                Prefix::Cache(cache) => Some(cache.layer(layer).unwrap_or(&empty)),
+            let cached = match source {
+                Prefix::Cache(cache) => Some(cache.layer(layer)?.unwrap_or_else(|| empty.clone())),
                 Prefix::FirstSegment => None,
             };
+            let prefix = cached.as_ref();
             let attend = AttendWith {
                 layer,
                 rope: spec.rope.map(|k| &ropes[k]),

@@ -158,13 +158,16 @@ def test_fused_projections_are_split_per_head(loaded, prompts):
 @pytest.mark.parametrize("name", ["gpt2", "pythia", "mistral", "qwen3"])
 def test_generation_with_a_kv_cache_equals_full_forwards(name, loaded):
     """Greedy generation (KV cache; learned positions, partial rotary, sliding window) picks the
-    argmax of a full forward over the growing sequence at every step."""
+    argmax of a full forward over the growing sequence at every step, with its log-probability
+    (the decode steps attend over the cache in place, the full forward through the general path)."""
     model = loaded(name)
     gen = model.generate("The city of Paris is in", max_new_tokens=8, stop_at_eos=False, return_details=True)
     ids = list(gen.prompt_ids)
-    for tok in gen.token_ids:
-        logits = model.run([ids], return_logits="last")[0]
+    for tok, logprob in zip(gen.token_ids, gen.logprobs):
+        logits = model.run([ids], return_logits="last")[0].astype(np.float64)
         assert int(np.argmax(logits)) == tok
+        full = logits[tok] - logits.max() - np.log(np.exp(logits - logits.max()).sum())
+        assert abs(logprob - full) < 1e-4
         ids.append(tok)
 
 
