@@ -235,9 +235,10 @@ fn weighted_rows(w: &[f32], rows: &[f32], d: usize, out: &mut [MaybeUninit<f32>]
 mod tests {
     use super::*;
     use crate::kernels::composed;
+    use crate::kernels::test_support::{self, max_abs_diff};
 
     fn randn(shape: &[usize]) -> Tensor {
-        Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap()
+        test_support::randn(shape, 1.0)
     }
 
     /// The general path's composition: scores, masked softmax, pattern times values.
@@ -299,16 +300,7 @@ mod tests {
                 .unwrap()
                 .expect("qualifies");
             let want = reference(&q, &k, &v, &mask, 0.125);
-            let diff = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs_diff(&got, &want);
             assert!(diff < 1e-5, "{b} {h} {kvh} {dh} {t} {tk}: {diff}");
         }
     }

@@ -233,10 +233,7 @@ fn dot_block<'r>(w: &[f32], row: impl Fn(usize) -> &'r [f32], out: &mut [f32]) {
 mod tests {
     use super::*;
     use crate::kernels::composed;
-
-    fn randn(shape: &[usize], scale: f64) -> Tensor {
-        (Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap() * scale).unwrap()
-    }
+    use crate::kernels::test_support::{max_abs_diff, randn};
 
     /// softmax(q k^T * scale + mask) v from candle ops, `[b, t, head * d]`.
     fn reference(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Tensor {
@@ -260,20 +257,6 @@ mod tests {
             .contiguous()
             .unwrap()
             .reshape((b, t, h * dh))
-            .unwrap()
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
             .unwrap()
     }
 

@@ -596,25 +596,8 @@ pub fn rope_to_heads(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Te
 mod tests {
     use super::*;
     use crate::kernels::composed;
+    use crate::kernels::test_support::{max_abs_diff, randn};
     use candle_core::DType;
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
-
-    fn randn(shape: &[usize], scale: f64) -> Tensor {
-        (Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap() * scale).unwrap()
-    }
 
     #[test]
     fn rms_norm_equals_composition_with_massive_values() {

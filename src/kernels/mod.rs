@@ -12,3 +12,5 @@ pub mod matmul;
 pub mod per_core;
 pub mod qdot;
 pub mod quantized;
+#[cfg(test)]
+mod test_support;
