@@ -43,7 +43,7 @@ transformers they are concatenated once into a temporary file, deleted at exit. 
     /work/venv-qbench/bin/python bench/bench_model.py --reference-python /work/venv-bench/bin/python
         [--models smollm2-135m,gemma3-270m,minilm-l6] [--rounds 3] [--reps 3] [--threads 2]
         [--batch 64] [--seq 32] [--new-tokens 64] [--jobs generate,forward,capture,numerics]
-        [--baseline-python PY] [--baseline-name NAME] [--quick]
+        [--baseline-python PY] [--baseline-name NAME] [--baseline-env KEY=VALUE] [--quick]
 
 ``--quick``: a smoke run (1 round, 1 rep, 16 new tokens, 16 x 32 tokens).
 """
@@ -287,6 +287,7 @@ class Row:
     python: str
     weights: str | None = None  # mindscope's weights mode
     threads: int | None = None  # instead of --threads
+    env: tuple[tuple[str, str], ...] = ()  # extra environment of its jobs
 
     def runs(self, model: str, job: str) -> bool:
         if model in ENCODERS:
@@ -299,6 +300,7 @@ def run_job(row: Row, spec: dict, threads: int) -> dict:
     spec = dict(spec, kind=row.kind, weights=row.weights, threads=threads)
     env = dict(os.environ, **{k: str(threads) for k in ("RAYON_NUM_THREADS", "OMP_NUM_THREADS",
                                                          "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
+    env.update(row.env)
     res = subprocess.run([row.python, os.path.abspath(__file__), "--job", json.dumps(spec)],
                          capture_output=True, text=True, env=env, check=False)
     if res.returncode != 0:
@@ -396,6 +398,8 @@ def main() -> None:
                     help="a Python with another mindscope build: adds 'baseline' rows for a before/after")
     ap.add_argument("--baseline-name", default="baseline",
                     help="the baseline rows' name, e.g. 'mindscope MKL' for a Python with the PyPI package mkl")
+    ap.add_argument("--baseline-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="environment of the baseline rows only, e.g. MINDSCOPE_BLAS=mkl (repeatable)")
     ap.add_argument("--llama-threads", default="1",
                     help="extra llama.cpp rows with these thread counts (its spinning thread barriers lose most "
                          "when another process holds a core; '' for none)")
@@ -418,8 +422,12 @@ def main() -> None:
     rows = [Row("mindscope float32", "mindscope", sys.executable, "float32"),
             Row("mindscope quantized", "mindscope", sys.executable, "quantized")]
     if args.baseline_python:
-        rows += [Row(f"{args.baseline_name} float32", "mindscope", args.baseline_python, "float32"),
-                 Row(f"{args.baseline_name} quantized", "mindscope", args.baseline_python, "quantized")]
+        bad = [e for e in args.baseline_env if "=" not in e]
+        if bad:
+            ap.error(f"--baseline-env takes KEY=VALUE, not {bad[0]!r}")
+        env = tuple(tuple(e.split("=", 1)) for e in args.baseline_env)
+        rows += [Row(f"{args.baseline_name} float32", "mindscope", args.baseline_python, "float32", env=env),
+                 Row(f"{args.baseline_name} quantized", "mindscope", args.baseline_python, "quantized", env=env)]
     notes = []
     if has_modules(args.reference_python, "torch, transformers, gguf"):
         rows.append(Row("transformers", "transformers", args.reference_python))

@@ -3,10 +3,11 @@
 The core multiplies with candle's built-in ``gemm`` kernels unless it is given a BLAS. The
 first ``load_model`` hands it one, chosen by ``MINDSCOPE_BLAS``:
 
-- unset: Intel MKL if the PyPI package ``mkl`` is installed (``pip install "mindscope[mkl]"``;
-  on a 2-core Intel Xeon, batched captures 7-12 % faster than OpenBLAS, single prompts 20 %),
-  otherwise the OpenBLAS that numpy's Linux and macOS wheels ship (``scipy-openblas``, which
-  ran this project's linear shapes 10-25 % faster than ``gemm`` on a 2-core AMD EPYC);
+- unset: on an Intel CPU, Intel MKL if the PyPI package ``mkl`` is installed (``pip install
+  "mindscope[mkl]"``; on a 2-core Intel Xeon, batched captures 7-12 % faster than OpenBLAS,
+  single prompts 20 %); otherwise the OpenBLAS that numpy's Linux and macOS wheels ship
+  (``scipy-openblas``, which ran this project's linear shapes 10-25 % faster than ``gemm`` on a
+  2-core AMD EPYC, where MKL was slower than it: float32 forwards of Gemma 3 and MiniLM 6-24 %);
 - ``openblas``: numpy's OpenBLAS even when MKL is installed; ``mkl``: MKL or an error saying
   what to install; ``0`` (or ``off``, ``gemm``): candle's ``gemm``;
 - a path: any library exporting ``cblas_sgemm``.
@@ -21,7 +22,7 @@ import sys
 from . import _native
 from .errors import InvalidArgumentError
 
-__all__ = ["blas_library", "mkl_path", "numpy_blas_path", "use_blas"]
+__all__ = ["blas_library", "default_blas_path", "mkl_path", "numpy_blas_path", "use_blas"]
 
 
 def numpy_blas_path() -> str | None:
@@ -43,6 +44,22 @@ def mkl_path() -> str | None:
     or None if it is not installed."""
     found = sorted(glob.glob(os.path.join(sys.prefix, "lib", "libmkl_rt.so*")))
     return os.path.realpath(found[0]) if found else None
+
+
+def _cpu_is_intel() -> bool:
+    """Whether /proc/cpuinfo names an Intel CPU (False where there is no /proc)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("vendor_id") and "GenuineIntel" in line for line in f)
+    except OSError:
+        return False
+
+
+def default_blas_path() -> str | None:
+    """The BLAS an unset ``MINDSCOPE_BLAS`` picks: MKL on an Intel CPU when installed, else
+    numpy's OpenBLAS (None when neither is there)."""
+    mkl = mkl_path() if _cpu_is_intel() else None
+    return mkl or numpy_blas_path()
 
 
 def use_blas(path: str) -> str:
@@ -78,14 +95,14 @@ def enable_default_blas() -> None:
                 "MINDSCOPE_BLAS=openblas, but the installed numpy bundles no OpenBLAS; "
                 "allowed: unset, mkl, openblas, 0, or the path of a library with cblas_sgemm")
     elif key == "":
-        path = mkl_path() or numpy_blas_path()
+        path = default_blas_path()
     else:
         try:
             use_blas(choice)
         except InvalidArgumentError as e:
             raise InvalidArgumentError(
-                f"MINDSCOPE_BLAS={choice!r}: {e}; allowed: unset (MKL if installed, else "
-                "numpy's OpenBLAS), mkl, openblas, 0 (candle's gemm), or the path of a library "
+                f"MINDSCOPE_BLAS={choice!r}: {e}; allowed: unset (MKL on an Intel CPU if "
+                "installed, else numpy's OpenBLAS), mkl, openblas, 0 (candle's gemm), or the path of a library "
                 "exporting cblas_sgemm") from None
         return
     if path:
