@@ -54,37 +54,32 @@ impl LayerKv {
     /// no spare room); later ones double the capacity when it runs out.
     fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let need = self.len + k.dim(2)?;
-        let capacity = match &self.buffers {
-            Some((bk, _)) => bk.dim(2)?,
-            None => 0,
+        let (bk, bv) = match self.buffers.take() {
+            Some((bk, bv)) if bk.dim(2)? >= need => (bk, bv),
+            old => {
+                let room = match &old {
+                    Some((bk, _)) => need.max(2 * bk.dim(2)?),
+                    None => need,
+                };
+                let kept = self.len;
+                let grow = |old: Option<Tensor>, like: &Tensor| -> Result<Tensor> {
+                    let (b, h, _, d) = like.dims4()?;
+                    let buffer = Tensor::zeros((b, h, room, d), like.dtype(), like.device())?;
+                    if let Some(old) = old.filter(|_| kept > 0) {
+                        buffer.slice_set(&old.narrow(2, 0, kept)?.contiguous()?, 2, 0)?;
+                    }
+                    Ok(buffer)
+                };
+                let (old_k, old_v) = old.unzip();
+                (grow(old_k, k)?, grow(old_v, v)?)
+            }
         };
-        if need > capacity {
-            let room = if capacity == 0 {
-                need
-            } else {
-                need.max(2 * capacity)
-            };
-            let grow = |old: Option<&Tensor>, like: &Tensor| -> Result<Tensor> {
-                let (b, h, _, d) = like.dims4()?;
-                let buffer = Tensor::zeros((b, h, room, d), like.dtype(), like.device())?;
-                if let Some(old) = old.filter(|_| self.len > 0) {
-                    buffer.slice_set(&old.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
-                }
-                Ok(buffer)
-            };
-            let (old_k, old_v) = match &self.buffers {
-                Some((bk, bv)) => (Some(bk), Some(bv)),
-                None => (None, None),
-            };
-            self.buffers = Some((grow(old_k, k)?, grow(old_v, v)?));
-        }
-        if let Some((bk, bv)) = &self.buffers {
-            bk.slice_set(&k.contiguous()?, 2, self.len)?;
-            bv.slice_set(&v.contiguous()?, 2, self.len)?;
-        }
+        bk.slice_set(&k.contiguous()?, 2, self.len)?;
+        bv.slice_set(&v.contiguous()?, 2, self.len)?;
         self.len = need;
-        self.get()?
-            .ok_or_else(|| crate::error::MsError::Compute("the KV cache lost its buffers".into()))
+        let views = (bk.narrow(2, 0, need)?, bv.narrow(2, 0, need)?);
+        self.buffers = Some((bk, bv));
+        Ok(views)
     }
 }
 
